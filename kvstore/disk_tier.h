@@ -37,6 +37,9 @@ typedef struct {
     uint64_t capacity_bytes;               /* 0: unlimited */
     bool create_if_missing;                /* needs identity */
     bool sync_writes;                      /* fsync the WAL on every put */
+    bool read_only;                        /* open without the DB lock (tools on a
+                                              live node's DB); puts fail, nothing
+                                              is written, verify cannot repair */
     kvt_block_event_fn on_event;           /* may be NULL */
     void *event_arg;
 } kvt_disk_tier_params_t;
@@ -71,6 +74,9 @@ bool kvt_disk_tier_contains(kvt_disk_tier_t *tier, const kvt_block_key_t *key);
 kvt_status_t kvt_disk_tier_pin(kvt_disk_tier_t *tier, const kvt_block_key_t *key);
 void kvt_disk_tier_unpin(kvt_disk_tier_t *tier, const kvt_block_key_t *key);
 
+/* Counters (hits, misses, puts, evictions, corrupt, no_parent) are
+ * lifetime totals: persisted in the default column family at flush and
+ * close, and loaded at open. */
 void kvt_disk_tier_stats(kvt_disk_tier_t *tier, kvt_tier_stats_t *stats_p);
 const kvt_block_identity_t *kvt_disk_tier_identity(const kvt_disk_tier_t *tier);
 
