@@ -19,6 +19,7 @@ const char *kvt_status_str(kvt_status_t status)
     case KVT_ERR_AGAIN: return "try again";
     case KVT_ERR_CLOSED: return "closed";
     case KVT_ERR_USAGE: return "usage error";
+    case KVT_ERR_EXISTS: return "already present";
     }
     return "unknown status";
 }

@@ -22,6 +22,7 @@ typedef enum {
     KVT_ERR_AGAIN = -12,      /* would block; retry later */
     KVT_ERR_CLOSED = -13,     /* object is shutting down */
     KVT_ERR_USAGE = -14,      /* command-line usage error */
+    KVT_ERR_EXISTS = -15,     /* already present */
 } kvt_status_t;
 
 /* Static, lowercase description of a status code; never NULL. */

@@ -53,14 +53,20 @@ kvt_status_t kvt_host_pool_create(const kvt_host_pool_params_t *params, kvt_host
 void kvt_host_pool_destroy(kvt_host_pool_t *pool);
 
 /* Copy a block in.  KVT_OK also when it was already resident (then it only
- * counts as an access).  Verifies identity and payload checksum first. */
+ * counts as an access).  Checks the identity and that the key names the
+ * header's tokens; the payload checksum is the caller's to get right (it
+ * made the header from these bytes) -- commit, whose bytes arrive from
+ * elsewhere, verifies it. */
 kvt_status_t kvt_host_pool_put(kvt_host_pool_t *pool, const kvt_block_header_t *hdr,
                                const void *payload);
 
 /* Two-step put for writers that fill the payload in place (RMA reads, GPU
  * copies): reserve a slot for hdr, write view->payload, then commit (which
  * verifies the checksum and indexes the block) or abort.  Reserve holds a
- * reservation on the parent so it cannot be evicted meanwhile. */
+ * reservation on the parent so it cannot be evicted meanwhile.  Reserve
+ * returns KVT_ERR_EXISTS when the block is already resident; commit returns
+ * KVT_OK when another writer committed the same block first (the view's
+ * slot is released either way) and KVT_ERR_CORRUPT on a bad checksum. */
 kvt_status_t kvt_host_pool_reserve(kvt_host_pool_t *pool, const kvt_block_header_t *hdr,
                                    kvt_block_view_t *view_p);
 kvt_status_t kvt_host_pool_commit(kvt_host_pool_t *pool, kvt_block_view_t *view);
@@ -75,6 +81,10 @@ kvt_status_t kvt_host_pool_get(kvt_host_pool_t *pool, const kvt_block_key_t *key
 kvt_status_t kvt_host_pool_pin(kvt_host_pool_t *pool, const kvt_block_key_t *key,
                                kvt_block_view_t *view_p);
 void kvt_host_pool_unpin(kvt_host_pool_t *pool, const kvt_block_view_t *view);
+/* Pin for internal bookkeeping (write-behind, moves between tiers): like
+ * pin, but it is no access -- no hit or miss, no change to the LRU order. */
+kvt_status_t kvt_host_pool_hold(kvt_host_pool_t *pool, const kvt_block_key_t *key,
+                                kvt_block_view_t *view_p);
 
 bool kvt_host_pool_contains(kvt_host_pool_t *pool, const kvt_block_key_t *key);
 void kvt_host_pool_stats(kvt_host_pool_t *pool, kvt_tier_stats_t *stats_p);

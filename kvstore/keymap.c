@@ -35,6 +35,9 @@ static kvt_status_t alloc_table(kvt_keymap_t *map, uint32_t cap)
         kvt_free(map->keys);
         kvt_free(map->vals);
         kvt_free(map->used);
+        map->keys = NULL;
+        map->vals = NULL;
+        map->used = NULL;
         return KVT_ERR_NOMEM;
     }
     map->cap = cap;
