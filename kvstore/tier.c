@@ -190,16 +190,33 @@ void kvt_tier_close(kvt_tier_t *tier)
 
 /* --- operations --- */
 
+static void wait_drained(kvt_tier_t *tier)
+{
+    pthread_mutex_lock(&tier->lock);
+    while (tier->count > 0 || tier->busy)
+        pthread_cond_wait(&tier->changed, &tier->lock);
+    pthread_mutex_unlock(&tier->lock);
+}
+
+/* Straight to T2, after the queue: the block's parent may still be queued,
+ * and T2 takes a block only after its parent. */
+static kvt_status_t put_direct(kvt_tier_t *tier, const kvt_block_header_t *hdr,
+                               const void *payload)
+{
+    wait_drained(tier);
+    return kvt_disk_tier_put(tier->disk, hdr, payload);
+}
+
 kvt_status_t kvt_tier_put(kvt_tier_t *tier, const kvt_block_header_t *hdr, const void *payload)
 {
     kvt_status_t st = kvt_host_pool_put(tier->host, hdr, payload);
     if (st == KVT_ERR_FULL || st == KVT_ERR_NO_PARENT)
-        return kvt_disk_tier_put(tier->disk, hdr, payload);
+        return put_direct(tier, hdr, payload);
     if (st != KVT_OK || kvt_disk_tier_contains(tier->disk, &hdr->key))
         return st;
     kvt_block_view_t view;
     if (kvt_host_pool_hold(tier->host, &hdr->key, &view) != KVT_OK)
-        return kvt_disk_tier_put(tier->disk, hdr, payload); /* evicted already */
+        return put_direct(tier, hdr, payload); /* evicted already */
     st = enqueue(tier, &view);
     if (st != KVT_OK)
         kvt_host_pool_unpin(tier->host, &view);
@@ -283,10 +300,7 @@ void kvt_tier_unpin(kvt_tier_t *tier, const kvt_block_view_t *view)
 
 kvt_status_t kvt_tier_flush(kvt_tier_t *tier)
 {
-    pthread_mutex_lock(&tier->lock);
-    while (tier->count > 0 || tier->busy)
-        pthread_cond_wait(&tier->changed, &tier->lock);
-    pthread_mutex_unlock(&tier->lock);
+    wait_drained(tier);
     return kvt_disk_tier_flush(tier->disk);
 }
 

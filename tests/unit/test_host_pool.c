@@ -9,72 +9,31 @@
 
 #include "common/alloc.h"
 #include "kvstore/host_pool.h"
+#include "tests/support/testutil.h"
 
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
-#define B 4
-#define MAX_CHAIN 64
+static kvt_block_identity_t g_id;
 
-typedef struct {
-    kvt_block_header_t hdr[MAX_CHAIN];
-    uint8_t *payload[MAX_CHAIN];
-    int n;
-} chain_t;
+typedef tu_chain_t chain_t;
 
-static kvt_block_identity_t g_id = {
-    .layout = {.n_layers = 2, .n_kv_heads = 2, .head_dim = 8, .block_tokens = B,
-               .dtype = KVT_DTYPE_F32},
-};
+static size_t payload_len(void) { return tu_payload_len(&g_id); }
 
-static size_t payload_len(void) { return kvt_block_layout_payload_bytes(&g_id.layout); }
-
-/* Payload bytes are a function of the key, so any read can be checked. */
-static void fill_payload(const kvt_block_key_t *key, uint8_t *out)
-{
-    uint64_t x = kvt_xxh3_64(key->b, KVT_KEY_LEN);
-    for (size_t i = 0; i < payload_len(); i++) {
-        x = x * 6364136223846793005ull + 1442695040888963407ull;
-        out[i] = (uint8_t)(x >> 56);
-    }
-}
+static void fill_payload(const kvt_block_key_t *key, uint8_t *out) { tu_fill_payload(&g_id, key, out); }
 
 static void check_payload(const kvt_block_key_t *key, const uint8_t *got)
 {
-    uint8_t *want = malloc(payload_len());
-    fill_payload(key, want);
-    assert_memory_equal(want, got, payload_len());
-    free(want);
+    assert_true(tu_payload_ok(&g_id, key, got));
 }
 
-/* A chain of n blocks; `seed` picks the tokens, `share` leading blocks are
- * taken from `base` (branching off it). */
 static void make_chain(chain_t *c, int n, uint32_t seed, const chain_t *base, int share)
 {
-    kvt_block_key_t root, parent;
-    kvt_block_key_root(g_id.fingerprint, NULL, 0, &root);
-    parent = root;
-    c->n = n;
-    for (int i = 0; i < n; i++) {
-        uint32_t tokens[B];
-        for (int t = 0; t < B; t++)
-            tokens[t] = i < share ? base->hdr[i].tokens[t] : seed * 1000003u + (uint32_t)(i * B + t);
-        c->payload[i] = malloc(payload_len());
-        kvt_block_key_t key;
-        kvt_block_key_next(&parent, B, tokens, &key);
-        fill_payload(&key, c->payload[i]);
-        assert_int_equal(kvt_block_header_make(&c->hdr[i], &g_id, &parent, (uint32_t)i, tokens,
-                                               c->payload[i]), KVT_OK);
-        parent = c->hdr[i].key;
-    }
+    tu_chain_make(c, &g_id, n, seed, base, share);
 }
 
-static void free_chain(chain_t *c)
-{
-    for (int i = 0; i < c->n; i++)
-        free(c->payload[i]);
-}
+static void free_chain(chain_t *c) { tu_chain_free(c); }
 
 static kvt_host_pool_t *make_pool(uint32_t slots, uint32_t shards)
 {
@@ -339,6 +298,7 @@ static void test_create_fails_cleanly(void **state)
 
 int main(void)
 {
+    g_id = tu_identity();
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_put_get),
         cmocka_unit_test(test_rejects),

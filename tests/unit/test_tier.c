@@ -1,0 +1,170 @@
+/* The tier (T1 over T2): write-behind reaches disk, reopen serves from
+ * disk and promotes, longest_prefix reports tiers, pin promotes, a tiny T1
+ * still stores everything, events fire for both tiers. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include "kvstore/tier.h"
+#include "tests/support/testutil.h"
+
+static kvt_block_identity_t g_id;
+
+typedef struct {
+    int stored[3];
+    int evicted[3];
+} event_count_t;
+
+static void count_event(const kvt_block_event_t *ev, void *arg)
+{
+    event_count_t *c = arg;
+    if (ev->kind == KVT_EVENT_STORED)
+        c->stored[ev->tier]++;
+    else if (ev->kind == KVT_EVENT_EVICTED)
+        c->evicted[ev->tier]++;
+}
+
+static kvt_tier_t *open_tier(const char *dir, uint32_t host_slots, bool with_identity,
+                             event_count_t *events)
+{
+    kvt_tier_params_t p = {
+        .data_dir = dir, .identity = with_identity ? &g_id : NULL,
+        .host_capacity_bytes = (uint64_t)host_slots * tu_payload_len(&g_id),
+        .write_queue_depth = 2, .on_event = events ? count_event : NULL, .event_arg = events,
+    };
+    kvt_tier_t *tier = NULL;
+    assert_int_equal(kvt_tier_open(&p, &tier), KVT_OK);
+    return tier;
+}
+
+static kvt_block_key_t *keys_of(const tu_chain_t *c)
+{
+    kvt_block_key_t *keys = malloc(sizeof(*keys) * (size_t)c->n);
+    for (int i = 0; i < c->n; i++)
+        keys[i] = c->hdr[i].key;
+    return keys;
+}
+
+static void test_write_behind_and_reopen(void **state)
+{
+    (void)state;
+    char *dir = tu_tmpdir("tier");
+    event_count_t ev = {{0}};
+    kvt_tier_t *tier = open_tier(dir, 64, true, &ev);
+    tu_chain_t c;
+    tu_chain_make(&c, &g_id, 10, 1, NULL, 0);
+    for (int i = 0; i < c.n; i++)
+        assert_int_equal(kvt_tier_put(tier, &c.hdr[i], c.payload[i]), KVT_OK);
+    assert_int_equal(kvt_tier_flush(tier), KVT_OK);
+    kvt_tier_stats_all_t s;
+    kvt_tier_stats(tier, &s);
+    assert_int_equal(s.written, 10);
+    assert_int_equal(s.queued, 0);
+    assert_int_equal(s.disk.blocks, 10);
+    assert_int_equal(ev.stored[KVT_TIER_HOST], 10);
+    assert_int_equal(ev.stored[KVT_TIER_DISK], 10);
+    kvt_tier_close(tier);
+
+    tier = open_tier(dir, 64, false, NULL); /* adopts the stored identity */
+    kvt_block_key_t *keys = keys_of(&c);
+    kvt_tier_id_t where[10];
+    size_t n = 0;
+    assert_int_equal(kvt_tier_longest_prefix(tier, keys, 10, where, &n), KVT_OK);
+    assert_int_equal(n, 10);
+    for (int i = 0; i < 10; i++)
+        assert_int_equal(where[i], KVT_TIER_DISK);
+    uint8_t *buf = malloc(tu_payload_len(&g_id));
+    kvt_block_header_t h;
+    kvt_tier_id_t from;
+    for (int i = 0; i < 6; i++) {
+        assert_int_equal(kvt_tier_get(tier, &keys[i], &h, buf, tu_payload_len(&g_id), &from), KVT_OK);
+        assert_int_equal(from, KVT_TIER_DISK);
+        assert_true(tu_payload_ok(&g_id, &keys[i], buf));
+    }
+    assert_int_equal(kvt_tier_get(tier, &keys[0], &h, buf, tu_payload_len(&g_id), &from), KVT_OK);
+    assert_int_equal(from, KVT_TIER_HOST);
+    assert_int_equal(kvt_tier_longest_prefix(tier, keys, 10, where, &n), KVT_OK);
+    assert_int_equal(n, 10);
+    for (int i = 0; i < 10; i++)
+        assert_int_equal(where[i], i < 6 ? KVT_TIER_HOST : KVT_TIER_DISK);
+    /* Pin promotes the next block of the chain. */
+    kvt_block_view_t v;
+    assert_int_equal(kvt_tier_pin(tier, &keys[6], &v), KVT_OK);
+    assert_true(tu_payload_ok(&g_id, &keys[6], v.payload));
+    kvt_tier_unpin(tier, &v);
+    assert_true(kvt_host_pool_contains(kvt_tier_host(tier), &keys[6]));
+    /* A chain that branches off after 3 blocks shares exactly 3. */
+    tu_chain_t d;
+    tu_chain_make(&d, &g_id, 8, 2, &c, 3);
+    kvt_block_key_t *dkeys = keys_of(&d);
+    assert_int_equal(kvt_tier_longest_prefix(tier, dkeys, 8, NULL, &n), KVT_OK);
+    assert_int_equal(n, 3);
+    free(dkeys);
+    tu_chain_free(&d);
+    free(keys);
+    free(buf);
+    tu_chain_free(&c);
+    kvt_tier_close(tier);
+    tu_rmtree(dir);
+    free(dir);
+}
+
+static void test_small_host_pool_still_persists(void **state)
+{
+    (void)state;
+    char *dir = tu_tmpdir("tier-small");
+    kvt_tier_t *tier = open_tier(dir, 3, true, NULL);
+    tu_chain_t c;
+    tu_chain_make(&c, &g_id, 20, 5, NULL, 0);
+    for (int i = 0; i < c.n; i++)
+        assert_int_equal(kvt_tier_put(tier, &c.hdr[i], c.payload[i]), KVT_OK);
+    assert_int_equal(kvt_tier_flush(tier), KVT_OK);
+    kvt_tier_stats_all_t s;
+    kvt_tier_stats(tier, &s);
+    assert_int_equal(s.disk.blocks, 20);
+    assert_true(s.host.blocks <= 3);
+    assert_int_equal(s.write_failed, 0);
+    /* Every block is readable and correct, wherever it lives. */
+    uint8_t *buf = malloc(tu_payload_len(&g_id));
+    kvt_block_header_t h;
+    for (int i = 0; i < c.n; i++) {
+        assert_int_equal(kvt_tier_get(tier, &c.hdr[i].key, &h, buf, tu_payload_len(&g_id), NULL),
+                         KVT_OK);
+        assert_true(tu_payload_ok(&g_id, &c.hdr[i].key, buf));
+    }
+    free(buf);
+    tu_chain_free(&c);
+    kvt_tier_close(tier);
+    tu_rmtree(dir);
+    free(dir);
+}
+
+static void test_identity_mismatch(void **state)
+{
+    (void)state;
+    char *dir = tu_tmpdir("tier-id");
+    kvt_tier_close(open_tier(dir, 4, true, NULL));
+    kvt_block_identity_t other = g_id;
+    other.fingerprint[5] ^= 1;
+    kvt_tier_params_t p = {.data_dir = dir, .identity = &other,
+                           .host_capacity_bytes = 4 * tu_payload_len(&g_id)};
+    kvt_tier_t *tier = NULL;
+    assert_int_equal(kvt_tier_open(&p, &tier), KVT_ERR_MISMATCH);
+    p.host_capacity_bytes = 0;
+    assert_int_equal(kvt_tier_open(&p, &tier), KVT_ERR_INVALID);
+    tu_rmtree(dir);
+    free(dir);
+}
+
+int main(void)
+{
+    g_id = tu_identity();
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_write_behind_and_reopen),
+        cmocka_unit_test(test_small_host_pool_still_persists),
+        cmocka_unit_test(test_identity_mismatch),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
