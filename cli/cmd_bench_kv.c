@@ -38,9 +38,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <sys/statfs.h>
-#include <sys/utsname.h>
-#include <time.h>
 #include <unistd.h>
 
 #define BENCH_TOKENS 16u
@@ -514,56 +511,6 @@ static kvt_status_t bench_run(bench_t *b)
 
 /* ---- output ---- */
 
-static const char *fs_name(long type)
-{
-    switch ((unsigned long)type) {
-    case 0xEF53: return "ext4";
-    case 0x58465342: return "xfs";
-    case 0x9123683E: return "btrfs";
-    case 0x01021994: return "tmpfs";
-    case 0x794C7630: return "overlayfs";
-    case 0x6969: return "nfs";
-    case 0x2FC12FC1: return "zfs";
-    case 0xF2F52010: return "f2fs";
-    case 0x65735546: return "fuse";
-    default: return "unknown";
-    }
-}
-
-static cJSON *machine_json(const char *dir)
-{
-    cJSON *o = cJSON_CreateObject();
-    if (!o)
-        return NULL;
-    char line[512], cpu[256] = "unknown", date[32];
-    FILE *f = fopen("/proc/cpuinfo", "r");
-    while (f && fgets(line, sizeof(line), f)) {
-        char *colon = strchr(line, ':');
-        if (!strncmp(line, "model name", 10) && colon) {
-            snprintf(cpu, sizeof(cpu), "%s", colon + 2);
-            cpu[strcspn(cpu, "\n")] = '\0';
-            break;
-        }
-    }
-    if (f)
-        fclose(f);
-    struct utsname u;
-    struct statfs sf;
-    time_t now = time(NULL);
-    strftime(date, sizeof(date), "%Y-%m-%dT%H:%M:%SZ", gmtime(&now));
-    cJSON_AddStringToObject(o, "cpu", cpu);
-    kvt_json_add_u64(o, "cores", (uint64_t)sysconf(_SC_NPROCESSORS_ONLN));
-    kvt_json_add_u64(o, "mem_bytes",
-                     (uint64_t)sysconf(_SC_PHYS_PAGES) * (uint64_t)sysconf(_SC_PAGESIZE));
-    if (uname(&u) == 0) {
-        snprintf(line, sizeof(line), "%s %s", u.sysname, u.release);
-        cJSON_AddStringToObject(o, "kernel", line);
-    }
-    cJSON_AddStringToObject(o, "filesystem", statfs(dir, &sf) == 0 ? fs_name(sf.f_type) : "unknown");
-    cJSON_AddStringToObject(o, "date", date);
-    return o;
-}
-
 static int print_json(const bench_t *b, const char *dir)
 {
     cJSON *o = cJSON_CreateObject(), *arr = cJSON_CreateArray();
@@ -573,7 +520,7 @@ static int print_json(const bench_t *b, const char *dir)
         return kvt_json_print(NULL);
     }
     cJSON_AddStringToObject(o, "bench", "kv");
-    cJSON_AddItemToObject(o, "machine", machine_json(dir));
+    cJSON_AddItemToObject(o, "machine", kvt_json_machine(dir));
     for (int i = 0; i < b->n_res; i++) {
         const result_t *r = &b->res[i];
         cJSON *e = cJSON_CreateObject();
@@ -594,7 +541,7 @@ static int print_json(const bench_t *b, const char *dir)
 static void print_table(const bench_t *b, const char *dir)
 {
     const kvt_block_layout_t *l = &b->id.layout;
-    cJSON *m = machine_json(dir);
+    cJSON *m = kvt_json_machine(dir);
     const cJSON *cpu = cJSON_GetObjectItem(m, "cpu"), *fs = cJSON_GetObjectItem(m, "filesystem");
     printf("kvtier bench kv: %llu blocks x %llu B (%s, %u layers, %u kv heads, head_dim %u, "
            "%u tokens/block)\n",

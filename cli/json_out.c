@@ -6,6 +6,11 @@
 
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+#include <sys/statfs.h>
+#include <sys/utsname.h>
+#include <time.h>
+#include <unistd.h>
 
 int kvt_json_print(cJSON *obj)
 {
@@ -65,5 +70,55 @@ cJSON *kvt_json_tier_stats(const kvt_tier_stats_t *s, const char *state)
     kvt_json_add_u64(o, "corrupt", s->corrupt);
     kvt_json_add_u64(o, "no_parent", s->no_parent);
     kvt_json_add_u64(o, "pinned", s->pinned);
+    return o;
+}
+
+static const char *fs_name(long type)
+{
+    switch ((unsigned long)type) {
+    case 0xEF53: return "ext4";
+    case 0x58465342: return "xfs";
+    case 0x9123683E: return "btrfs";
+    case 0x01021994: return "tmpfs";
+    case 0x794C7630: return "overlayfs";
+    case 0x6969: return "nfs";
+    case 0x2FC12FC1: return "zfs";
+    case 0xF2F52010: return "f2fs";
+    case 0x65735546: return "fuse";
+    default: return "unknown";
+    }
+}
+
+cJSON *kvt_json_machine(const char *dir)
+{
+    cJSON *o = cJSON_CreateObject();
+    if (!o)
+        return NULL;
+    char line[512], cpu[256] = "unknown", date[32];
+    FILE *f = fopen("/proc/cpuinfo", "r");
+    while (f && fgets(line, sizeof(line), f)) {
+        char *colon = strchr(line, ':');
+        if (!strncmp(line, "model name", 10) && colon) {
+            snprintf(cpu, sizeof(cpu), "%s", colon + 2);
+            cpu[strcspn(cpu, "\n")] = '\0';
+            break;
+        }
+    }
+    if (f)
+        fclose(f);
+    struct utsname u;
+    struct statfs sf;
+    time_t now = time(NULL);
+    strftime(date, sizeof(date), "%Y-%m-%dT%H:%M:%SZ", gmtime(&now));
+    cJSON_AddStringToObject(o, "cpu", cpu);
+    kvt_json_add_u64(o, "cores", (uint64_t)sysconf(_SC_NPROCESSORS_ONLN));
+    kvt_json_add_u64(o, "mem_bytes",
+                     (uint64_t)sysconf(_SC_PHYS_PAGES) * (uint64_t)sysconf(_SC_PAGESIZE));
+    if (uname(&u) == 0) {
+        snprintf(line, sizeof(line), "%s %s", u.sysname, u.release);
+        cJSON_AddStringToObject(o, "kernel", line);
+    }
+    cJSON_AddStringToObject(o, "filesystem", statfs(dir, &sf) == 0 ? fs_name(sf.f_type) : "unknown");
+    cJSON_AddStringToObject(o, "date", date);
     return o;
 }

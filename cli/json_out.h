@@ -26,4 +26,8 @@ cJSON *kvt_json_identity(const kvt_block_identity_t *id);
  * figures come from ("not running", "on disk", "running"). */
 cJSON *kvt_json_tier_stats(const kvt_tier_stats_t *stats, const char *state);
 
+/* The machine a benchmark ran on: {"cpu","cores","mem_bytes","kernel",
+ * "filesystem" (of dir, from statfs),"date" (UTC, ISO 8601)}. */
+cJSON *kvt_json_machine(const char *dir);
+
 #endif

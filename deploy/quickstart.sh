@@ -23,7 +23,7 @@ step "installing dependencies (deploy/install-deps.sh)"
 
 step "building into build/ (Release)"
 cmake -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
-cmake --build build -j"$(nproc)"
+cmake --build build -j"$(nproc)" --target kvtier
 KVTIER=$ROOT/build/cli/kvtier
 "$KVTIER" version
 
