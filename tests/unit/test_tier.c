@@ -51,7 +51,8 @@ static void test_write_behind_and_reopen(void **state)
 {
     (void)state;
     char *dir = tu_tmpdir("tier");
-    event_count_t ev = {{0}};
+    event_count_t ev;
+    memset(&ev, 0, sizeof(ev));
     kvt_tier_t *tier = open_tier(dir, 64, true, &ev);
     tu_chain_t c;
     tu_chain_make(&c, &g_id, 10, 1, NULL, 0);
