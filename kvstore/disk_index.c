@@ -244,8 +244,8 @@ void kvt_disk_ticks_flush(kvt_disk_tier_t *tier)
             continue;
         uint8_t rec[META_LEN];
         kvt_disk_meta_encode(e, rec);
-        rocksdb_writebatch_put_cf(wb, tier->cf[CF_META], (const char *)e->key.b, KVT_KEY_LEN,
-                                  (const char *)rec, META_LEN);
+        dbkey_t mk = kvt_disk_dbkey(FAM_META, e->key.b);
+        rocksdb_writebatch_put(wb, mk.b, DBKEY_LEN, (const char *)rec, META_LEN);
         e->dirty = 0;
     }
     char *err = NULL;
@@ -356,13 +356,16 @@ kvt_status_t kvt_disk_dels_commit(kvt_disk_tier_t *tier, idvec_t *dels)
 {
     rocksdb_writebatch_t *wb = rocksdb_writebatch_create();
     for (size_t i = 0; i < dels->n; i++) {
-        const char *k = (const char *)tier->ents[dels->ids[i]].key.b;
-        rocksdb_writebatch_delete_cf(wb, tier->cf[CF_BLOCKS], k, KVT_KEY_LEN);
-        rocksdb_writebatch_delete_cf(wb, tier->cf[CF_META], k, KVT_KEY_LEN);
+        const uint8_t *k = tier->ents[dels->ids[i]].key.b;
+        kvt_disk_wb_delete(wb, FAM_BLOCK, k);
+        kvt_disk_wb_delete(wb, FAM_META, k);
     }
     pthread_mutex_unlock(&tier->mu);
     char *err = NULL;
-    rocksdb_write(tier->db, tier->wopts, wb, &err);
+    /* Read-only (a tool beside a live node): forget the blocks in this
+     * process, leave the disk to the node and to verify --repair. */
+    if (!tier->read_only)
+        rocksdb_write(tier->db, tier->wopts, wb, &err);
     rocksdb_writebatch_destroy(wb);
     pthread_mutex_lock(&tier->mu);
     for (size_t i = 0; i < dels->n; i++)
@@ -458,9 +461,8 @@ static kvt_status_t index_close_prefixes(kvt_disk_tier_t *tier, rocksdb_writebat
         kvt_block_key_hex(&e->key, hex);
         kvt_log_warn("disk tier dropping block at open key=%s index=%u reason=parent absent", hex,
                      e->index);
-        rocksdb_writebatch_delete_cf(junk, tier->cf[CF_BLOCKS], (const char *)e->key.b,
-                                     KVT_KEY_LEN);
-        rocksdb_writebatch_delete_cf(junk, tier->cf[CF_META], (const char *)e->key.b, KVT_KEY_LEN);
+        kvt_disk_wb_delete(junk, FAM_BLOCK, e->key.b);
+        kvt_disk_wb_delete(junk, FAM_META, e->key.b);
         tier->used -= e->bytes;
         tier->n_blocks--;
         kvt_disk_entry_free(tier, id);
@@ -478,20 +480,21 @@ static kvt_status_t index_close_prefixes(kvt_disk_tier_t *tier, rocksdb_writebat
     return st;
 }
 
-static kvt_status_t index_add_meta(kvt_disk_tier_t *tier, const char *k, size_t klen,
+static kvt_status_t index_add_meta(kvt_disk_tier_t *tier, const char *dbk, size_t dbklen,
                                    const char *v, size_t vlen, rocksdb_writebatch_t *junk)
 {
     entry_t rec;
     uint32_t id;
-    if (!kvt_disk_meta_decode(tier, k, klen, v, vlen, &rec)) {
+    const char *k = kvt_disk_dbkey_in(dbk, dbklen, FAM_META);
+    if (!k || !kvt_disk_meta_decode(tier, k, KVT_KEY_LEN, v, vlen, &rec)) {
         char hex[2 * KVT_KEY_LEN + 1] = "";
-        if (klen == KVT_KEY_LEN)
-            kvt_block_key_hex(&rec.key, hex);
+        if (k)
+            kvt_hex((const uint8_t *)k, KVT_KEY_LEN, hex);
         kvt_log_warn("disk tier dropping block at open key=%s klen=%zu vlen=%zu "
-                     "reason=meta record corrupt", hex, klen, vlen);
-        rocksdb_writebatch_delete_cf(junk, tier->cf[CF_META], k, klen);
-        if (klen == KVT_KEY_LEN)
-            rocksdb_writebatch_delete_cf(junk, tier->cf[CF_BLOCKS], k, klen);
+                     "reason=meta record corrupt", hex, dbklen, vlen);
+        rocksdb_writebatch_delete(junk, dbk, dbklen);
+        if (k)
+            kvt_disk_wb_delete(junk, FAM_BLOCK, k);
         return KVT_OK;
     }
     kvt_status_t st = kvt_disk_entry_new(tier, &rec.key, &id);
@@ -518,10 +521,9 @@ static kvt_status_t index_add_meta(kvt_disk_tier_t *tier, const char *k, size_t 
 kvt_status_t kvt_disk_index_load(kvt_disk_tier_t *tier)
 {
     rocksdb_writebatch_t *junk = rocksdb_writebatch_create();
-    rocksdb_iterator_t *it = rocksdb_create_iterator_cf(tier->db, tier->scan_ropts,
-                                                        tier->cf[CF_META]);
+    rocksdb_iterator_t *it = rocksdb_create_iterator(tier->db, tier->scan_ropts);
     kvt_status_t st = KVT_OK;
-    for (rocksdb_iter_seek_to_first(it); st == KVT_OK && rocksdb_iter_valid(it);
+    for (kvt_disk_iter_family(it, FAM_META); st == KVT_OK && kvt_disk_iter_in_family(it, FAM_META);
          rocksdb_iter_next(it)) {
         size_t klen, vlen;
         const char *k = rocksdb_iter_key(it, &klen);

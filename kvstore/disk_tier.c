@@ -41,7 +41,6 @@
 #include <string.h>
 #include <sys/stat.h>
 
-static const char *const cf_names[CF_N] = {"default", "blocks", "meta"};
 static const char identity_key[] = "identity";
 static const char counters_key[] = "counters";
 
@@ -102,18 +101,20 @@ kvt_status_t kvt_disk_image_check(const kvt_disk_tier_t *tier, const kvt_block_k
 
 /* --- open and close --- */
 
-static rocksdb_options_t *cf_options_create(bool blobs)
+static rocksdb_options_t *db_options_create(bool create)
 {
     rocksdb_options_t *o = rocksdb_options_create();
+    rocksdb_options_set_create_if_missing(o, create);
+    rocksdb_options_set_max_background_jobs(o, 4);
     rocksdb_options_set_compression(o, rocksdb_no_compression); /* KV is incompressible */
     rocksdb_options_set_write_buffer_size(o, 64u << 20);
-    if (blobs) {
-        rocksdb_options_set_enable_blob_files(o, 1);
-        rocksdb_options_set_min_blob_size(o, 4096);
-        rocksdb_options_set_blob_file_size(o, 256u << 20);
-        rocksdb_options_set_blob_compression_type(o, rocksdb_no_compression);
-        rocksdb_options_set_enable_blob_gc(o, 1);
-    }
+    /* Images go to blob files; meta records and the tier's records (well
+     * under 4 KiB) stay in the LSM tree. */
+    rocksdb_options_set_enable_blob_files(o, 1);
+    rocksdb_options_set_min_blob_size(o, 4096);
+    rocksdb_options_set_blob_file_size(o, 256u << 20);
+    rocksdb_options_set_blob_compression_type(o, rocksdb_no_compression);
+    rocksdb_options_set_enable_blob_gc(o, 1);
     return o;
 }
 
@@ -134,20 +135,16 @@ static kvt_status_t db_open(kvt_disk_tier_t *tier, const kvt_disk_tier_params_t 
         kvt_log_error("disk tier db not found path=%s", params->path);
         return KVT_ERR_NOT_FOUND;
     }
-    for (int i = 0; i < CF_N; i++)
-        tier->opts[i] = cf_options_create(i == CF_BLOCKS);
-    rocksdb_options_t *o = tier->opts[CF_DEFAULT];
-    rocksdb_options_set_create_if_missing(o, !exists);
-    rocksdb_options_set_create_missing_column_families(o, 1);
-    rocksdb_options_set_max_background_jobs(o, 4);
+    tier->opts = db_options_create(!exists);
     char *err = NULL;
-    const rocksdb_options_t *cfo[CF_N] = {tier->opts[0], tier->opts[1], tier->opts[2]};
+    /* A bounded max_open_files keeps RocksDB from opening a fully compacted
+     * DB in its "compacted" read-only mode, which cannot read blob values. */
     if (params->read_only)
-        tier->db = rocksdb_open_for_read_only_column_families(o, params->path, CF_N, cf_names,
-                                                              cfo, tier->cf, 0, &err);
+        rocksdb_options_set_max_open_files(tier->opts, 4096);
+    if (params->read_only)
+        tier->db = rocksdb_open_for_read_only(tier->opts, params->path, 0, &err);
     else
-        tier->db = rocksdb_open_column_families(o, params->path, CF_N, cf_names, cfo, tier->cf,
-                                                &err);
+        tier->db = rocksdb_open(tier->opts, params->path, &err);
     if (err) {
         tier->db = NULL;
         kvt_log_error("disk tier open failed path=%s", params->path);
@@ -178,8 +175,8 @@ static kvt_status_t identity_load(kvt_disk_tier_t *tier, const kvt_block_identit
 {
     char *err = NULL;
     size_t len;
-    char *v = rocksdb_get_cf(tier->db, tier->ropts, tier->cf[CF_DEFAULT], identity_key,
-                             sizeof(identity_key) - 1, &len, &err);
+    char *v = rocksdb_get(tier->db, tier->ropts, identity_key, sizeof(identity_key) - 1, &len,
+                          &err);
     if (err)
         return kvt_disk_rdb_fail("read identity", err);
     if (!v) {
@@ -189,8 +186,8 @@ static kvt_status_t identity_load(kvt_disk_tier_t *tier, const kvt_block_identit
         }
         uint8_t rec[IDENT_LEN];
         identity_encode(want, rec);
-        rocksdb_put_cf(tier->db, tier->wopts, tier->cf[CF_DEFAULT], identity_key,
-                       sizeof(identity_key) - 1, (const char *)rec, IDENT_LEN, &err);
+        rocksdb_put(tier->db, tier->wopts, identity_key, sizeof(identity_key) - 1,
+                    (const char *)rec, IDENT_LEN, &err);
         if (err)
             return kvt_disk_rdb_fail("write identity", err);
         tier->identity = *want;
@@ -218,8 +215,8 @@ static kvt_status_t counters_load(kvt_disk_tier_t *tier)
 {
     char *err = NULL;
     size_t len;
-    char *v = rocksdb_get_cf(tier->db, tier->ropts, tier->cf[CF_DEFAULT], counters_key,
-                             sizeof(counters_key) - 1, &len, &err);
+    char *v = rocksdb_get(tier->db, tier->ropts, counters_key, sizeof(counters_key) - 1, &len,
+                          &err);
     if (err)
         return kvt_disk_rdb_fail("read counters", err);
     if (!v)
@@ -247,22 +244,18 @@ static void counters_save(kvt_disk_tier_t *tier)
     pthread_mutex_unlock(&tier->mu);
     put64(rec + 56, kvt_xxh3_64(rec, 56));
     char *err = NULL;
-    rocksdb_put_cf(tier->db, tier->wopts, tier->cf[CF_DEFAULT], counters_key,
-                   sizeof(counters_key) - 1, (const char *)rec, COUNTERS_LEN, &err);
+    rocksdb_put(tier->db, tier->wopts, counters_key, sizeof(counters_key) - 1, (const char *)rec,
+                COUNTERS_LEN, &err);
     if (err)
         kvt_disk_rdb_fail("write counters", err);
 }
 
 static void tier_free(kvt_disk_tier_t *tier)
 {
-    for (int i = 0; i < CF_N; i++)
-        if (tier->cf[i])
-            rocksdb_column_family_handle_destroy(tier->cf[i]);
     if (tier->db)
         rocksdb_close(tier->db);
-    for (int i = 0; i < CF_N; i++)
-        if (tier->opts[i])
-            rocksdb_options_destroy(tier->opts[i]);
+    if (tier->opts)
+        rocksdb_options_destroy(tier->opts);
     if (tier->wopts)
         rocksdb_writeoptions_destroy(tier->wopts);
     if (tier->ropts)
@@ -347,16 +340,14 @@ kvt_status_t kvt_disk_tier_flush(kvt_disk_tier_t *tier)
     kvt_disk_ticks_flush(tier);
     pthread_mutex_unlock(&tier->mu);
     counters_save(tier);
-    /* Memtables first: once they are in (synced) table and blob files the
-     * WAL that covered them is obsolete and is never written back, so the
-     * WAL sync after it is small.  The other order writes every payload to
+    /* Memtable first: once it is in (synced) table and blob files the WAL
+     * that covered it is obsolete and is never written back, so the WAL
+     * sync after it is small.  The other order writes every payload to
      * disk twice. */
     char *err = NULL;
-    for (int i = 0; i < CF_N; i++) {
-        rocksdb_flush_cf(tier->db, tier->fopts, tier->cf[i], &err);
-        if (err)
-            return kvt_disk_rdb_fail("flush memtable", err);
-    }
+    rocksdb_flush(tier->db, tier->fopts, &err);
+    if (err)
+        return kvt_disk_rdb_fail("flush memtable", err);
     rocksdb_flush_wal(tier->db, 1, &err);
     if (err)
         return kvt_disk_rdb_fail("flush wal", err);
@@ -505,17 +496,17 @@ static void put_batch_fill(kvt_disk_tier_t *tier, rocksdb_writebatch_t *wb,
     const entry_t *e = &tier->ents[plan->id];
     uint8_t rec[META_LEN];
     kvt_disk_meta_encode(e, rec);
-    const char *key = (const char *)e->key.b;
-    size_t key_len = KVT_KEY_LEN;
+    dbkey_t bk = kvt_disk_dbkey(FAM_BLOCK, e->key.b), mk = kvt_disk_dbkey(FAM_META, e->key.b);
+    const char *key = bk.b;
+    size_t key_len = DBKEY_LEN;
     const char *parts[2] = {(const char *)img->header, (const char *)img->payload};
     size_t part_lens[2] = {img->header_len, img->payload_len};
-    rocksdb_writebatch_putv_cf(wb, tier->cf[CF_BLOCKS], 1, &key, &key_len, 2, parts, part_lens);
-    rocksdb_writebatch_put_cf(wb, tier->cf[CF_META], (const char *)e->key.b, KVT_KEY_LEN,
-                              (const char *)rec, META_LEN);
+    rocksdb_writebatch_putv(wb, 1, &key, &key_len, 2, parts, part_lens);
+    rocksdb_writebatch_put(wb, mk.b, DBKEY_LEN, (const char *)rec, META_LEN);
     for (size_t i = 0; i < plan->victims.n; i++) {
-        const char *k = (const char *)tier->ents[plan->victims.ids[i]].key.b;
-        rocksdb_writebatch_delete_cf(wb, tier->cf[CF_BLOCKS], k, KVT_KEY_LEN);
-        rocksdb_writebatch_delete_cf(wb, tier->cf[CF_META], k, KVT_KEY_LEN);
+        const uint8_t *k = tier->ents[plan->victims.ids[i]].key.b;
+        kvt_disk_wb_delete(wb, FAM_BLOCK, k);
+        kvt_disk_wb_delete(wb, FAM_META, k);
     }
 }
 
@@ -563,8 +554,8 @@ static kvt_status_t get_read(kvt_disk_tier_t *tier, const kvt_block_key_t *key, 
                              bool *img_found_p)
 {
     char *err = NULL;
-    rocksdb_pinnableslice_t *ps = rocksdb_get_pinned_cf(tier->db, tier->ropts, tier->cf[CF_BLOCKS],
-                                                        (const char *)key->b, KVT_KEY_LEN, &err);
+    dbkey_t bk = kvt_disk_dbkey(FAM_BLOCK, key->b);
+    rocksdb_pinnableslice_t *ps = rocksdb_get_pinned(tier->db, tier->ropts, bk.b, DBKEY_LEN, &err);
     if (err)
         return kvt_disk_rdb_fail("read block", err);
     size_t len = 0, hlen = 0;

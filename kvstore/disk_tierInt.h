@@ -13,6 +13,7 @@
 
 #include <pthread.h>
 #include <rocksdb/c.h>
+#include <string.h>
 
 #define STORE_VERSION 1
 #define IDENT_LEN 68
@@ -22,7 +23,17 @@
 #define ID_NONE UINT32_MAX
 #define ENTRIES_MAX (UINT32_MAX / 2)
 
-enum { CF_DEFAULT, CF_BLOCKS, CF_META, CF_N };
+/* Everything lives in RocksDB's default column family, as key families:
+ *     "identity", "counters"   the tier's records
+ *     'b' || key[32]           block image (header || payload), in blob files
+ *     'm' || key[32]           meta record
+ * One column family on purpose: when several share the WAL, RocksDB syncs
+ * every closed WAL before a memtable flush, so each payload reached the
+ * disk twice (WAL, then blob file).  With one, the WAL of a flushed
+ * memtable is deleted before writeback and the payload is written once;
+ * a block and its meta still go in one atomic batch. */
+enum { FAM_BLOCK = 'b', FAM_META = 'm' };
+#define DBKEY_LEN (1 + KVT_KEY_LEN)
 enum { E_FREE, E_RESIDENT, E_WRITING, E_DELETING };
 enum { C_HITS, C_MISSES, C_PUTS, C_EVICTIONS, C_CORRUPT, C_NO_PARENT, C_N };
 
@@ -58,9 +69,8 @@ struct kvt_disk_tier {
     kvt_block_event_fn on_event;
     void *event_arg;
 
-    rocksdb_options_t *opts[CF_N];
+    rocksdb_options_t *opts;
     rocksdb_t *db;
-    rocksdb_column_family_handle_t *cf[CF_N];
     rocksdb_writeoptions_t *wopts;
     rocksdb_readoptions_t *ropts;
     rocksdb_readoptions_t *scan_ropts; /* scans do not evict hot blocks from the cache */
@@ -111,6 +121,47 @@ static inline uint64_t get64(const uint8_t *p)
 }
 
 enum { R_UNKNOWN, R_ROOTED, R_ORPHAN, R_VISITING, R_SKIP };
+
+/* --- keys of the families --- */
+
+typedef struct {
+    char b[DBKEY_LEN];
+} dbkey_t;
+
+static inline dbkey_t kvt_disk_dbkey(char fam, const void *key)
+{
+    dbkey_t k;
+    k.b[0] = fam;
+    memcpy(k.b + 1, key, KVT_KEY_LEN);
+    return k;
+}
+
+/* The block key inside a RocksDB key of family fam, or NULL. */
+static inline const char *kvt_disk_dbkey_in(const char *k, size_t klen, char fam)
+{
+    return klen == DBKEY_LEN && k[0] == fam ? k + 1 : NULL;
+}
+
+static inline void kvt_disk_wb_delete(rocksdb_writebatch_t *wb, char fam, const void *key)
+{
+    dbkey_t k = kvt_disk_dbkey(fam, key);
+    rocksdb_writebatch_delete(wb, k.b, DBKEY_LEN);
+}
+
+/* An iterator over one family: first key, and whether it is still in it. */
+static inline void kvt_disk_iter_family(rocksdb_iterator_t *it, char fam)
+{
+    rocksdb_iter_seek(it, &fam, 1);
+}
+
+static inline bool kvt_disk_iter_in_family(rocksdb_iterator_t *it, char fam)
+{
+    if (!rocksdb_iter_valid(it))
+        return false;
+    size_t klen;
+    const char *k = rocksdb_iter_key(it, &klen);
+    return klen > 0 && k[0] == fam;
+}
 
 /* --- records and helpers (disk_index.c) --- */
 

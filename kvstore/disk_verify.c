@@ -12,16 +12,17 @@
 
 kvt_status_t kvt_disk_tier_foreach(kvt_disk_tier_t *tier, kvt_disk_visit_fn fn, void *arg)
 {
-    rocksdb_iterator_t *it = rocksdb_create_iterator_cf(tier->db, tier->scan_ropts,
-                                                        tier->cf[CF_BLOCKS]);
+    rocksdb_iterator_t *it = rocksdb_create_iterator(tier->db, tier->scan_ropts);
     kvt_status_t st = KVT_OK;
     kvt_block_header_t hdr;
-    for (rocksdb_iter_seek_to_first(it); st == KVT_OK && rocksdb_iter_valid(it);
+    for (kvt_disk_iter_family(it, FAM_BLOCK); st == KVT_OK && kvt_disk_iter_in_family(it, FAM_BLOCK);
          rocksdb_iter_next(it)) {
-        size_t klen, vlen, hlen;
-        const char *k = rocksdb_iter_key(it, &klen);
+        size_t dbklen, vlen, hlen;
+        const char *dbk = rocksdb_iter_key(it, &dbklen);
+        const char *k = kvt_disk_dbkey_in(dbk, dbklen, FAM_BLOCK);
+        size_t klen = dbklen - 1;
         const uint8_t *v = (const uint8_t *)rocksdb_iter_value(it, &vlen);
-        if (klen != KVT_KEY_LEN || kvt_block_header_decode(v, vlen, &hdr, &hlen) != KVT_OK ||
+        if (!k || kvt_block_header_decode(v, vlen, &hdr, &hlen) != KVT_OK ||
             memcmp(hdr.key.b, k, KVT_KEY_LEN) != 0) {
             kvt_log_warn("disk tier foreach skips a bad block klen=%zu vlen=%zu", klen, vlen);
             continue;
@@ -68,6 +69,17 @@ static kvt_status_t vscan_push(vscan_t *vs, const vrec_t *rec)
     return KVT_OK;
 }
 
+/* Delete a record whose block key (after the family byte) is malformed. */
+static void raw_delete(vscan_t *vs, char fam, const char *k, size_t klen)
+{
+    char buf[256];
+    if (klen + 1 > sizeof(buf))
+        return; /* RocksDB keys that long are not ours to have written */
+    buf[0] = fam;
+    memcpy(buf + 1, k, klen);
+    rocksdb_writebatch_delete(vs->raw, buf, klen + 1);
+}
+
 static int keycmp(const char *a, size_t alen, const char *b, size_t blen)
 {
     int c = memcmp(a, b, alen < blen ? alen : blen);
@@ -90,8 +102,8 @@ static kvt_status_t verify_block(kvt_disk_tier_t *tier, vscan_t *vs, const char 
     if (klen != KVT_KEY_LEN) {
         kvt_log_warn("disk tier verify found a block with a bad key klen=%zu", klen);
         vs->rep.corrupt++;
-        rocksdb_writebatch_delete_cf(vs->raw, tier->cf[CF_BLOCKS], k, klen);
-        rocksdb_writebatch_delete_cf(vs->raw, tier->cf[CF_META], k, klen);
+        raw_delete(vs, FAM_BLOCK, k, klen);
+        raw_delete(vs, FAM_META, k, klen);
         return KVT_OK;
     }
     vrec_t rec = {.kind = V_GOOD};
@@ -128,7 +140,7 @@ static kvt_status_t verify_meta_only(kvt_disk_tier_t *tier, vscan_t *vs, const c
     vs->rep.corrupt++;
     if (klen != KVT_KEY_LEN) {
         kvt_log_warn("disk tier verify found a meta record with a bad key klen=%zu", klen);
-        rocksdb_writebatch_delete_cf(vs->raw, tier->cf[CF_META], k, klen);
+        raw_delete(vs, FAM_META, k, klen);
         return KVT_OK;
     }
     vrec_t rec = {.kind = V_META_ONLY};
@@ -145,15 +157,21 @@ static kvt_status_t verify_scan(kvt_disk_tier_t *tier, vscan_t *vs)
     rocksdb_readoptions_t *ro = rocksdb_readoptions_create();
     rocksdb_readoptions_set_fill_cache(ro, 0);
     rocksdb_readoptions_set_snapshot(ro, snap);
-    rocksdb_iterator_t *bi = rocksdb_create_iterator_cf(tier->db, ro, tier->cf[CF_BLOCKS]);
-    rocksdb_iterator_t *mi = rocksdb_create_iterator_cf(tier->db, ro, tier->cf[CF_META]);
+    rocksdb_iterator_t *bi = rocksdb_create_iterator(tier->db, ro);
+    rocksdb_iterator_t *mi = rocksdb_create_iterator(tier->db, ro);
     kvt_status_t st = KVT_OK;
-    rocksdb_iter_seek_to_first(bi);
-    rocksdb_iter_seek_to_first(mi);
-    while (st == KVT_OK && (rocksdb_iter_valid(bi) || rocksdb_iter_valid(mi))) {
+    kvt_disk_iter_family(bi, FAM_BLOCK);
+    kvt_disk_iter_family(mi, FAM_META);
+    while (st == KVT_OK &&
+           (kvt_disk_iter_in_family(bi, FAM_BLOCK) || kvt_disk_iter_in_family(mi, FAM_META))) {
         size_t bkl = 0, mkl = 0, bvl = 0, mvl = 0;
-        const char *bk = rocksdb_iter_valid(bi) ? rocksdb_iter_key(bi, &bkl) : NULL;
-        const char *mk = rocksdb_iter_valid(mi) ? rocksdb_iter_key(mi, &mkl) : NULL;
+        /* Keys without their family byte, so both sides compare as block keys. */
+        const char *bk = kvt_disk_iter_in_family(bi, FAM_BLOCK) ? rocksdb_iter_key(bi, &bkl) : NULL;
+        const char *mk = kvt_disk_iter_in_family(mi, FAM_META) ? rocksdb_iter_key(mi, &mkl) : NULL;
+        if (bk)
+            bk++, bkl--;
+        if (mk)
+            mk++, mkl--;
         int c = !bk ? 1 : !mk ? -1 : keycmp(bk, bkl, mk, mkl);
         if (c > 0) {
             st = verify_meta_only(tier, vs, mk, mkl);

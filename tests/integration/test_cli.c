@@ -171,45 +171,31 @@ static int db_teardown(void **state)
     return 0;
 }
 
-/* Flip the last payload byte of one block's image in CF "blocks". */
+/* Flip the last payload byte of one block's image: the tier keeps images
+ * under 'b' || key (kvstore/disk_tierInt.h). */
 static void corrupt_block(const char *db, const kvt_block_key_t *key)
 {
     rocksdb_options_t *o = rocksdb_options_create();
-    char *err = NULL;
-    size_t n_cf = 0;
-    char **names = rocksdb_list_column_families(o, db, &n_cf, &err);
-    assert_null(err);
-    assert_true(n_cf > 0 && n_cf <= 8);
-    const rocksdb_options_t *cf_opts[8];
-    rocksdb_column_family_handle_t *h[8];
-    int blocks = -1;
-    for (size_t i = 0; i < n_cf; i++) {
-        cf_opts[i] = o;
-        if (!strcmp(names[i], "blocks"))
-            blocks = (int)i;
-    }
-    assert_true(blocks >= 0);
-    rocksdb_t *rdb = rocksdb_open_column_families(o, db, (int)n_cf, (const char *const *)names,
-                                                  cf_opts, h, &err);
+    char *err = NULL, k[1 + KVT_KEY_LEN];
+    k[0] = 'b';
+    memcpy(k + 1, key->b, KVT_KEY_LEN);
+    rocksdb_t *rdb = rocksdb_open(o, db, &err);
     assert_null(err);
     rocksdb_readoptions_t *ro = rocksdb_readoptions_create();
     rocksdb_writeoptions_t *wo = rocksdb_writeoptions_create();
     rocksdb_flushoptions_t *fo = rocksdb_flushoptions_create();
     size_t vlen = 0;
-    char *v = rocksdb_get_cf(rdb, ro, h[blocks], (const char *)key->b, KVT_KEY_LEN, &vlen, &err);
+    char *v = rocksdb_get(rdb, ro, k, sizeof(k), &vlen, &err);
     assert_null(err);
     assert_non_null(v);
     v[vlen - 1] ^= 0x5a;
-    rocksdb_put_cf(rdb, wo, h[blocks], (const char *)key->b, KVT_KEY_LEN, v, vlen, &err);
+    rocksdb_put(rdb, wo, k, sizeof(k), v, vlen, &err);
     assert_null(err);
     rocksdb_flushoptions_set_wait(fo, 1);
-    rocksdb_flush_cf(rdb, fo, h[blocks], &err);
+    rocksdb_flush(rdb, fo, &err);
     assert_null(err);
     rocksdb_free(v);
-    for (size_t i = 0; i < n_cf; i++)
-        rocksdb_column_family_handle_destroy(h[i]);
     rocksdb_close(rdb);
-    rocksdb_list_column_families_destroy(names, n_cf);
     rocksdb_flushoptions_destroy(fo);
     rocksdb_writeoptions_destroy(wo);
     rocksdb_readoptions_destroy(ro);

@@ -239,34 +239,40 @@ static void expect_closed(fx_t *fx)
 typedef struct {
     rocksdb_options_t *opts;
     rocksdb_t *db;
-    rocksdb_column_family_handle_t *cf[3];
     rocksdb_writeoptions_t *wo;
 } raw_t;
 
+/* The tier's key families (kvstore/disk_tierInt.h): images and meta. */
+enum { RAW_BLOCKS = 'b', RAW_META = 'm' };
+
+static void raw_key(char out[1 + KVT_KEY_LEN], int fam, const kvt_block_key_t *key)
+{
+    out[0] = (char)fam;
+    memcpy(out + 1, key->b, KVT_KEY_LEN);
+}
+
 static void raw_open(raw_t *r, const char *path)
 {
-    static const char *names[3] = {"default", "blocks", "meta"};
-    const rocksdb_options_t *cfo[3];
     char *err = NULL;
     r->opts = rocksdb_options_create();
-    for (int i = 0; i < 3; i++)
-        cfo[i] = r->opts;
-    r->db = rocksdb_open_column_families(r->opts, path, 3, names, cfo, r->cf, &err);
+    r->db = rocksdb_open(r->opts, path, &err);
     assert_null(err);
     r->wo = rocksdb_writeoptions_create();
 }
 
-static void raw_put(raw_t *r, int cf, const kvt_block_key_t *key, const void *val, size_t len)
+static void raw_put(raw_t *r, int fam, const kvt_block_key_t *key, const void *val, size_t len)
 {
-    char *err = NULL;
-    rocksdb_put_cf(r->db, r->wo, r->cf[cf], (const char *)key->b, KVT_KEY_LEN, val, len, &err);
+    char *err = NULL, k[1 + KVT_KEY_LEN];
+    raw_key(k, fam, key);
+    rocksdb_put(r->db, r->wo, k, sizeof(k), val, len, &err);
     assert_null(err);
 }
 
-static void raw_del(raw_t *r, int cf, const kvt_block_key_t *key)
+static void raw_del(raw_t *r, int fam, const kvt_block_key_t *key)
 {
-    char *err = NULL;
-    rocksdb_delete_cf(r->db, r->wo, r->cf[cf], (const char *)key->b, KVT_KEY_LEN, &err);
+    char *err = NULL, k[1 + KVT_KEY_LEN];
+    raw_key(k, fam, key);
+    rocksdb_delete(r->db, r->wo, k, sizeof(k), &err);
     assert_null(err);
 }
 
@@ -274,8 +280,9 @@ static void raw_del(raw_t *r, int cf, const kvt_block_key_t *key)
 static uint8_t *raw_get(raw_t *r, const kvt_block_key_t *key, size_t *len_p)
 {
     rocksdb_readoptions_t *ro = rocksdb_readoptions_create();
-    char *err = NULL;
-    char *v = rocksdb_get_cf(r->db, ro, r->cf[1], (const char *)key->b, KVT_KEY_LEN, len_p, &err);
+    char *err = NULL, k[1 + KVT_KEY_LEN];
+    raw_key(k, RAW_BLOCKS, key);
+    char *v = rocksdb_get(r->db, ro, k, sizeof(k), len_p, &err);
     rocksdb_readoptions_destroy(ro);
     assert_null(err);
     assert_non_null(v);
@@ -287,8 +294,6 @@ static uint8_t *raw_get(raw_t *r, const kvt_block_key_t *key, size_t *len_p)
 
 static void raw_close(raw_t *r)
 {
-    for (int i = 0; i < 3; i++)
-        rocksdb_column_family_handle_destroy(r->cf[i]);
     rocksdb_close(r->db);
     rocksdb_writeoptions_destroy(r->wo);
     rocksdb_options_destroy(r->opts);
@@ -302,7 +307,7 @@ static void raw_flip(fx_t *fx, const kvt_block_key_t *key)
     raw_open(&r, fx->dir);
     uint8_t *img = raw_get(&r, key, &len);
     img[len - 7] ^= 0x10;
-    raw_put(&r, 1, key, img, len);
+    raw_put(&r, RAW_BLOCKS, key, img, len);
     free(img);
     raw_close(&r);
 }
@@ -580,8 +585,8 @@ static void test_truncated(void **state)
     size_t len;
     raw_open(&r, fx->dir);
     uint8_t *img = raw_get(&r, &a[1].hdr.key, &len);
-    raw_put(&r, 1, &a[1].hdr.key, img, len - 100); /* header intact, payload short */
-    raw_put(&r, 1, &b.hdr.key, img, 40);            /* shorter than any header */
+    raw_put(&r, RAW_BLOCKS, &a[1].hdr.key, img, len - 100); /* header intact, payload short */
+    raw_put(&r, RAW_BLOCKS, &b.hdr.key, img, 40);           /* shorter than any header */
     free(img);
     raw_close(&r);
 
@@ -619,8 +624,8 @@ static void test_meta_damage(void **state)
     fx_close(fx);
     raw_t r;
     raw_open(&r, fx->dir);
-    raw_del(&r, 2, &a[1].hdr.key);
-    raw_put(&r, 2, &b.hdr.key, "garbage", 7);
+    raw_del(&r, RAW_META, &a[1].hdr.key);
+    raw_put(&r, RAW_META, &b.hdr.key, "garbage", 7);
     raw_close(&r);
 
     fx_open(fx, 0);
