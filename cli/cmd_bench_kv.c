@@ -44,6 +44,7 @@
 #define BENCH_DTYPE KVT_DTYPE_BF16
 #define BENCH_UNIT (2u * BENCH_TOKENS * 2u) /* K and V x 16 tokens x bf16 */
 #define BENCH_MAX_RESULTS 32
+#define BENCH_MAX_ROUNDS 9
 
 typedef struct {
     const char *name, *unit, *ref_name;
@@ -59,6 +60,7 @@ typedef struct {
 typedef struct {
     char root[PATH_MAX], db[PATH_MAX], file[PATH_MAX];
     uint64_t n, m;
+    int rounds;              /* disk phases are repeated; the median round counts */
     kvt_block_identity_t id;
     uint8_t *src, *dst;      /* M*N each, kvt_alloc_large */
     kvt_block_header_t *hdrs;
@@ -76,6 +78,9 @@ static const kvt_opt_t g_opts[] = {
      "quotient factors into layers<=1024 x kv_heads<=1024 x head_dim<=4096; at most 1G"},
     {"blocks", KVT_OPT_U64, "256", "blocks M in the chain (needs about 3*M*N bytes of memory)"},
     {"seed", KVT_OPT_U64, "1", "seed for payloads, tokens and fingerprint"},
+    {"rounds", KVT_OPT_U64, "3",
+     "disk rounds (1-9): T2 and its file reference run this many times, interleaved, "
+     "and each reports its median round (a shared disk's speed drifts)"},
     {"keep", KVT_OPT_BOOL, NULL, "keep DIR/bench (its tier DB DIR/bench/t2 and the reference file)"},
     KVT_CLI_OPT_JSON,
     KVT_CLI_OPT_LOG_LEVEL,
@@ -442,6 +447,7 @@ static kvt_status_t run_t2_get(bench_t *b, phase_t *get)
 /* The plain-file reference: N-sized writes + fsync, then cold N-sized reads. */
 static kvt_status_t run_file(bench_t *b, phase_t *wr, phase_t *rd)
 {
+    unlink(b->file); /* new blocks each round, as the DB gets */
     int fd = open(b->file, O_CREAT | O_TRUNC | O_WRONLY | O_CLOEXEC, 0644);
     kvt_status_t st = fd < 0 ? KVT_ERR_IO : KVT_OK;
     uint64_t t0 = kvt_time_ns();
@@ -477,6 +483,19 @@ static kvt_status_t run_file(bench_t *b, phase_t *wr, phase_t *rd)
     return st == KVT_OK ? check_dst(b, "file read") : st;
 }
 
+static int cmp_phase(const void *a, const void *b)
+{
+    double x = ((const phase_t *)a)->seconds, y = ((const phase_t *)b)->seconds;
+    return x < y ? -1 : x > y;
+}
+
+/* The round with the median time (sorts the array). */
+static const phase_t *median_round(phase_t *ph, int n)
+{
+    qsort(ph, (size_t)n, sizeof(*ph), cmp_phase);
+    return &ph[n / 2];
+}
+
 static kvt_status_t bench_run(bench_t *b)
 {
     static const char *const t1_put[8] = {
@@ -491,21 +510,26 @@ static kvt_status_t bench_run(bench_t *b)
     static const char *const t2_get[8] = {
         "t2_get_throughput", "t2_get_rate", "t2_get_p50", "t2_get_p99",
         "file_read_throughput", "file_read_rate", "file_read_p50", "file_read_p99"};
-    phase_t mc, p1, g1, p2, g2, fw, fr;
+    phase_t mc, p1, g1, p2[BENCH_MAX_ROUNDS], g2[BENCH_MAX_ROUNDS], fw[BENCH_MAX_ROUNDS],
+        fr[BENCH_MAX_ROUNDS];
     run_memcpy(b, &mc);
     kvt_status_t st = run_t1(b, &p1, &g1);
-    if (st == KVT_OK)
-        st = run_t2_put(b, &p2);
-    if (st == KVT_OK)
-        st = run_t2_get(b, &g2);
-    if (st == KVT_OK)
-        st = run_file(b, &fw, &fr);
+    /* Interleaved, so a disk that speeds up or slows down during the run
+     * affects the tier and its reference alike. */
+    for (int r = 0; st == KVT_OK && r < b->rounds; r++) {
+        rm_tree(b->db); /* a fresh DB each round */
+        st = run_file(b, &fw[r], &fr[r]);
+        if (st == KVT_OK)
+            st = run_t2_put(b, &p2[r]);
+        if (st == KVT_OK)
+            st = run_t2_get(b, &g2[r]);
+    }
     if (st != KVT_OK)
         return st;
     add_phase(b, t1_put, &p1, &mc);
     add_phase(b, t1_get, &g1, &mc);
-    add_phase(b, t2_put, &p2, &fw);
-    add_phase(b, t2_get, &g2, &fr);
+    add_phase(b, t2_put, median_round(p2, b->rounds), median_round(fw, b->rounds));
+    add_phase(b, t2_get, median_round(g2, b->rounds), median_round(fr, b->rounds));
     return KVT_OK;
 }
 
@@ -583,6 +607,14 @@ static int bench_kv(int argc, char **argv)
         return KVT_EXIT_FAIL;
     b->n = kvt_config_u64(&cfg, "block-bytes", 1 << 20);
     b->m = kvt_config_u64(&cfg, "blocks", 256);
+    uint64_t rounds = kvt_config_u64(&cfg, "rounds", 3);
+    b->rounds = rounds >= 1 && rounds <= BENCH_MAX_ROUNDS ? (int)rounds : 0;
+    if (!b->rounds) {
+        kvt_log_error("rounds out of range rounds=%llu range=1-%d", (unsigned long long)rounds,
+                      BENCH_MAX_ROUNDS);
+        kvt_free(b);
+        return KVT_EXIT_USAGE;
+    }
     if (pick_layout(b->n, &b->id.layout) != KVT_OK || b->m == 0) {
         kvt_log_error("no block layout fits block_bytes=%llu blocks=%llu rule=\"block bytes a "
                       "multiple of 64, at most 1G, blocks >= 1\"",
