@@ -80,7 +80,8 @@ void kvt_disk_ev_push(evbuf_t *b, kvt_event_kind_t kind, const entry_t *e)
         b->ev = ev;
         b->cap = cap;
     }
-    b->ev[b->n++] = (kvt_block_event_t){.kind = kind, .tier = KVT_TIER_DISK, .key = e->key,
+    b->ev[b->n++] = (kvt_block_event_t){.seq = kvt_event_seq_next(), .kind = kind,
+                                        .tier = KVT_TIER_DISK, .key = e->key,
                                         .parent = e->parent, .index = e->index};
 }
 

@@ -1,15 +1,17 @@
 /* T2: the RocksDB tier on local disk.
  *
- * One DB directory.  Column families:
- *   default  "identity" -> encoded kvt_block_identity_t (+ format version);
- *            a DB holds blocks of one model and layout only.
- *   blocks   key[32] -> block image (encoded header || payload); blob files
- *            hold the large values.
- *   meta     key[32] -> small record (parent, index, bytes, access tick,
- *            checksum), read at open to rebuild the in-memory index without
- *            touching the payloads.
+ * One DB directory, one column family, three key families
+ * (kvstore/disk_tierInt.h):
+ *   "identity", "counters"  the tier's layout + model fingerprint (a DB
+ *                           holds one model) and lifetime counters;
+ *   'b' || key[32]          block image (encoded header || payload), in
+ *                           blob files;
+ *   'm' || key[32]          meta record (parent, index, bytes, access tick,
+ *                           checksum), read at open to rebuild the
+ *                           in-memory index without touching the payloads.
  * A block's image and meta are written in one WriteBatch with the WAL on, so
- * a crash leaves both or neither.
+ * a crash leaves both or neither.  One column family because with several
+ * RocksDB syncs every closed WAL before a flush, writing payloads twice.
  *
  * Capacity counts image bytes.  Eviction is leaf-first LRU (unpinned blocks
  * with no resident child, oldest access first), so the stored set stays
@@ -83,7 +85,8 @@ const kvt_block_identity_t *kvt_disk_tier_identity(const kvt_disk_tier_t *tier);
 /* Make everything written so far durable (WAL sync + memtable flush). */
 kvt_status_t kvt_disk_tier_flush(kvt_disk_tier_t *tier);
 
-/* Visit every stored block's header in key order (no payload read).
+/* Visit every stored block's header in key order.  RocksDB 7.8 iterators
+ * load blob values, so this reads every payload (it does not check them).
  * Stops early and returns the callback's status if it is not KVT_OK. */
 typedef kvt_status_t (*kvt_disk_visit_fn)(const kvt_block_header_t *hdr, uint64_t image_bytes,
                                           void *arg);

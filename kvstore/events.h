@@ -23,6 +23,10 @@ typedef enum {
 } kvt_event_kind_t;
 
 typedef struct {
+    uint64_t seq; /* process-wide, taken under the lock that orders changes to
+                     this key in its tier: callbacks may run out of order
+                     across threads, so consumers order one key's events by
+                     seq (kvt_event_seq_next) */
     kvt_event_kind_t kind;
     kvt_tier_id_t tier;
     kvt_block_key_t key;
@@ -46,5 +50,7 @@ typedef struct {
 } kvt_tier_stats_t;
 
 const char *kvt_tier_name(kvt_tier_id_t tier);
+/* The next event sequence number (atomic). */
+uint64_t kvt_event_seq_next(void);
 
 #endif

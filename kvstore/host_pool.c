@@ -79,13 +79,19 @@ static shard_t *shard_of(kvt_host_pool_t *pool, const kvt_block_key_t *key)
     return &pool->shards[h & pool->shard_mask];
 }
 
-static void emit(kvt_host_pool_t *pool, kvt_event_kind_t kind, const slot_meta_t *m)
+/* Events are made under the shard lock (a snapshot of the slot, which may
+ * be reused as soon as the lock is dropped, and an ordered seq) and sent
+ * after it is released. */
+static kvt_block_event_t event_of(kvt_event_kind_t kind, const slot_meta_t *m)
 {
-    if (!pool->on_event)
-        return;
-    kvt_block_event_t ev = {.kind = kind, .tier = KVT_TIER_HOST, .key = m->key,
-                            .parent = m->parent, .index = m->index};
-    pool->on_event(&ev, pool->event_arg);
+    return (kvt_block_event_t){.seq = kvt_event_seq_next(), .kind = kind, .tier = KVT_TIER_HOST,
+                               .key = m->key, .parent = m->parent, .index = m->index};
+}
+
+static void emit(kvt_host_pool_t *pool, const kvt_block_event_t *ev)
+{
+    if (pool->on_event)
+        pool->on_event(ev, pool->event_arg);
 }
 
 /* Called with the shard locked: the slot may be evicted now iff it is an
@@ -125,20 +131,27 @@ static bool free_pop(kvt_host_pool_t *pool, uint32_t *slot_p)
 
 /* --- parent reservations (a child counts as a reservation from reserve on) --- */
 
-static kvt_status_t parent_hold(kvt_host_pool_t *pool, const kvt_block_key_t *parent)
+/* A child's position must follow its parent's: a header that claims
+ * otherwise is refused rather than let it bend the chain. */
+static kvt_status_t parent_hold(kvt_host_pool_t *pool, const kvt_block_key_t *parent,
+                                uint32_t child_index)
 {
     shard_t *sh = shard_of(pool, parent);
     uint32_t slot;
+    kvt_status_t st = KVT_OK;
     pthread_mutex_lock(&sh->lock);
-    bool found = kvt_keymap_get(&sh->index, parent, &slot);
-    if (found) {
+    if (!kvt_keymap_get(&sh->index, parent, &slot)) {
+        sh->no_parent++;
+        st = KVT_ERR_NO_PARENT;
+    } else if (pool->meta[slot].index + 1 != child_index) {
+        sh->corrupt++;
+        st = KVT_ERR_CORRUPT;
+    } else {
         pool->meta[slot].n_children++;
         update_evictable(pool, sh, slot);
-    } else {
-        sh->no_parent++;
     }
     pthread_mutex_unlock(&sh->lock);
-    return found ? KVT_OK : KVT_ERR_NO_PARENT;
+    return st;
 }
 
 static void parent_release(kvt_host_pool_t *pool, const kvt_block_key_t *parent)
@@ -184,18 +197,20 @@ static bool evict_one(kvt_host_pool_t *pool, uint32_t *slot_p)
         pthread_mutex_lock(&sh->lock);
         bool got = kvt_lru_heap_pop(&sh->lru, pool->heap_pos, &slot);
         slot_meta_t victim = {0};
+        kvt_block_event_t ev;
         if (got) {
             victim = pool->meta[slot];
             kvt_keymap_del(&sh->index, &victim.key);
             pool->meta[slot].state = SLOT_RESERVED;
             sh->evictions++;
+            ev = event_of(KVT_EVENT_EVICTED, &victim);
         }
         pthread_mutex_unlock(&sh->lock);
         if (!got)
             continue;
         if (victim.index > 0)
             parent_release(pool, &victim.parent);
-        emit(pool, KVT_EVENT_EVICTED, &victim);
+        emit(pool, &ev);
         *slot_p = slot;
         return true;
     }
@@ -353,7 +368,7 @@ kvt_status_t kvt_host_pool_reserve(kvt_host_pool_t *pool, const kvt_block_header
         return st == KVT_ERR_MISMATCH ? st : KVT_ERR_CORRUPT;
     if (touch_if_resident(pool, &hdr->key))
         return KVT_ERR_EXISTS;
-    if (hdr->index > 0 && (st = parent_hold(pool, &hdr->parent)) != KVT_OK)
+    if (hdr->index > 0 && (st = parent_hold(pool, &hdr->parent, hdr->index)) != KVT_OK)
         return st;
     uint32_t slot;
     if ((st = slot_alloc(pool, &slot)) != KVT_OK) {
@@ -379,6 +394,11 @@ kvt_status_t kvt_host_pool_reserve(kvt_host_pool_t *pool, const kvt_block_header
 void kvt_host_pool_abort(kvt_host_pool_t *pool, kvt_block_view_t *view)
 {
     slot_meta_t *m = &pool->meta[view->slot];
+    if (m->state != SLOT_RESERVED) {
+        /* Aborting twice, or after a commit, would free the slot twice. */
+        kvt_log_error("host pool abort of a slot that is not reserved slot=%u", view->slot);
+        return;
+    }
     if (m->index > 0)
         parent_release(pool, &m->parent);
     free_push(pool, view->slot);
@@ -398,11 +418,13 @@ static kvt_status_t publish(kvt_host_pool_t *pool, uint32_t slot)
         return KVT_OK;
     }
     kvt_status_t st = kvt_keymap_put(&sh->index, &m->key, slot);
+    kvt_block_event_t ev;
     if (st == KVT_OK) {
         m->tick = next_tick(pool);
         m->state = SLOT_RESIDENT;
         update_evictable(pool, sh, slot);
         sh->puts++;
+        ev = event_of(KVT_EVENT_STORED, m);
     }
     pthread_mutex_unlock(&sh->lock);
     if (st != KVT_OK) {
@@ -410,7 +432,7 @@ static kvt_status_t publish(kvt_host_pool_t *pool, uint32_t slot)
         kvt_host_pool_abort(pool, &v);
         return st;
     }
-    emit(pool, KVT_EVENT_STORED, m);
+    emit(pool, &ev);
     return KVT_OK;
 }
 

@@ -18,8 +18,11 @@
  * RocksDB's sharded LRU cache): approximately global LRU.
  *
  * Failure: put returns KVT_ERR_NO_PARENT, KVT_ERR_FULL (everything pinned
- * or interior), KVT_ERR_MISMATCH (wrong identity) or KVT_ERR_CORRUPT
- * (checksum); the pool is unchanged then. */
+ * or interior), KVT_ERR_MISMATCH (wrong identity) or KVT_ERR_CORRUPT (the
+ * key does not name the tokens, the index does not follow the parent's,
+ * or -- commit -- the checksum); the pool is unchanged then.  A block 0
+ * is taken as a chain's first block on its header's word: the pool cannot
+ * check root keys (they hold the tenant salt). */
 #ifndef KVT_KVSTORE_HOST_POOL_H
 #define KVT_KVSTORE_HOST_POOL_H
 

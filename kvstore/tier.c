@@ -34,12 +34,72 @@ struct kvt_tier {
     pthread_cond_t changed;
     kvt_block_view_t *ring;
     uint32_t depth, head, count;
-    bool busy;            /* the writer is persisting a block now */
+    uint32_t waiting;     /* puts blocked on a full ring; close waits for them */
     bool closing;
+    /* Tickets: a drain waits for the blocks queued before it, not for an
+     * empty ring, which a busy node may never have. */
+    uint64_t enqueued, persisted;
     uint64_t written, write_failed, waits;
 };
 
 /* --- write-behind --- */
+
+/* Ancestors of a block that T2 lacks, nearest first, each held in T1 (T1
+ * is prefix-closed and the block itself is held, so they are resident). */
+typedef struct {
+    kvt_block_view_t *views;
+    size_t n, cap;
+} lineage_t;
+
+static kvt_status_t lineage_collect(kvt_tier_t *tier, const kvt_block_header_t *hdr,
+                                    lineage_t *lin)
+{
+    kvt_block_header_t cur = *hdr;
+    while (cur.index > 0 && !kvt_disk_tier_contains(tier->disk, &cur.parent)) {
+        if (lin->n == lin->cap) {
+            size_t cap = lin->cap ? 2 * lin->cap : 16;
+            kvt_block_view_t *v = kvt_realloc("tier.lineage", lin->views, cap * sizeof(*v));
+            if (!v)
+                return KVT_ERR_NOMEM;
+            lin->views = v;
+            lin->cap = cap;
+        }
+        kvt_block_view_t *view = &lin->views[lin->n];
+        kvt_status_t st = kvt_host_pool_hold(tier->host, &cur.parent, view);
+        if (st != KVT_OK)
+            return KVT_ERR_NO_PARENT; /* neither tier has it: the chain is broken */
+        lin->n++;
+        size_t len;
+        if ((st = kvt_block_header_decode(view->header, view->header_len, &cur, &len)) != KVT_OK)
+            return st;
+    }
+    return KVT_OK;
+}
+
+/* T2 takes a block only after its parent.  Puts of one chain can reach
+ * the ring out of order (a thread that stored the parent in T1 may not
+ * have queued it yet), so a block whose parent T2 lacks brings its
+ * missing ancestors along, root first. */
+static kvt_status_t persist_with_ancestors(kvt_tier_t *tier, const kvt_block_header_t *hdr,
+                                           const void *payload)
+{
+    kvt_status_t st = kvt_disk_tier_put(tier->disk, hdr, payload);
+    if (st != KVT_ERR_NO_PARENT)
+        return st;
+    lineage_t lin = {0};
+    st = lineage_collect(tier, hdr, &lin);
+    for (size_t i = lin.n; st == KVT_OK && i-- > 0;) {
+        kvt_block_header_t anc;
+        size_t len;
+        st = kvt_block_header_decode(lin.views[i].header, lin.views[i].header_len, &anc, &len);
+        if (st == KVT_OK)
+            st = kvt_disk_tier_put(tier->disk, &anc, lin.views[i].payload);
+    }
+    for (size_t i = 0; i < lin.n; i++)
+        kvt_host_pool_unpin(tier->host, &lin.views[i]);
+    kvt_free(lin.views);
+    return st == KVT_OK ? kvt_disk_tier_put(tier->disk, hdr, payload) : st;
+}
 
 static void persist(kvt_tier_t *tier, const kvt_block_view_t *view)
 {
@@ -47,7 +107,9 @@ static void persist(kvt_tier_t *tier, const kvt_block_view_t *view)
     size_t len;
     kvt_status_t st = kvt_block_header_decode(view->header, view->header_len, &hdr, &len);
     if (st == KVT_OK)
-        st = kvt_disk_tier_put(tier->disk, &hdr, view->payload);
+        st = persist_with_ancestors(tier, &hdr, view->payload);
+    else
+        memset(&hdr, 0, sizeof(hdr.key));
     kvt_host_pool_unpin(tier->host, view);
     pthread_mutex_lock(&tier->lock);
     if (st == KVT_OK)
@@ -55,7 +117,7 @@ static void persist(kvt_tier_t *tier, const kvt_block_view_t *view)
     else
         tier->write_failed++;
     pthread_mutex_unlock(&tier->lock);
-    if (st != KVT_OK && st != KVT_ERR_NO_PARENT) {
+    if (st != KVT_OK) {
         char hex[2 * KVT_KEY_LEN + 1];
         kvt_block_key_hex(&hdr.key, hex);
         kvt_log_warn("write-behind to disk failed key=%s err=\"%s\"", hex, kvt_status_str(st));
@@ -74,31 +136,37 @@ static void *writer_main(void *arg)
         kvt_block_view_t view = tier->ring[tier->head];
         tier->head = (tier->head + 1) % tier->depth;
         tier->count--;
-        tier->busy = true;
         pthread_cond_broadcast(&tier->changed);
         pthread_mutex_unlock(&tier->lock);
         persist(tier, &view);
         pthread_mutex_lock(&tier->lock);
-        tier->busy = false;
+        tier->persisted++;
         pthread_cond_broadcast(&tier->changed);
     }
     pthread_mutex_unlock(&tier->lock);
     return NULL;
 }
 
+/* Queues the hold in view; on KVT_ERR_CLOSED the hold is released here,
+ * before close is told this put is gone. */
 static kvt_status_t enqueue(kvt_tier_t *tier, const kvt_block_view_t *view)
 {
     pthread_mutex_lock(&tier->lock);
     if (tier->count == tier->depth)
         tier->waits++;
+    tier->waiting++;
     while (tier->count == tier->depth && !tier->closing)
         pthread_cond_wait(&tier->changed, &tier->lock);
+    tier->waiting--;
     if (tier->closing) {
+        kvt_host_pool_unpin(tier->host, view);
+        pthread_cond_broadcast(&tier->changed);
         pthread_mutex_unlock(&tier->lock);
         return KVT_ERR_CLOSED;
     }
     tier->ring[(tier->head + tier->count) % tier->depth] = *view;
     tier->count++;
+    tier->enqueued++;
     pthread_cond_broadcast(&tier->changed);
     pthread_mutex_unlock(&tier->lock);
     return KVT_OK;
@@ -177,6 +245,8 @@ void kvt_tier_close(kvt_tier_t *tier)
         pthread_mutex_lock(&tier->lock);
         tier->closing = true;
         pthread_cond_broadcast(&tier->changed);
+        while (tier->waiting > 0) /* puts woken by `closing` leave first */
+            pthread_cond_wait(&tier->changed, &tier->lock);
         pthread_mutex_unlock(&tier->lock);
         pthread_join(tier->writer, NULL);
     }
@@ -190,10 +260,12 @@ void kvt_tier_close(kvt_tier_t *tier)
 
 /* --- operations --- */
 
+/* Waits until every block queued before this call is persisted. */
 static void wait_drained(kvt_tier_t *tier)
 {
     pthread_mutex_lock(&tier->lock);
-    while (tier->count > 0 || tier->busy)
+    uint64_t ticket = tier->enqueued;
+    while (tier->persisted < ticket)
         pthread_cond_wait(&tier->changed, &tier->lock);
     pthread_mutex_unlock(&tier->lock);
 }
@@ -217,10 +289,7 @@ kvt_status_t kvt_tier_put(kvt_tier_t *tier, const kvt_block_header_t *hdr, const
     kvt_block_view_t view;
     if (kvt_host_pool_hold(tier->host, &hdr->key, &view) != KVT_OK)
         return put_direct(tier, hdr, payload); /* evicted already */
-    st = enqueue(tier, &view);
-    if (st != KVT_OK)
-        kvt_host_pool_unpin(tier->host, &view);
-    return st;
+    return enqueue(tier, &view);
 }
 
 kvt_status_t kvt_tier_get(kvt_tier_t *tier, const kvt_block_key_t *key, kvt_block_header_t *hdr_p,
@@ -310,7 +379,7 @@ void kvt_tier_stats(kvt_tier_t *tier, kvt_tier_stats_all_t *stats_p)
     kvt_host_pool_stats(tier->host, &s.host);
     kvt_disk_tier_stats(tier->disk, &s.disk);
     pthread_mutex_lock(&tier->lock);
-    s.queued = tier->count + tier->busy;
+    s.queued = tier->enqueued - tier->persisted;
     s.written = tier->written;
     s.write_failed = tier->write_failed;
     s.waits = tier->waits;

@@ -38,10 +38,14 @@ typedef struct {
 } kvt_tier_stats_all_t;
 
 kvt_status_t kvt_tier_open(const kvt_tier_params_t *params, kvt_tier_t **tier_p);
-/* Drains the write-behind queue, then closes both tiers. */
+/* Drains the write-behind queue, then closes both tiers.  Puts blocked on
+ * the full queue wake with KVT_ERR_CLOSED and close waits for them to
+ * leave; any other call must not run concurrently with close. */
 void kvt_tier_close(kvt_tier_t *tier);
 
-/* Store a block in T1 and queue it for T2; waits while the queue is full. */
+/* Store a block in T1 and queue it for T2; waits while the queue is full.
+ * A block whose parent T2 lacks (puts of one chain racing in different
+ * threads) is persisted after its missing ancestors, taken from T1. */
 kvt_status_t kvt_tier_put(kvt_tier_t *tier, const kvt_block_header_t *hdr, const void *payload);
 /* Copy a block out; *from_p says which tier served it. */
 kvt_status_t kvt_tier_get(kvt_tier_t *tier, const kvt_block_key_t *key, kvt_block_header_t *hdr_p,

@@ -95,10 +95,17 @@ static void test_rejects(void **state)
     bad = c.hdr[0];
     bad.tokens[0]++;
     assert_int_equal(kvt_host_pool_put(pool, &bad, c.payload[0]), KVT_ERR_CORRUPT);
+    /* A header whose index does not follow its parent's. */
+    assert_int_equal(kvt_host_pool_put(pool, &c.hdr[0], c.payload[0]), KVT_OK);
+    kvt_block_header_t skewed;
+    assert_int_equal(kvt_block_header_make(&skewed, &g_id, &c.hdr[0].key, 5, c.hdr[1].tokens,
+                                           c.payload[1]), KVT_OK);
+    assert_int_equal(kvt_host_pool_put(pool, &skewed, c.payload[1]), KVT_ERR_CORRUPT);
     kvt_tier_stats_t s;
     kvt_host_pool_stats(pool, &s);
-    assert_int_equal(s.blocks, 0);
+    assert_int_equal(s.blocks, 1);
     assert_int_equal(s.no_parent, 1);
+    assert_int_equal(s.corrupt, 1);
     free_chain(&c);
     kvt_host_pool_destroy(pool);
 }
@@ -122,6 +129,7 @@ static void test_commit_checks_payload(void **state)
     /* Abort returns the slot and the parent reservation. */
     assert_int_equal(kvt_host_pool_reserve(pool, &c.hdr[1], &v), KVT_OK);
     kvt_host_pool_abort(pool, &v);
+    kvt_host_pool_abort(pool, &v); /* refused: must not free the slot twice */
     assert_false(kvt_host_pool_contains(pool, &c.hdr[1].key));
     kvt_tier_stats_t s;
     kvt_host_pool_stats(pool, &s);

@@ -10,6 +10,10 @@
 #include "kvstore/tier.h"
 #include "tests/support/testutil.h"
 
+#include <pthread.h>
+#include <semaphore.h>
+#include <unistd.h>
+
 static kvt_block_identity_t g_id;
 
 typedef struct {
@@ -159,6 +163,163 @@ static void test_identity_mismatch(void **state)
     free(dir);
 }
 
+/* A child can be queued before its parent (the thread that stored the
+ * parent in T1 has not queued it yet); T2 must still get the whole chain. */
+static void test_child_queued_before_parent(void **state)
+{
+    (void)state;
+    char *dir = tu_tmpdir("tier-order");
+    kvt_tier_t *tier = open_tier(dir, 64, true, NULL);
+    tu_chain_t c;
+    tu_chain_make(&c, &g_id, 3, 9, NULL, 0);
+    /* "Thread X" stored block 0 in T1 and was preempted before queueing. */
+    assert_int_equal(kvt_host_pool_put(kvt_tier_host(tier), &c.hdr[0], c.payload[0]), KVT_OK);
+    assert_int_equal(kvt_tier_put(tier, &c.hdr[1], c.payload[1]), KVT_OK);
+    assert_int_equal(kvt_tier_put(tier, &c.hdr[2], c.payload[2]), KVT_OK);
+    assert_int_equal(kvt_tier_flush(tier), KVT_OK);
+    for (int i = 0; i < 3; i++)
+        assert_true(kvt_disk_tier_contains(kvt_tier_disk(tier), &c.hdr[i].key));
+    kvt_tier_stats_all_t s;
+    kvt_tier_stats(tier, &s);
+    assert_int_equal(s.write_failed, 0);
+    tu_chain_free(&c);
+    kvt_tier_close(tier);
+    tu_rmtree(dir);
+    free(dir);
+}
+
+typedef struct {
+    kvt_tier_t *tier;
+    tu_chain_t *chain;
+} filler_t;
+
+/* Like prefill workers sharing a prompt: store whatever is missing. */
+static void *fill_missing(void *arg)
+{
+    filler_t *f = arg;
+    kvt_block_key_t *keys = keys_of(f->chain);
+    for (;;) {
+        size_t n = 0;
+        kvt_tier_longest_prefix(f->tier, keys, (size_t)f->chain->n, NULL, &n);
+        if (n >= (size_t)f->chain->n)
+            break;
+        kvt_tier_put(f->tier, &f->chain->hdr[n], f->chain->payload[n]);
+    }
+    free(keys);
+    return NULL;
+}
+
+static void test_racing_producers_persist_everything(void **state)
+{
+    (void)state;
+    for (int run = 0; run < 20; run++) {
+        char *dir = tu_tmpdir("tier-race");
+        kvt_tier_params_t p = {.data_dir = dir, .identity = &g_id,
+                               .host_capacity_bytes = 64 * tu_payload_len(&g_id),
+                               .write_queue_depth = 1};
+        kvt_tier_t *tier = NULL;
+        assert_int_equal(kvt_tier_open(&p, &tier), KVT_OK);
+        tu_chain_t c;
+        tu_chain_make(&c, &g_id, 32, 100u + (uint32_t)run, NULL, 0);
+        filler_t f = {.tier = tier, .chain = &c};
+        pthread_t th[4];
+        for (int i = 0; i < 4; i++)
+            pthread_create(&th[i], NULL, fill_missing, &f);
+        for (int i = 0; i < 4; i++)
+            pthread_join(th[i], NULL);
+        assert_int_equal(kvt_tier_flush(tier), KVT_OK);
+        kvt_tier_stats_all_t s;
+        kvt_tier_stats(tier, &s);
+        assert_int_equal(s.disk.blocks, 32);
+        assert_int_equal(s.write_failed, 0);
+        tu_chain_free(&c);
+        kvt_tier_close(tier);
+        tu_rmtree(dir);
+        free(dir);
+    }
+}
+
+/* --- close while a put waits on the full queue --- */
+
+static sem_t g_gate;
+static int g_disk_stored;
+
+static void gate_first_disk_write(const kvt_block_event_t *ev, void *arg)
+{
+    (void)arg;
+    if (ev->tier == KVT_TIER_DISK && ev->kind == KVT_EVENT_STORED && g_disk_stored++ == 0)
+        sem_wait(&g_gate); /* a slow disk: the writer sits on block 0 */
+}
+
+typedef struct {
+    kvt_tier_t *tier;
+    tu_chain_t *chain;
+    kvt_status_t st;
+} waiter_t;
+
+static void *put_block2(void *arg)
+{
+    waiter_t *w = arg;
+    w->st = kvt_tier_put(w->tier, &w->chain->hdr[2], w->chain->payload[2]);
+    return NULL;
+}
+
+static void *open_gate_later(void *arg)
+{
+    (void)arg;
+    usleep(50000);
+    sem_post(&g_gate);
+    return NULL;
+}
+
+static void test_close_wakes_waiting_put(void **state)
+{
+    (void)state;
+    sem_init(&g_gate, 0, 0);
+    g_disk_stored = 0;
+    char *dir = tu_tmpdir("tier-close");
+    kvt_tier_params_t p = {.data_dir = dir, .identity = &g_id, .write_queue_depth = 1,
+                           .host_capacity_bytes = 16 * tu_payload_len(&g_id),
+                           .on_event = gate_first_disk_write};
+    kvt_tier_t *tier = NULL;
+    assert_int_equal(kvt_tier_open(&p, &tier), KVT_OK);
+    tu_chain_t c;
+    tu_chain_make(&c, &g_id, 3, 77, NULL, 0);
+    assert_int_equal(kvt_tier_put(tier, &c.hdr[0], c.payload[0]), KVT_OK);
+    kvt_tier_stats_all_t s;
+    do { /* the writer has taken block 0 off the ring */
+        usleep(1000);
+        kvt_tier_stats(tier, &s);
+    } while (g_disk_stored == 0);
+    assert_int_equal(kvt_tier_put(tier, &c.hdr[1], c.payload[1]), KVT_OK); /* ring full */
+    waiter_t w = {.tier = tier, .chain = &c, .st = KVT_OK};
+    pthread_t waiter, opener;
+    pthread_create(&waiter, NULL, put_block2, &w);
+    do {
+        usleep(1000);
+        kvt_tier_stats(tier, &s);
+    } while (s.waits == 0);
+    pthread_create(&opener, NULL, open_gate_later, NULL);
+    kvt_tier_close(tier); /* must wait for the woken put before freeing */
+    pthread_join(waiter, NULL);
+    pthread_join(opener, NULL);
+    assert_int_equal(w.st, KVT_ERR_CLOSED);
+    /* Blocks 0 and 1 were queued before close: they reached the disk. */
+    kvt_disk_tier_params_t dp = {.identity = &g_id};
+    char path[4096];
+    snprintf(path, sizeof(path), "%s/t2", dir);
+    dp.path = path;
+    kvt_disk_tier_t *disk = NULL;
+    assert_int_equal(kvt_disk_tier_open(&dp, &disk), KVT_OK);
+    assert_true(kvt_disk_tier_contains(disk, &c.hdr[0].key));
+    assert_true(kvt_disk_tier_contains(disk, &c.hdr[1].key));
+    kvt_disk_tier_close(disk);
+    tu_chain_free(&c);
+    sem_destroy(&g_gate);
+    tu_rmtree(dir);
+    free(dir);
+}
+
 int main(void)
 {
     g_id = tu_identity();
@@ -166,6 +327,9 @@ int main(void)
         cmocka_unit_test(test_write_behind_and_reopen),
         cmocka_unit_test(test_small_host_pool_still_persists),
         cmocka_unit_test(test_identity_mismatch),
+        cmocka_unit_test(test_child_queued_before_parent),
+        cmocka_unit_test(test_racing_producers_persist_everything),
+        cmocka_unit_test(test_close_wakes_waiting_put),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
