@@ -71,14 +71,20 @@ static kvt_status_t check_block(const kvt_block_header_t *hdr, uint64_t image, v
     return KVT_OK;
 }
 
-static uint64_t check_db(const char *dir)
+/* Checks the DB after a kill; a writer killed before its first open
+ * created the DB leaves none, which is only fine until one has existed. */
+static uint64_t check_db(const char *dir, bool *seen_db)
 {
     char path[4096];
     snprintf(path, sizeof(path), "%s/t2", dir);
     kvt_disk_tier_params_t p = {.path = path, .identity = &g_id,
                                 .capacity_bytes = DISK_BLOCKS * image_bytes()};
     kvt_disk_tier_t *disk = NULL;
-    assert_int_equal(kvt_disk_tier_open(&p, &disk), KVT_OK);
+    kvt_status_t st = kvt_disk_tier_open(&p, &disk);
+    if (st == KVT_ERR_NOT_FOUND && !*seen_db)
+        return 0;
+    assert_int_equal(st, KVT_OK);
+    *seen_db = true;
     kvt_disk_verify_report_t r;
     assert_int_equal(kvt_disk_tier_verify(disk, false, &r), KVT_OK);
     assert_int_equal(r.corrupt, 0);
@@ -105,6 +111,7 @@ static void test_sigkill_cycles(void **state)
         seed = (unsigned)strtoul(env, NULL, 10);
     print_message("crash seed=%u (KVT_CRASH_SEED replays)\n", seed);
     uint64_t max_blocks = 0;
+    bool seen_db = false;
     for (unsigned cycle = 0; cycle < CYCLES; cycle++) {
         pid_t pid = fork();
         assert_true(pid >= 0);
@@ -117,7 +124,7 @@ static void test_sigkill_cycles(void **state)
         int status;
         waitpid(pid, &status, 0);
         assert_true(WIFSIGNALED(status)); /* it was still running: a real crash */
-        uint64_t n = check_db(dir);
+        uint64_t n = check_db(dir, &seen_db);
         if (n > max_blocks)
             max_blocks = n;
     }
