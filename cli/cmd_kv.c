@@ -300,8 +300,8 @@ static int kv_ls(int argc, char **argv)
     int rc = kvt_cli_parse(&cfg, g_ls_opts, n, argc, argv,
                            "usage: kvtier kv ls --data DIR [--limit N] [--json]",
                            "List the blocks stored in DIR/t2 in key order: key (hex), index in\n"
-                           "its chain, token count and image bytes (header + payload).  Reads\n"
-                           "headers only, read-only.  Text output starts with one header line.");
+                           "its chain, token count and image bytes (header + payload).  Opens\n"
+                           "the tier read-only.  Text output starts with one header line.");
     if (rc != KVT_EXIT_CONTINUE)
         return rc;
     const char *data = kvt_cli_require(&cfg, "data");

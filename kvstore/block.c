@@ -1,37 +1,12 @@
 /* Block identity, layout and header encoding; see block.h for the format. */
 #include "kvstore/block.h"
 
+#include "common/le.h"
 #include "common/log.h"
 
 #include <string.h>
 
 static const uint8_t g_magic[4] = {'K', 'V', 'T', 'B'};
-
-static void put_u16(uint8_t *p, uint16_t v) { p[0] = (uint8_t)v; p[1] = (uint8_t)(v >> 8); }
-
-static void put_u32(uint8_t *p, uint32_t v)
-{
-    for (int i = 0; i < 4; i++)
-        p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static void put_u64(uint8_t *p, uint64_t v)
-{
-    for (int i = 0; i < 8; i++)
-        p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static uint16_t get_u16(const uint8_t *p) { return (uint16_t)(p[0] | p[1] << 8); }
-
-static uint32_t get_u32(const uint8_t *p)
-{
-    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
-
-static uint64_t get_u64(const uint8_t *p)
-{
-    return (uint64_t)get_u32(p) | (uint64_t)get_u32(p + 4) << 32;
-}
 
 /* --- identity --- */
 
@@ -57,9 +32,9 @@ kvt_status_t kvt_block_key_next(const kvt_block_key_t *parent, uint32_t block_to
         return KVT_ERR_INVALID;
     uint8_t buf[KVT_KEY_LEN + 4 + 4 * KVT_BLOCK_MAX_TOKENS];
     memcpy(buf, parent->b, KVT_KEY_LEN);
-    put_u32(buf + KVT_KEY_LEN, block_tokens);
+    kvt_le_put32(buf + KVT_KEY_LEN, block_tokens);
     for (uint32_t i = 0; i < block_tokens; i++)
-        put_u32(buf + KVT_KEY_LEN + 4 + 4 * i, tokens[i]);
+        kvt_le_put32(buf + KVT_KEY_LEN + 4 + 4 * i, tokens[i]);
     return kvt_sha256(buf, KVT_KEY_LEN + 4 + 4 * (size_t)block_tokens, key_p->b);
 }
 
@@ -177,22 +152,22 @@ kvt_status_t kvt_block_header_encode(const kvt_block_header_t *hdr, uint8_t *buf
     if (cap < len)
         return KVT_ERR_TOO_LARGE;
     memcpy(buf, g_magic, 4);
-    put_u16(buf + 4, KVT_BLOCK_FORMAT_VERSION);
-    put_u16(buf + 6, (uint16_t)len);
+    kvt_le_put16(buf + 4, KVT_BLOCK_FORMAT_VERSION);
+    kvt_le_put16(buf + 6, (uint16_t)len);
     memcpy(buf + 8, hdr->key.b, KVT_KEY_LEN);
     memcpy(buf + 40, hdr->parent.b, KVT_KEY_LEN);
     memcpy(buf + 72, hdr->fingerprint, KVT_FINGERPRINT_LEN);
-    put_u32(buf + 104, hdr->index);
-    put_u32(buf + 108, l->block_tokens);
-    put_u32(buf + 112, l->n_layers);
-    put_u32(buf + 116, l->n_kv_heads);
-    put_u32(buf + 120, l->head_dim);
-    put_u32(buf + 124, (uint32_t)l->dtype);
-    put_u64(buf + 128, hdr->payload_len);
-    put_u64(buf + 136, hdr->checksum);
+    kvt_le_put32(buf + 104, hdr->index);
+    kvt_le_put32(buf + 108, l->block_tokens);
+    kvt_le_put32(buf + 112, l->n_layers);
+    kvt_le_put32(buf + 116, l->n_kv_heads);
+    kvt_le_put32(buf + 120, l->head_dim);
+    kvt_le_put32(buf + 124, (uint32_t)l->dtype);
+    kvt_le_put64(buf + 128, hdr->payload_len);
+    kvt_le_put64(buf + 136, hdr->checksum);
     for (uint32_t i = 0; i < l->block_tokens; i++)
-        put_u32(buf + 144 + 4 * i, hdr->tokens[i]);
-    put_u64(buf + len - 8, kvt_xxh3_64(buf, len - 8));
+        kvt_le_put32(buf + 144 + 4 * i, hdr->tokens[i]);
+    kvt_le_put64(buf + len - 8, kvt_xxh3_64(buf, len - 8));
     *len_p = len;
     return KVT_OK;
 }
@@ -204,28 +179,28 @@ kvt_status_t kvt_block_header_decode(const uint8_t *buf, size_t len, kvt_block_h
         return KVT_ERR_TRUNCATED;
     if (memcmp(buf, g_magic, 4) != 0)
         return KVT_ERR_CORRUPT;
-    if (get_u16(buf + 4) != KVT_BLOCK_FORMAT_VERSION)
+    if (kvt_le_get16(buf + 4) != KVT_BLOCK_FORMAT_VERSION)
         return KVT_ERR_INVALID;
-    size_t hlen = get_u16(buf + 6);
+    size_t hlen = kvt_le_get16(buf + 6);
     if (hlen < KVT_BLOCK_HEADER_FIXED || hlen > KVT_BLOCK_HEADER_MAX ||
         (hlen - KVT_BLOCK_HEADER_FIXED) % 4 != 0)
         return KVT_ERR_INVALID;
     if (len < hlen)
         return KVT_ERR_TRUNCATED;
-    if (get_u64(buf + hlen - 8) != kvt_xxh3_64(buf, hlen - 8))
+    if (kvt_le_get64(buf + hlen - 8) != kvt_xxh3_64(buf, hlen - 8))
         return KVT_ERR_CORRUPT;
     kvt_block_header_t h;
     memcpy(h.key.b, buf + 8, KVT_KEY_LEN);
     memcpy(h.parent.b, buf + 40, KVT_KEY_LEN);
     memcpy(h.fingerprint, buf + 72, KVT_FINGERPRINT_LEN);
-    h.index = get_u32(buf + 104);
-    h.layout.block_tokens = get_u32(buf + 108);
-    h.layout.n_layers = get_u32(buf + 112);
-    h.layout.n_kv_heads = get_u32(buf + 116);
-    h.layout.head_dim = get_u32(buf + 120);
-    h.layout.dtype = (kvt_dtype_t)get_u32(buf + 124);
-    h.payload_len = get_u64(buf + 128);
-    h.checksum = get_u64(buf + 136);
+    h.index = kvt_le_get32(buf + 104);
+    h.layout.block_tokens = kvt_le_get32(buf + 108);
+    h.layout.n_layers = kvt_le_get32(buf + 112);
+    h.layout.n_kv_heads = kvt_le_get32(buf + 116);
+    h.layout.head_dim = kvt_le_get32(buf + 120);
+    h.layout.dtype = (kvt_dtype_t)kvt_le_get32(buf + 124);
+    h.payload_len = kvt_le_get64(buf + 128);
+    h.checksum = kvt_le_get64(buf + 136);
     kvt_status_t st = kvt_block_layout_check(&h.layout);
     if (st != KVT_OK)
         return st;
@@ -234,7 +209,7 @@ kvt_status_t kvt_block_header_decode(const uint8_t *buf, size_t len, kvt_block_h
     if (h.payload_len != kvt_block_layout_payload_bytes(&h.layout))
         return KVT_ERR_INVALID;
     for (uint32_t i = 0; i < h.layout.block_tokens; i++)
-        h.tokens[i] = get_u32(buf + 144 + 4 * i);
+        h.tokens[i] = kvt_le_get32(buf + 144 + 4 * i);
     /* Copy only the used token prefix: the struct is ~1 KiB. */
     memcpy(hdr_p, &h, offsetof(kvt_block_header_t, tokens) + 4 * (size_t)h.layout.block_tokens);
     *len_p = hlen;

@@ -19,12 +19,12 @@ static uint64_t meta_sum(const kvt_block_key_t *key, const uint8_t *rec)
 
 void kvt_disk_meta_encode(const entry_t *e, uint8_t out[META_LEN])
 {
-    put32(out, STORE_VERSION);
-    put32(out + 4, e->index);
+    kvt_le_put32(out, STORE_VERSION);
+    kvt_le_put32(out + 4, e->index);
     memcpy(out + 8, e->parent.b, KVT_KEY_LEN);
-    put64(out + 40, e->bytes);
-    put64(out + 48, e->tick);
-    put64(out + 56, meta_sum(&e->key, out));
+    kvt_le_put64(out + 40, e->bytes);
+    kvt_le_put64(out + 48, e->tick);
+    kvt_le_put64(out + 56, meta_sum(&e->key, out));
 }
 
 /* Fills e's key, parent, index, bytes and tick; false if the record is not
@@ -36,12 +36,12 @@ bool kvt_disk_meta_decode(const kvt_disk_tier_t *tier, const char *key, size_t k
     if (klen != KVT_KEY_LEN || vlen != META_LEN)
         return false;
     memcpy(e->key.b, key, KVT_KEY_LEN);
-    if (get32(rec) != STORE_VERSION || get64(rec + 56) != meta_sum(&e->key, rec))
+    if (kvt_le_get32(rec) != STORE_VERSION || kvt_le_get64(rec + 56) != meta_sum(&e->key, rec))
         return false;
-    e->index = get32(rec + 4);
+    e->index = kvt_le_get32(rec + 4);
     memcpy(e->parent.b, rec + 8, KVT_KEY_LEN);
-    e->bytes = get64(rec + 40);
-    e->tick = get64(rec + 48);
+    e->bytes = kvt_le_get64(rec + 40);
+    e->tick = kvt_le_get64(rec + 48);
     return e->bytes == tier->image_len;
 }
 

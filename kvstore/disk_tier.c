@@ -47,24 +47,24 @@ static const char counters_key[] = "counters";
 static void identity_encode(const kvt_block_identity_t *id, uint8_t out[IDENT_LEN])
 {
     memcpy(out, "KVTI", 4);
-    put32(out + 4, STORE_VERSION);
-    put32(out + 8, id->layout.n_layers);
-    put32(out + 12, id->layout.n_kv_heads);
-    put32(out + 16, id->layout.head_dim);
-    put32(out + 20, id->layout.block_tokens);
-    put32(out + 24, (uint32_t)id->layout.dtype);
+    kvt_le_put32(out + 4, STORE_VERSION);
+    kvt_le_put32(out + 8, id->layout.n_layers);
+    kvt_le_put32(out + 12, id->layout.n_kv_heads);
+    kvt_le_put32(out + 16, id->layout.head_dim);
+    kvt_le_put32(out + 20, id->layout.block_tokens);
+    kvt_le_put32(out + 24, (uint32_t)id->layout.dtype);
     memcpy(out + 28, id->fingerprint, KVT_FINGERPRINT_LEN);
-    put64(out + 60, kvt_xxh3_64(out, 60));
+    kvt_le_put64(out + 60, kvt_xxh3_64(out, 60));
 }
 
 static bool identity_decode(const uint8_t *buf, size_t len, kvt_block_identity_t *id)
 {
-    if (len != IDENT_LEN || memcmp(buf, "KVTI", 4) != 0 || get32(buf + 4) != STORE_VERSION ||
-        get64(buf + 60) != kvt_xxh3_64(buf, 60))
+    if (len != IDENT_LEN || memcmp(buf, "KVTI", 4) != 0 || kvt_le_get32(buf + 4) != STORE_VERSION ||
+        kvt_le_get64(buf + 60) != kvt_xxh3_64(buf, 60))
         return false;
-    id->layout = (kvt_block_layout_t){.n_layers = get32(buf + 8), .n_kv_heads = get32(buf + 12),
-                                      .head_dim = get32(buf + 16), .block_tokens = get32(buf + 20),
-                                      .dtype = (kvt_dtype_t)get32(buf + 24)};
+    id->layout = (kvt_block_layout_t){.n_layers = kvt_le_get32(buf + 8), .n_kv_heads = kvt_le_get32(buf + 12),
+                                      .head_dim = kvt_le_get32(buf + 16), .block_tokens = kvt_le_get32(buf + 20),
+                                      .dtype = (kvt_dtype_t)kvt_le_get32(buf + 24)};
     memcpy(id->fingerprint, buf + 28, KVT_FINGERPRINT_LEN);
     return kvt_block_layout_check(&id->layout) == KVT_OK;
 }
@@ -226,10 +226,10 @@ static kvt_status_t counters_load(kvt_disk_tier_t *tier)
     if (!v)
         return KVT_OK;
     const uint8_t *rec = (const uint8_t *)v;
-    if (len == COUNTERS_LEN && memcmp(rec, "KVTC", 4) == 0 && get32(rec + 4) == STORE_VERSION &&
-        get64(rec + 56) == kvt_xxh3_64(rec, 56)) {
+    if (len == COUNTERS_LEN && memcmp(rec, "KVTC", 4) == 0 && kvt_le_get32(rec + 4) == STORE_VERSION &&
+        kvt_le_get64(rec + 56) == kvt_xxh3_64(rec, 56)) {
         for (int i = 0; i < C_N; i++)
-            tier->c[i] = get64(rec + 8 + 8 * i);
+            tier->c[i] = kvt_le_get64(rec + 8 + 8 * i);
     } else {
         kvt_log_warn("disk tier counters record corrupt, starting from zero len=%zu", len);
     }
@@ -241,12 +241,12 @@ static void counters_save(kvt_disk_tier_t *tier)
 {
     uint8_t rec[COUNTERS_LEN];
     memcpy(rec, "KVTC", 4);
-    put32(rec + 4, STORE_VERSION);
+    kvt_le_put32(rec + 4, STORE_VERSION);
     pthread_mutex_lock(&tier->mu);
     for (int i = 0; i < C_N; i++)
-        put64(rec + 8 + 8 * i, tier->c[i]);
+        kvt_le_put64(rec + 8 + 8 * i, tier->c[i]);
     pthread_mutex_unlock(&tier->mu);
-    put64(rec + 56, kvt_xxh3_64(rec, 56));
+    kvt_le_put64(rec + 56, kvt_xxh3_64(rec, 56));
     char *err = NULL;
     rocksdb_put(tier->db, tier->wopts, counters_key, sizeof(counters_key) - 1, (const char *)rec,
                 COUNTERS_LEN, &err);

@@ -7,6 +7,7 @@
 #ifndef KVT_KVSTORE_DISK_TIERINT_H
 #define KVT_KVSTORE_DISK_TIERINT_H
 
+#include "common/le.h"
 #include "kvstore/disk_tier.h"
 #include "kvstore/keymap.h"
 #include "kvstore/lru_heap.h"
@@ -94,36 +95,6 @@ struct kvt_disk_tier {
     uint32_t n_dirty;
     uint64_t c[C_N];
 };
-
-/* --- little-endian records --- */
-
-static inline void put32(uint8_t *p, uint32_t v)
-{
-    for (int i = 0; i < 4; i++)
-        p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static inline void put64(uint8_t *p, uint64_t v)
-{
-    for (int i = 0; i < 8; i++)
-        p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static inline uint32_t get32(const uint8_t *p)
-{
-    uint32_t v = 0;
-    for (int i = 0; i < 4; i++)
-        v |= (uint32_t)p[i] << (8 * i);
-    return v;
-}
-
-static inline uint64_t get64(const uint8_t *p)
-{
-    uint64_t v = 0;
-    for (int i = 0; i < 8; i++)
-        v |= (uint64_t)p[i] << (8 * i);
-    return v;
-}
 
 enum { R_UNKNOWN, R_ROOTED, R_ORPHAN, R_VISITING, R_SKIP };
 
