@@ -1,0 +1,137 @@
+/* net: the UCX transport (ucp).
+ *
+ * One worker per thread that needs one; every call on a worker, its
+ * endpoints, listeners, memory and requests is made from the thread that
+ * owns the worker (UCX's UCS_THREAD_MODE_SINGLE), and nothing happens
+ * unless that thread drives progress (kvt_net_worker_progress / _wait, or
+ * the blocking calls below, which progress while they wait).
+ *
+ * Messages are UCX active messages carrying a small fixed frame header
+ * (request id, flags) and a payload of at most max_msg_bytes; anything
+ * larger is refused on send and dropped (and logged) on receive.  Block
+ * payloads do not go in messages: they are read with RMA (ucp_get_nbx)
+ * from memory the peer registered and described with a packed rkey.
+ *
+ * Failure: every endpoint uses UCX peer error handling, so a dead or
+ * unreachable peer fails every pending operation on it, and the blocking
+ * calls also give up at their own timeout: nothing waits forever.  A dead
+ * endpoint is reported once to the connection callback and stays usable
+ * only for kvt_net_ep_close.  Addresses are "HOST:PORT" (IPv4 or a name);
+ * UCX_TLS and the other UCX_* variables are honoured. */
+#ifndef KVT_NET_NET_H
+#define KVT_NET_NET_H
+
+#include "common/status.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct kvt_net_worker kvt_net_worker_t;
+typedef struct kvt_net_ep kvt_net_ep_t;
+typedef struct kvt_net_listener kvt_net_listener_t;
+typedef struct kvt_net_mem kvt_net_mem_t;
+typedef struct kvt_net_rkey kvt_net_rkey_t;
+
+#define KVT_NET_FLAG_REPLY 1u /* the message answers the request with its id */
+
+/* An incoming message.  data is valid only during the callback (copy what
+ * must outlive it).  Runs inside progress on the worker's thread. */
+typedef void (*kvt_net_msg_fn)(kvt_net_ep_t *ep, uint64_t req_id, uint32_t flags,
+                               const void *data, size_t len, void *arg);
+/* An endpoint came up (accepted by a listener) or went down (peer error
+ * or closed by the peer).  Runs inside progress. */
+typedef void (*kvt_net_conn_fn)(kvt_net_ep_t *ep, bool up, void *arg);
+
+typedef struct {
+    size_t max_msg_bytes;        /* 0: 4 MiB */
+    kvt_net_msg_fn on_msg;       /* may be NULL: messages are dropped */
+    kvt_net_conn_fn on_conn;     /* may be NULL */
+    void *arg;                   /* passed to both */
+} kvt_net_worker_params_t;
+
+kvt_status_t kvt_net_worker_create(const kvt_net_worker_params_t *params,
+                                   kvt_net_worker_t **worker_p);
+/* Closes (forcibly) every endpoint and listener still open, then frees. */
+void kvt_net_worker_destroy(kvt_net_worker_t *worker);
+/* Make progress without blocking; returns after one pass. */
+void kvt_net_worker_progress(kvt_net_worker_t *worker);
+/* Progress, sleeping in the kernel until something happens or timeout_ms
+ * passes (0: just progress). */
+void kvt_net_worker_wait(kvt_net_worker_t *worker, int timeout_ms);
+
+/* --- connections --- */
+
+/* Listen on host:port (port 0: any free port; see kvt_net_listener_port).
+ * Accepted endpoints are reported through on_conn(ep, true). */
+kvt_status_t kvt_net_listen(kvt_net_worker_t *worker, const char *host_port,
+                            kvt_net_listener_t **listener_p);
+uint16_t kvt_net_listener_port(const kvt_net_listener_t *listener);
+void kvt_net_listener_destroy(kvt_net_listener_t *listener);
+
+/* Connect to host:port and wait (progressing) until the endpoint is up.
+ * KVT_ERR_IO if refused or unreachable, KVT_ERR_AGAIN on timeout. */
+kvt_status_t kvt_net_connect(kvt_net_worker_t *worker, const char *host_port, int timeout_ms,
+                             kvt_net_ep_t **ep_p);
+/* Connect, retrying with exponential backoff (100 ms doubling, up to 2 s
+ * between tries) until total_timeout_ms has passed. */
+kvt_status_t kvt_net_connect_retry(kvt_net_worker_t *worker, const char *host_port,
+                                   int total_timeout_ms, kvt_net_ep_t **ep_p);
+/* Flush and close (forcibly if the peer is dead); frees ep.  Pending
+ * operations on it fail. */
+void kvt_net_ep_close(kvt_net_ep_t *ep);
+bool kvt_net_ep_alive(const kvt_net_ep_t *ep);
+/* Caller data attached to an endpoint (e.g. the server's per-client state). */
+void kvt_net_ep_set_user(kvt_net_ep_t *ep, void *user);
+void *kvt_net_ep_user(const kvt_net_ep_t *ep);
+/* "host:port" of the peer, for logs. */
+const char *kvt_net_ep_peer(const kvt_net_ep_t *ep);
+
+/* --- messages --- */
+
+/* Send a message (the bytes are copied or sent before return).  The send
+ * completes in the background; KVT_ERR_TOO_LARGE over max_msg_bytes,
+ * KVT_ERR_CLOSED on a dead endpoint. */
+kvt_status_t kvt_net_send(kvt_net_ep_t *ep, uint64_t req_id, uint32_t flags, const void *data,
+                          size_t len);
+/* Send a request with a fresh id and wait (progressing; other messages
+ * still go to on_msg) for the message that replies to it.  *reply_p is
+ * malloc'd (kvt_free).  KVT_ERR_AGAIN on timeout, KVT_ERR_CLOSED if the
+ * endpoint dies first. */
+kvt_status_t kvt_net_request(kvt_net_ep_t *ep, const void *data, size_t len, int timeout_ms,
+                             void **reply_p, size_t *reply_len_p);
+
+/* --- memory and RMA --- */
+
+/* Register [addr, addr+len) for remote reads.  The memory stays the
+ * caller's; deregister before freeing it. */
+kvt_status_t kvt_net_mem_register(kvt_net_worker_t *worker, void *addr, size_t len,
+                                  kvt_net_mem_t **mem_p);
+void kvt_net_mem_deregister(kvt_net_mem_t *mem);
+/* The packed rkey peers need to read this memory; valid while mem is. */
+const void *kvt_net_mem_rkey(const kvt_net_mem_t *mem, size_t *len_p);
+
+/* Unpack a peer's rkey for use on ep; KVT_ERR_INVALID on garbage. */
+kvt_status_t kvt_net_rkey_unpack(kvt_net_ep_t *ep, const void *packed, size_t len,
+                                 kvt_net_rkey_t **rkey_p);
+void kvt_net_rkey_destroy(kvt_net_rkey_t *rkey);
+
+typedef struct {
+    void *local;          /* destination, in memory registered on this worker
+                             (or any memory: UCX registers on the fly, slower) */
+    uint64_t remote_addr;
+    size_t len;
+    kvt_status_t status;  /* out: KVT_OK or why this read failed */
+} kvt_net_get_t;
+
+/* Issue every read, then wait (progressing) until all have completed or
+ * timeout_ms passed; each op gets its own status.  Returns KVT_OK if all
+ * succeeded, else the first failure (KVT_ERR_AGAIN on timeout, KVT_ERR_IO
+ * or KVT_ERR_CLOSED when the peer failed).  UCX cannot cancel a read, so
+ * at a timeout the endpoint is closed forcibly, which completes the reads
+ * still in flight with errors before return: `local` is the caller's again
+ * either way, and the endpoint is dead after a timeout. */
+kvt_status_t kvt_net_get_batch(kvt_net_ep_t *ep, kvt_net_rkey_t *rkey, kvt_net_get_t *ops,
+                               size_t n_ops, int timeout_ms);
+
+#endif

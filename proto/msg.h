@@ -1,0 +1,46 @@
+/* kvtier wire messages: the generated protobuf-c code for kvtier.proto
+ * behind a small checked codec.
+ *
+ * Everything that crosses the network is one kvtier.Envelope.  Decoding
+ * bounds the input size, rejects anything protobuf-c cannot parse, a
+ * version other than ours, an envelope without a body (an unknown message
+ * type decodes as one) and fields out of their bounds (keys of the wrong
+ * length, too many keys or tokens, oversized headers), so the code that
+ * handles a body may rely on those bounds. */
+#ifndef KVT_PROTO_MSG_H
+#define KVT_PROTO_MSG_H
+
+#include "common/status.h"
+#include "kvtier.pb-c.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define KVT_PROTO_VERSION 1
+#define KVT_PROTO_MAX_MSG (4u << 20)   /* encoded envelope bytes */
+#define KVT_PROTO_MAX_KEYS 65536       /* keys in one fetch / result / event list */
+#define KVT_PROTO_MAX_TOKENS (1u << 20)
+#define KVT_PROTO_MAX_STRING 4096      /* ids, addresses, messages */
+
+typedef Kvtier__Envelope kvt_msg_t;
+
+/* Decode and check one envelope; *msg_p is freed with kvt_msg_free.
+ * KVT_ERR_TOO_LARGE (len over KVT_PROTO_MAX_MSG), KVT_ERR_CORRUPT (not a
+ * protobuf envelope), KVT_ERR_MISMATCH (another protocol version),
+ * KVT_ERR_INVALID (no body, or a field out of bounds); the reason is logged
+ * at debug level (peers can make these cheaply; the caller reports). */
+kvt_status_t kvt_msg_decode(const void *buf, size_t len, kvt_msg_t **msg_p);
+void kvt_msg_free(kvt_msg_t *msg);
+
+/* Encode msg (its version is set here) into a malloc'd buffer the caller
+ * frees with kvt_free.  KVT_ERR_TOO_LARGE over KVT_PROTO_MAX_MSG. */
+kvt_status_t kvt_msg_encode(kvt_msg_t *msg, uint8_t **buf_p, size_t *len_p);
+
+/* An Error envelope, encoded. */
+kvt_status_t kvt_msg_encode_error(kvt_status_t code, const char *message, uint8_t **buf_p,
+                                  size_t *len_p);
+
+/* "fetch_request", "error", ... ; "none" for an unset body. */
+const char *kvt_msg_body_name(Kvtier__Envelope__BodyCase body);
+
+#endif
