@@ -1,0 +1,788 @@
+/* net: UCX workers, endpoints and framed messages (contract: net.h);
+ * connect and listen are in conn.c, registration and gets in rma.c.
+ *
+ * Wire: every message is a UCX active message (id NET_AM_DATA) whose UCX
+ * header is 16 bytes {u64 req_id, u32 flags, u32 len} little-endian and
+ * whose data is the payload.  A receiver drops (and logs) anything whose
+ * header is malformed, whose len differs from the length UCX delivered, or
+ * which exceeds max_msg_bytes.  Connection set-up adds one round trip on
+ * NET_AM_CTRL (hello -> ack): a client-server UCX endpoint accepts sends at
+ * once, so only the ack proves that the peer is there.
+ *
+ * Ownership and failure: see netInt.h.  Each endpoint uses peer error
+ * handling; the error callback marks it dead, fails the requests waiting on
+ * it and queues one on_conn(ep, false).  Keepalive (1 s unless
+ * UCX_KEEPALIVE_INTERVAL is set) notices a peer that died silently.  Every
+ * blocking call has a deadline; a flush-close that outlives its bound is
+ * parked on the zombie list, reaped by later progress, and forced at worker
+ * destroy, so nothing blocks for long and no callback sees freed memory. */
+#include "net/netInt.h"
+
+#include "common/alloc.h"
+#include "common/le.h"
+#include "common/log.h"
+#include "common/time.h"
+
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static void ep_err_cb(void *arg, ucp_ep_h uep, ucs_status_t status);
+
+kvt_status_t kvt_net_status(ucs_status_t status)
+{
+    switch (status) {
+    case UCS_OK:
+        return KVT_OK;
+    case UCS_ERR_NO_MEMORY:
+        return KVT_ERR_NOMEM;
+    case UCS_ERR_INVALID_PARAM:
+    case UCS_ERR_INVALID_ADDR:
+        return KVT_ERR_INVALID;
+    case UCS_ERR_TIMED_OUT:
+        return KVT_ERR_AGAIN;
+    case UCS_ERR_CANCELED:
+    case UCS_ERR_CONNECTION_RESET:
+    case UCS_ERR_ENDPOINT_TIMEOUT:
+    case UCS_ERR_NOT_CONNECTED:
+        return KVT_ERR_CLOSED;
+    default:
+        return KVT_ERR_IO;
+    }
+}
+
+uint64_t kvt_net_deadline(int timeout_ms)
+{
+    return kvt_time_ns() + (uint64_t)(timeout_ms > 0 ? timeout_ms : 0) * 1000000ull;
+}
+
+/* --- ucp_ep_h -> kvt ep --- */
+
+static size_t bucket_of(ucp_ep_h uep)
+{
+    uint64_t h = (uint64_t)(uintptr_t)uep * 0x9e3779b97f4a7c15ull;
+    return (size_t)(h >> 56) % NET_EP_BUCKETS;
+}
+
+static kvt_net_ep_t *ep_lookup(kvt_net_worker_t *w, ucp_ep_h uep)
+{
+    for (kvt_net_ep_t *ep = w->buckets[bucket_of(uep)]; ep; ep = ep->hnext)
+        if (ep->uep == uep)
+            return ep;
+    return NULL;
+}
+
+static void ep_hash_add(kvt_net_ep_t *ep)
+{
+    kvt_net_ep_t **b = &ep->worker->buckets[bucket_of(ep->uep)];
+    ep->hnext = *b;
+    *b = ep;
+}
+
+static void ep_hash_del(kvt_net_ep_t *ep)
+{
+    if (!ep->uep)
+        return;
+    for (kvt_net_ep_t **pp = &ep->worker->buckets[bucket_of(ep->uep)]; *pp; pp = &(*pp)->hnext) {
+        if (*pp == ep) {
+            *pp = ep->hnext;
+            break;
+        }
+    }
+    ep->hnext = NULL;
+}
+
+static void ep_list_add(kvt_net_ep_t **head, kvt_net_ep_t *ep)
+{
+    ep->prev = NULL;
+    ep->next = *head;
+    if (*head)
+        (*head)->prev = ep;
+    *head = ep;
+}
+
+static void ep_list_del(kvt_net_ep_t **head, kvt_net_ep_t *ep)
+{
+    if (ep->prev)
+        ep->prev->next = ep->next;
+    else
+        *head = ep->next;
+    if (ep->next)
+        ep->next->prev = ep->prev;
+    ep->next = ep->prev = NULL;
+}
+
+void kvt_net_ep_link(kvt_net_ep_t *ep)
+{
+    ep_hash_add(ep);
+    ep_list_add(&ep->worker->eps, ep);
+}
+
+/* --- event queue --- */
+
+void kvt_net_ev_push(kvt_net_worker_t *w, net_ev_t *ev)
+{
+    ev->next = NULL;
+    if (w->ev_tail)
+        w->ev_tail->next = ev;
+    else
+        w->ev_head = ev;
+    w->ev_tail = ev;
+    w->ev_bytes += ev->len;
+}
+
+static net_ev_t *ev_pop(kvt_net_worker_t *w)
+{
+    net_ev_t *ev = w->ev_head;
+    if (!ev)
+        return NULL;
+    w->ev_head = ev->next;
+    if (!w->ev_head)
+        w->ev_tail = NULL;
+    w->ev_bytes -= ev->len;
+    return ev;
+}
+
+static void ev_free(net_ev_t *ev)
+{
+    kvt_free(ev->data);
+    ev->data = NULL;
+    if (!ev->embedded)
+        kvt_free(ev);
+}
+
+/* Drop queued events for ep (or for listener); accepts are rejected. */
+void kvt_net_ev_purge(kvt_net_worker_t *w, const kvt_net_ep_t *ep, const kvt_net_listener_t *l)
+{
+    net_ev_t *keep = NULL, *keep_tail = NULL, *ev;
+    size_t bytes = 0;
+    while ((ev = ev_pop(w)) != NULL) {
+        bool drop = (ep && ev->ep == ep) || (l && ev->listener == l);
+        if (drop && ev->type == NET_EV_ACCEPT)
+            ucp_listener_reject(ev->listener->ul, ev->conn_req);
+        if (drop) {
+            ev_free(ev);
+            continue;
+        }
+        ev->next = NULL;
+        if (keep_tail)
+            keep_tail->next = ev;
+        else
+            keep = ev;
+        keep_tail = ev;
+        bytes += ev->len;
+    }
+    w->ev_head = keep;
+    w->ev_tail = keep_tail;
+    w->ev_bytes = bytes;
+}
+
+/* --- requests waiting for replies --- */
+
+static void pending_fail(kvt_net_worker_t *w, const kvt_net_ep_t *ep, kvt_status_t status)
+{
+    for (net_pending_t *p = w->pending; p; p = p->next) {
+        if (p->ep == ep && !p->done) {
+            p->done = true;
+            p->status = status;
+        }
+    }
+}
+
+static void pending_del(kvt_net_worker_t *w, net_pending_t *p)
+{
+    for (net_pending_t **pp = &w->pending; *pp; pp = &(*pp)->next) {
+        if (*pp == p) {
+            *pp = p->next;
+            return;
+        }
+    }
+}
+
+/* A complete message with its payload in buf (owned here from now on):
+ * a reply goes to its waiter, anything else to the queue. */
+static void deliver(kvt_net_worker_t *w, kvt_net_ep_t *ep, uint64_t req_id, uint32_t flags,
+                    void *buf, size_t len)
+{
+    if (flags & KVT_NET_FLAG_REPLY) {
+        for (net_pending_t *p = w->pending; p; p = p->next) {
+            if (p->req_id == req_id && p->ep == ep && !p->done) {
+                p->done = true;
+                p->status = KVT_OK;
+                p->reply = buf;
+                p->reply_len = len;
+                return;
+            }
+        }
+        kvt_log_debug("net reply dropped, nobody waits peer=%s req_id=%llu len=%zu", ep->peer,
+                      (unsigned long long)req_id, len);
+        kvt_free(buf);
+        return;
+    }
+    net_ev_t *ev = NULL;
+    if (w->ev_bytes + len <= w->ev_cap)
+        ev = kvt_calloc("net event", 1, sizeof(*ev));
+    if (!ev) {
+        kvt_log_warn("net message dropped, queue full peer=%s len=%zu queued=%zu", ep->peer, len,
+                     w->ev_bytes);
+        kvt_free(buf);
+        return;
+    }
+    ev->type = NET_EV_MSG;
+    ev->ep = ep;
+    ev->req_id = req_id;
+    ev->flags = flags;
+    ev->data = buf;
+    ev->len = len;
+    kvt_net_ev_push(w, ev);
+}
+
+/* --- active message receive --- */
+
+static void rndv_done(void *request, ucs_status_t status, size_t length, void *user_data)
+{
+    net_rndv_t *r = user_data;
+    kvt_net_worker_t *w = r->worker;
+    if (r->prev)
+        r->prev->next = r->next;
+    else
+        w->rndv = r->next;
+    if (r->next)
+        r->next->prev = r->prev;
+    if (request)
+        ucp_request_free(request);
+    if (status == UCS_OK && length == r->len && r->ep && !r->ep->closing) {
+        deliver(w, r->ep, r->req_id, r->flags, r->buf, r->len);
+    } else {
+        kvt_log_debug("net rendezvous receive dropped status=%s len=%zu got=%zu",
+                      ucs_status_string(status), r->len, length);
+        kvt_free(r->buf);
+    }
+    kvt_free(r);
+}
+
+static void rndv_start(kvt_net_worker_t *w, kvt_net_ep_t *ep, uint64_t req_id, uint32_t flags,
+                       void *desc, size_t len)
+{
+    net_rndv_t *r = kvt_calloc("net rndv", 1, sizeof(*r));
+    void *buf = r ? kvt_malloc("net rndv data", len ? len : 1) : NULL;
+    if (!buf) {
+        kvt_free(r);
+        return; /* the handler returns UCS_OK: UCX drops the data */
+    }
+    *r = (net_rndv_t){.worker = w, .ep = ep, .req_id = req_id, .flags = flags, .len = len,
+                      .buf = buf};
+    ucp_request_param_t prm = {.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK |
+                                               UCP_OP_ATTR_FIELD_USER_DATA,
+                               .cb.recv_am = rndv_done,
+                               .user_data = r};
+    void *req = ucp_am_recv_data_nbx(w->uw, desc, buf, len, &prm);
+    if (req == NULL) {
+        rndv_done(NULL, UCS_OK, len, r);
+    } else if (UCS_PTR_IS_ERR(req)) {
+        kvt_log_warn("net rendezvous receive failed peer=%s len=%zu cause=%s", ep->peer, len,
+                     ucs_status_string(UCS_PTR_STATUS(req)));
+        kvt_free(buf);
+        kvt_free(r);
+    } else {
+        r->next = w->rndv;
+        if (w->rndv)
+            w->rndv->prev = r;
+        w->rndv = r;
+    }
+}
+
+static kvt_net_ep_t *am_source(kvt_net_worker_t *w, const ucp_am_recv_param_t *param)
+{
+    if (!(param->recv_attr & UCP_AM_RECV_ATTR_FIELD_REPLY_EP))
+        return NULL;
+    kvt_net_ep_t *ep = ep_lookup(w, param->reply_ep);
+    return ep && !ep->closing ? ep : NULL;
+}
+
+static ucs_status_t am_data_cb(void *arg, const void *header, size_t header_length, void *data,
+                               size_t length, const ucp_am_recv_param_t *param)
+{
+    kvt_net_worker_t *w = arg;
+    kvt_net_ep_t *ep = am_source(w, param);
+    if (!ep) {
+        kvt_log_debug("net message dropped, sender closed len=%zu", length);
+        return UCS_OK;
+    }
+    if (header_length != NET_HDR_LEN) {
+        kvt_log_warn("net message dropped, bad header peer=%s hdr_len=%zu len=%zu", ep->peer,
+                     header_length, length);
+        return UCS_OK;
+    }
+    const uint8_t *h = header;
+    uint64_t req_id = kvt_le_get64(h);
+    uint32_t flags = kvt_le_get32(h + 8), hlen = kvt_le_get32(h + 12);
+    if (length > w->max_msg || (size_t)hlen != length) {
+        kvt_log_warn("net message dropped peer=%s len=%zu header_len=%u max=%zu", ep->peer,
+                     length, hlen, w->max_msg);
+        return UCS_OK; /* for rendezvous data this tells the sender it is dropped */
+    }
+    if (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) {
+        rndv_start(w, ep, req_id, flags, data, length);
+        return UCS_OK;
+    }
+    void *buf = kvt_malloc("net message", length ? length : 1);
+    if (!buf)
+        return UCS_OK;
+    if (length)
+        memcpy(buf, data, length);
+    deliver(w, ep, req_id, flags, buf, length);
+    return UCS_OK;
+}
+
+static ucs_status_t am_ctrl_cb(void *arg, const void *header, size_t header_length, void *data,
+                               size_t length, const ucp_am_recv_param_t *param)
+{
+    kvt_net_worker_t *w = arg;
+    kvt_net_ep_t *ep = am_source(w, param);
+    if (!ep || header_length != NET_HDR_LEN || length != 0)
+        return UCS_OK;
+    uint32_t type = kvt_le_get32((const uint8_t *)header + 8);
+    if (type == NET_CTRL_HELLO && ep->alive)
+        (void)kvt_net_am_send(ep, NET_AM_CTRL, 0, NET_CTRL_ACK, NULL, 0);
+    else if (type == NET_CTRL_ACK)
+        ep->hello_acked = true;
+    return UCS_OK;
+}
+
+/* --- sends --- */
+
+typedef struct {
+    kvt_net_worker_t *worker;
+    uint8_t hdr[NET_HDR_LEN];
+    /* payload follows */
+} net_send_t;
+
+static void send_done(void *request, ucs_status_t status, void *user_data)
+{
+    net_send_t *s = user_data;
+    if (status != UCS_OK)
+        kvt_log_debug("net send completed with error cause=%s", ucs_status_string(status));
+    s->worker->n_sends--;
+    kvt_free(s);
+    ucp_request_free(request);
+}
+
+/* Copy and send; the copy belongs to UCX until send_done. */
+kvt_status_t kvt_net_am_send(kvt_net_ep_t *ep, unsigned am_id, uint64_t req_id, uint32_t flags,
+                            const void *data, size_t len)
+{
+    net_send_t *s = kvt_malloc("net send", sizeof(*s) + len);
+    if (!s)
+        return KVT_ERR_NOMEM;
+    s->worker = ep->worker;
+    kvt_le_put64(s->hdr, req_id);
+    kvt_le_put32(s->hdr + 8, flags);
+    kvt_le_put32(s->hdr + 12, (uint32_t)len);
+    uint8_t *payload = (uint8_t *)(s + 1);
+    if (len)
+        memcpy(payload, data, len);
+    ucp_request_param_t prm = {.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK |
+                                               UCP_OP_ATTR_FIELD_USER_DATA |
+                                               UCP_OP_ATTR_FIELD_FLAGS,
+                               .flags = UCP_AM_SEND_FLAG_REPLY,
+                               .cb.send = send_done,
+                               .user_data = s};
+    void *req = ucp_am_send_nbx(ep->uep, am_id, s->hdr, NET_HDR_LEN, payload, len, &prm);
+    if (req == NULL) {
+        kvt_free(s);
+        return KVT_OK;
+    }
+    if (UCS_PTR_IS_ERR(req)) {
+        kvt_log_warn("net send failed peer=%s len=%zu cause=%s", ep->peer, len,
+                     ucs_status_string(UCS_PTR_STATUS(req)));
+        kvt_free(s);
+        return kvt_net_status(UCS_PTR_STATUS(req));
+    }
+    ep->worker->n_sends++;
+    return KVT_OK;
+}
+
+kvt_status_t kvt_net_send(kvt_net_ep_t *ep, uint64_t req_id, uint32_t flags, const void *data,
+                          size_t len)
+{
+    if (!ep || (len && !data))
+        return KVT_ERR_INVALID;
+    if (len > ep->worker->max_msg) {
+        kvt_log_warn("net send refused, too large peer=%s len=%zu max=%zu", ep->peer, len,
+                     ep->worker->max_msg);
+        return KVT_ERR_TOO_LARGE;
+    }
+    if (!kvt_net_ep_alive(ep))
+        return KVT_ERR_CLOSED;
+    return kvt_net_am_send(ep, NET_AM_DATA, req_id, flags, data, len);
+}
+
+/* --- progress --- */
+
+static void deliver_one(kvt_net_worker_t *w, net_ev_t *ev);
+
+static unsigned deliver_queued(kvt_net_worker_t *w)
+{
+    unsigned n = 0;
+    net_ev_t *ev;
+    /* One at a time from the head: a callback may close endpoints (which
+     * purges their events) or block in kvt_net_request (which delivers). */
+    while ((ev = ev_pop(w)) != NULL) {
+        deliver_one(w, ev);
+        n++;
+    }
+    return n;
+}
+
+static void reap_zombies(kvt_net_worker_t *w)
+{
+    kvt_net_ep_t *ep = w->zombies, *next;
+    for (; ep; ep = next) {
+        next = ep->next;
+        if (ucp_request_check_status(ep->close_req) == UCS_INPROGRESS)
+            continue;
+        ucp_request_free(ep->close_req);
+        ep_list_del(&w->zombies, ep);
+        ep_hash_del(ep);
+        kvt_free(ep);
+    }
+}
+
+void kvt_net_step(kvt_net_worker_t *w, uint64_t deadline_ns, bool deliver_events)
+{
+    unsigned n = ucp_worker_progress(w->uw);
+    if (deliver_events)
+        n += deliver_queued(w);
+    if (n)
+        return;
+    uint64_t now = kvt_time_ns();
+    if (now >= deadline_ns)
+        return;
+    uint64_t ms = (deadline_ns - now + 999999) / 1000000;
+    if (ms > NET_POLL_MS)
+        ms = NET_POLL_MS;
+    if (ucp_worker_arm(w->uw) != UCS_OK)
+        return; /* UCS_ERR_BUSY: more to do at once */
+    struct pollfd pfd = {.fd = w->efd, .events = POLLIN};
+    (void)poll(&pfd, 1, (int)ms);
+}
+
+void kvt_net_worker_progress(kvt_net_worker_t *w)
+{
+    ucp_worker_progress(w->uw);
+    deliver_queued(w);
+    if (w->zombies)
+        reap_zombies(w);
+}
+
+void kvt_net_worker_wait(kvt_net_worker_t *w, int timeout_ms)
+{
+    uint64_t deadline = kvt_net_deadline(timeout_ms);
+    for (;;) {
+        unsigned n = ucp_worker_progress(w->uw) + deliver_queued(w);
+        if (w->zombies)
+            reap_zombies(w);
+        if (n || kvt_time_ns() >= deadline)
+            return;
+        kvt_net_step(w, deadline, true);
+    }
+}
+
+/* --- endpoints --- */
+
+kvt_net_ep_t *kvt_net_ep_alloc(kvt_net_worker_t *w)
+{
+    kvt_net_ep_t *ep = kvt_calloc("net ep", 1, sizeof(*ep));
+    if (!ep)
+        return NULL;
+    ep->worker = w;
+    ep->down_ev.type = NET_EV_DOWN;
+    ep->down_ev.embedded = true;
+    ep->down_ev.ep = ep;
+    return ep;
+}
+
+void kvt_net_ep_params(kvt_net_ep_t *ep, ucp_ep_params_t *p)
+{
+    memset(p, 0, sizeof(*p));
+    p->field_mask = UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE | UCP_EP_PARAM_FIELD_ERR_HANDLER |
+                    UCP_EP_PARAM_FIELD_USER_DATA;
+    p->err_mode = UCP_ERR_HANDLING_MODE_PEER;
+    p->err_handler.cb = ep_err_cb;
+    p->err_handler.arg = ep;
+    p->user_data = ep;
+}
+
+static void ep_err_cb(void *arg, ucp_ep_h uep, ucs_status_t status)
+{
+    kvt_net_ep_t *ep = arg;
+    kvt_net_worker_t *w = ep->worker;
+    if (!ep->alive)
+        return;
+    ep->alive = false;
+    ep->err = status;
+    if (ep->closing)
+        return;
+    if (ep->published)
+        kvt_log_info("net peer failed peer=%s cause=%s", ep->peer, ucs_status_string(status));
+    pending_fail(w, ep, KVT_ERR_CLOSED);
+    if (ep->published)
+        kvt_net_ev_push(w, &ep->down_ev);
+}
+
+/* Close the UCX endpoint with the given flags, waiting up to timeout_ms;
+ * frees ep, or parks it on the zombie list if the close is still running. */
+void kvt_net_ep_finish(kvt_net_ep_t *ep, uint32_t flags, int timeout_ms)
+{
+    kvt_net_worker_t *w = ep->worker;
+    ep_list_del(&w->eps, ep);
+    if (ep->uep) {
+        ucp_request_param_t prm = {.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS, .flags = flags};
+        void *req = ucp_ep_close_nbx(ep->uep, &prm);
+        if (UCS_PTR_IS_PTR(req)) {
+            uint64_t deadline = kvt_net_deadline(timeout_ms);
+            while (ucp_request_check_status(req) == UCS_INPROGRESS && kvt_time_ns() < deadline)
+                kvt_net_step(w, deadline, false);
+            if (ucp_request_check_status(req) == UCS_INPROGRESS) {
+                kvt_log_warn("net close still running, parked peer=%s timeout_ms=%d", ep->peer,
+                             timeout_ms);
+                ep->close_req = req;
+                ep_list_add(&w->zombies, ep);
+                return;
+            }
+            ucp_request_free(req);
+        }
+        ep_hash_del(ep);
+    }
+    kvt_free(ep);
+}
+
+/* Forget everything queued or waiting on ep before it goes away. */
+void kvt_net_ep_detach(kvt_net_ep_t *ep)
+{
+    kvt_net_worker_t *w = ep->worker;
+    ep->closing = true;
+    kvt_net_ev_purge(w, ep, NULL);
+    pending_fail(w, ep, KVT_ERR_CLOSED);
+    for (net_rndv_t *r = w->rndv; r; r = r->next)
+        if (r->ep == ep)
+            r->ep = NULL;
+}
+
+void kvt_net_ep_close(kvt_net_ep_t *ep)
+{
+    if (!ep)
+        return;
+    kvt_net_ep_detach(ep);
+    bool alive = ep->alive && ep->uep;
+    kvt_log_debug("net close peer=%s alive=%d", ep->peer, alive);
+    kvt_net_ep_finish(ep, alive ? 0 : UCP_EP_CLOSE_FLAG_FORCE, NET_CLOSE_MS);
+}
+
+void kvt_net_ep_force_close(kvt_net_ep_t *ep)
+{
+    kvt_net_worker_t *w = ep->worker;
+    ep->alive = false;
+    pending_fail(w, ep, KVT_ERR_CLOSED);
+    if (!ep->uep)
+        return;
+    ucp_request_param_t prm = {.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS,
+                               .flags = UCP_EP_CLOSE_FLAG_FORCE};
+    void *req = ucp_ep_close_nbx(ep->uep, &prm);
+    if (UCS_PTR_IS_PTR(req)) {
+        uint64_t deadline = kvt_net_deadline(NET_CLOSE_MS);
+        while (ucp_request_check_status(req) == UCS_INPROGRESS && kvt_time_ns() < deadline)
+            kvt_net_step(w, deadline, false);
+        if (ucp_request_check_status(req) == UCS_INPROGRESS)
+            kvt_log_error("net forced close did not complete peer=%s", ep->peer);
+        else
+            ucp_request_free(req);
+    }
+    ep_hash_del(ep);
+    ep->uep = NULL;
+}
+
+bool kvt_net_ep_alive(const kvt_net_ep_t *ep) { return ep && ep->alive && ep->uep; }
+
+void kvt_net_ep_set_user(kvt_net_ep_t *ep, void *user) { ep->user = user; }
+
+void *kvt_net_ep_user(const kvt_net_ep_t *ep) { return ep->user; }
+
+const char *kvt_net_ep_peer(const kvt_net_ep_t *ep) { return ep->peer; }
+
+static void deliver_one(kvt_net_worker_t *w, net_ev_t *ev)
+{
+    /* Copy out and release first: the callback may close ev->ep, and a
+     * DOWN event lives inside it. */
+    net_ev_t e = *ev;
+    ev->data = NULL;
+    ev_free(ev);
+    switch (e.type) {
+    case NET_EV_MSG:
+        if (w->on_msg)
+            w->on_msg(e.ep, e.req_id, e.flags, e.data, e.len, w->arg);
+        kvt_free(e.data);
+        break;
+    case NET_EV_DOWN:
+        if (w->on_conn)
+            w->on_conn(e.ep, false, w->arg);
+        break;
+    case NET_EV_ACCEPT:
+        kvt_net_accept(e.listener, e.conn_req);
+        break;
+    }
+}
+
+/* --- request / reply --- */
+
+kvt_status_t kvt_net_request(kvt_net_ep_t *ep, const void *data, size_t len, int timeout_ms,
+                             void **reply_p, size_t *reply_len_p)
+{
+    if (!ep || !reply_p || !reply_len_p)
+        return KVT_ERR_INVALID;
+    kvt_net_worker_t *w = ep->worker;
+    net_pending_t p = {.ep = ep, .req_id = w->next_req_id++};
+    kvt_status_t st = kvt_net_send(ep, p.req_id, 0, data, len);
+    if (st != KVT_OK)
+        return st;
+    p.next = w->pending;
+    w->pending = &p;
+    uint64_t deadline = kvt_net_deadline(timeout_ms);
+    /* ep may be closed by a callback delivered here: only p is read after. */
+    while (!p.done && kvt_time_ns() < deadline)
+        kvt_net_step(w, deadline, true);
+    pending_del(w, &p);
+    if (!p.done) {
+        kvt_log_debug("net request timed out req_id=%llu timeout_ms=%d",
+                      (unsigned long long)p.req_id, timeout_ms);
+        return KVT_ERR_AGAIN;
+    }
+    if (p.status != KVT_OK)
+        return p.status;
+    *reply_p = p.reply;
+    *reply_len_p = p.reply_len;
+    return KVT_OK;
+}
+
+/* --- worker --- */
+
+static kvt_status_t context_create(ucp_context_h *ctx_p)
+{
+    ucp_config_t *cfg;
+    ucs_status_t us = ucp_config_read(NULL, NULL, &cfg);
+    if (us != UCS_OK) {
+        kvt_log_error("net ucx config failed cause=%s", ucs_status_string(us));
+        return KVT_ERR_IO;
+    }
+    /* Notice a silently dead peer (SIGKILL, cable) within seconds. */
+    if (!getenv("UCX_KEEPALIVE_INTERVAL") &&
+        (us = ucp_config_modify(cfg, "KEEPALIVE_INTERVAL", "1s")) != UCS_OK)
+        kvt_log_warn("net keepalive not set cause=%s", ucs_status_string(us));
+    ucp_params_t p = {.field_mask = UCP_PARAM_FIELD_FEATURES,
+                      .features = UCP_FEATURE_AM | UCP_FEATURE_RMA | UCP_FEATURE_WAKEUP};
+    us = ucp_init(&p, cfg, ctx_p);
+    ucp_config_release(cfg);
+    if (us != UCS_OK) {
+        kvt_log_error("net ucx init failed cause=%s", ucs_status_string(us));
+        return KVT_ERR_IO;
+    }
+    return KVT_OK;
+}
+
+static kvt_status_t worker_setup(kvt_net_worker_t *w)
+{
+    ucp_worker_params_t wp = {.field_mask = UCP_WORKER_PARAM_FIELD_THREAD_MODE,
+                              .thread_mode = UCS_THREAD_MODE_SINGLE};
+    ucs_status_t us = ucp_worker_create(w->ctx, &wp, &w->uw);
+    if (us != UCS_OK) {
+        kvt_log_error("net worker create failed cause=%s", ucs_status_string(us));
+        return KVT_ERR_IO;
+    }
+    us = ucp_worker_get_efd(w->uw, &w->efd);
+    static const struct {
+        unsigned id;
+        ucp_am_recv_callback_t cb;
+    } handlers[] = {{NET_AM_DATA, am_data_cb}, {NET_AM_CTRL, am_ctrl_cb}};
+    for (size_t i = 0; us == UCS_OK && i < 2; i++) {
+        ucp_am_handler_param_t hp = {
+            .field_mask = UCP_AM_HANDLER_PARAM_FIELD_ID | UCP_AM_HANDLER_PARAM_FIELD_CB |
+                          UCP_AM_HANDLER_PARAM_FIELD_ARG | UCP_AM_HANDLER_PARAM_FIELD_FLAGS,
+            .id = handlers[i].id,
+            .flags = UCP_AM_FLAG_WHOLE_MSG,
+            .cb = handlers[i].cb,
+            .arg = w};
+        us = ucp_worker_set_am_recv_handler(w->uw, &hp);
+    }
+    if (us != UCS_OK) {
+        kvt_log_error("net worker setup failed cause=%s", ucs_status_string(us));
+        ucp_worker_destroy(w->uw);
+        return KVT_ERR_IO;
+    }
+    return KVT_OK;
+}
+
+kvt_status_t kvt_net_worker_create(const kvt_net_worker_params_t *params,
+                                   kvt_net_worker_t **worker_p)
+{
+    if (!params || !worker_p)
+        return KVT_ERR_INVALID;
+    kvt_net_worker_t *w = kvt_calloc("net worker", 1, sizeof(*w));
+    if (!w)
+        return KVT_ERR_NOMEM;
+    w->max_msg = params->max_msg_bytes ? params->max_msg_bytes : NET_DEFAULT_MAX_MSG;
+    if (w->max_msg > UINT32_MAX) {
+        kvt_free(w);
+        return KVT_ERR_INVALID;
+    }
+    w->ev_cap = 16 * w->max_msg > NET_QUEUE_MIN_BYTES ? 16 * w->max_msg : NET_QUEUE_MIN_BYTES;
+    w->on_msg = params->on_msg;
+    w->on_conn = params->on_conn;
+    w->arg = params->arg;
+    w->next_req_id = 1;
+    kvt_status_t st = context_create(&w->ctx);
+    if (st == KVT_OK && (st = worker_setup(w)) != KVT_OK)
+        ucp_cleanup(w->ctx);
+    if (st != KVT_OK) {
+        kvt_free(w);
+        return st;
+    }
+    *worker_p = w;
+    return KVT_OK;
+}
+
+void kvt_net_worker_destroy(kvt_net_worker_t *w)
+{
+    if (!w)
+        return;
+    while (w->listeners)
+        kvt_net_listener_destroy(w->listeners);
+    net_ev_t *ev;
+    while ((ev = ev_pop(w)) != NULL)
+        ev_free(ev);
+    while (w->eps) {
+        kvt_net_ep_detach(w->eps);
+        kvt_net_ep_finish(w->eps, UCP_EP_CLOSE_FLAG_FORCE, NET_CLOSE_MS);
+    }
+    /* Let sends, rendezvous receives and parked closes complete. */
+    uint64_t deadline = kvt_net_deadline(NET_CLOSE_MS);
+    while ((w->n_sends || w->rndv || w->zombies) && kvt_time_ns() < deadline) {
+        kvt_net_step(w, deadline, false);
+        reap_zombies(w);
+    }
+    if (w->n_sends || w->rndv || w->zombies)
+        kvt_log_warn("net worker destroyed with operations in flight sends=%zu rndv=%d zombies=%d",
+                     w->n_sends, w->rndv != NULL, w->zombies != NULL);
+    while ((ev = ev_pop(w)) != NULL)
+        ev_free(ev);
+    kvt_net_mem_destroy_all(w);
+    ucp_worker_destroy(w->uw); /* releases what is still in flight */
+    while (w->zombies) {
+        kvt_net_ep_t *ep = w->zombies;
+        ep_list_del(&w->zombies, ep);
+        kvt_free(ep);
+    }
+    ucp_cleanup(w->ctx);
+    kvt_free(w);
+}

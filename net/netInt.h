@@ -1,0 +1,160 @@
+/* net internals shared by net.c (worker, connections, messages) and rma.c
+ * (registration, rkeys, batched gets); no other module includes this.
+ *
+ * Ownership: the worker owns every endpoint, listener, registration,
+ * queued event and in-flight receive; buffers handed to UCX (send copies,
+ * rendezvous targets, get slots) belong to UCX until their completion
+ * callback runs, and only that callback frees them.  User callbacks
+ * (on_msg, on_conn) never run inside a UCX callback: UCX callbacks only
+ * record (queue an event, complete a waiting request), and the queue is
+ * delivered after ucp_worker_progress returns, so a user callback may
+ * send, close or even block in kvt_net_request. */
+#ifndef KVT_NET_NETINT_H
+#define KVT_NET_NETINT_H
+
+#include "net/net.h"
+
+#include <ucp/api/ucp.h>
+
+#define NET_AM_DATA 17u            /* user messages */
+#define NET_AM_CTRL 18u            /* connection hello / ack */
+#define NET_HDR_LEN 16u            /* u64 req_id, u32 flags, u32 len, little-endian */
+#define NET_CTRL_HELLO 1u
+#define NET_CTRL_ACK 2u
+#define NET_DEFAULT_MAX_MSG (4u << 20)
+#define NET_CLOSE_MS 2000          /* bound on a flush-close or a drain */
+#define NET_POLL_MS 100            /* longest sleep between progress passes */
+#define NET_EP_BUCKETS 256         /* ucp_ep_h -> kvt ep lookup */
+#define NET_QUEUE_MIN_BYTES (64u << 20) /* hard cap on undelivered messages */
+
+typedef enum { NET_EV_MSG, NET_EV_DOWN, NET_EV_ACCEPT } net_ev_type_t;
+
+/* Something UCX told us that the user hears about after progress returns. */
+typedef struct net_ev {
+    struct net_ev *next;
+    net_ev_type_t type;
+    bool embedded;                /* lives inside its ep (DOWN): never freed */
+    kvt_net_ep_t *ep;             /* MSG, DOWN */
+    kvt_net_listener_t *listener; /* ACCEPT */
+    ucp_conn_request_h conn_req;  /* ACCEPT */
+    uint64_t req_id;
+    uint32_t flags;
+    void *data;                   /* MSG: kvt_malloc'd, owned by the event */
+    size_t len;
+} net_ev_t;
+
+/* A kvt_net_request waiting for its reply; lives on the waiter's stack. */
+typedef struct net_pending {
+    struct net_pending *next;
+    kvt_net_ep_t *ep;
+    uint64_t req_id;
+    bool done;
+    kvt_status_t status;
+    void *reply;                  /* kvt_malloc'd, handed to the waiter */
+    size_t reply_len;
+} net_pending_t;
+
+/* A rendezvous receive in flight; its buffer belongs to UCX until done. */
+typedef struct net_rndv {
+    struct net_rndv *next, *prev;
+    kvt_net_worker_t *worker;
+    kvt_net_ep_t *ep;             /* NULL once the ep closed: result dropped */
+    uint64_t req_id;
+    uint32_t flags;
+    size_t len;
+    void *buf;
+} net_rndv_t;
+
+struct kvt_net_ep {
+    kvt_net_worker_t *worker;
+    ucp_ep_h uep;                 /* NULL once closed at the UCX level */
+    kvt_net_ep_t *next, *prev;    /* worker->eps, or worker->zombies */
+    kvt_net_ep_t *hnext;          /* hash bucket chain, keyed by uep */
+    void *user;
+    void *close_req;              /* zombie: flush-close still running */
+    ucs_status_t err;             /* why it died */
+    bool alive;
+    bool published;               /* the user holds it: failures are reported */
+    bool hello_acked;
+    bool closing;
+    net_ev_t down_ev;             /* preallocated, so a failure is never lost */
+    char peer[64];
+};
+
+struct kvt_net_listener {
+    kvt_net_worker_t *worker;
+    ucp_listener_h ul;
+    kvt_net_listener_t *next, *prev;
+    uint16_t port;
+};
+
+struct kvt_net_mem {
+    kvt_net_worker_t *worker;
+    kvt_net_mem_t *next, *prev;
+    ucp_mem_h memh;
+    void *ucx_rkey;               /* from ucp_rkey_pack */
+    uint8_t *packed;              /* our framing + ucx_rkey */
+    size_t packed_len;
+};
+
+struct kvt_net_rkey {
+    ucp_rkey_h rkey;
+};
+
+struct kvt_net_worker {
+    ucp_context_h ctx;
+    ucp_worker_h uw;
+    int efd;
+    size_t max_msg;
+    kvt_net_msg_fn on_msg;
+    kvt_net_conn_fn on_conn;
+    void *arg;
+    kvt_net_ep_t *eps;
+    kvt_net_ep_t *zombies;
+    kvt_net_ep_t *buckets[NET_EP_BUCKETS];
+    kvt_net_listener_t *listeners;
+    kvt_net_mem_t *mems;
+    net_ev_t *ev_head, *ev_tail;
+    size_t ev_bytes, ev_cap;
+    net_pending_t *pending;
+    net_rndv_t *rndv;
+    uint64_t next_req_id;
+    size_t n_sends;               /* sends whose completion has not run */
+};
+
+/* UCX status to ours (peer failures and cancels are KVT_ERR_CLOSED). */
+kvt_status_t kvt_net_status(ucs_status_t status);
+/* Monotonic deadline timeout_ms from now (negative counts as 0). */
+uint64_t kvt_net_deadline(int timeout_ms);
+
+/* Endpoints (net.c).  alloc: zeroed, not yet known to UCX; params: peer
+ * error handling and our error callback; link: on the worker's list and
+ * lookup table once ep->uep exists; detach: drop its queued events, fail
+ * its waiters, orphan its receives; finish: unlink, close the UCX endpoint
+ * (flags: 0 flush or UCP_EP_CLOSE_FLAG_FORCE) within timeout_ms and free,
+ * or park it as a zombie if the close is still running. */
+kvt_net_ep_t *kvt_net_ep_alloc(kvt_net_worker_t *worker);
+void kvt_net_ep_params(kvt_net_ep_t *ep, ucp_ep_params_t *params);
+void kvt_net_ep_link(kvt_net_ep_t *ep);
+void kvt_net_ep_detach(kvt_net_ep_t *ep);
+void kvt_net_ep_finish(kvt_net_ep_t *ep, uint32_t flags, int timeout_ms);
+/* Send a framed active message; the bytes are copied first. */
+kvt_status_t kvt_net_am_send(kvt_net_ep_t *ep, unsigned am_id, uint64_t req_id, uint32_t flags,
+                             const void *data, size_t len);
+/* Event queue (net.c): push one; purge those of ep or of listener. */
+void kvt_net_ev_push(kvt_net_worker_t *worker, net_ev_t *ev);
+void kvt_net_ev_purge(kvt_net_worker_t *worker, const kvt_net_ep_t *ep,
+                      const kvt_net_listener_t *listener);
+/* Create the endpoint for an accepted connection request and report it
+ * up (conn.c); called when the ACCEPT event is delivered. */
+void kvt_net_accept(kvt_net_listener_t *listener, ucp_conn_request_h conn_req);
+/* One pass of a blocking wait: progress (and deliver queued events if
+ * deliver), sleeping on the event fd, at most to deadline_ns, when idle. */
+void kvt_net_step(kvt_net_worker_t *worker, uint64_t deadline_ns, bool deliver);
+/* Close ep's UCX endpoint now with FORCE, waiting (bounded) for it; ep stays
+ * the user's but is dead.  Used by get_batch at a timeout. */
+void kvt_net_ep_force_close(kvt_net_ep_t *ep);
+/* Worker teardown of the registrations the user left behind. */
+void kvt_net_mem_destroy_all(kvt_net_worker_t *worker);
+
+#endif
