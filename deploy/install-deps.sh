@@ -11,6 +11,7 @@ PACKAGES=(
   libucx-dev librocksdb-dev libprotobuf-c-dev protobuf-c-compiler
   libssl-dev libxxhash-dev libpcre2-dev libmicrohttpd-dev libcjson-dev
   libcmocka-dev clang libclang-rt-14-dev
+  ucx-utils redis-server  # the same-run references of `kvtier bench pull`
 )
 
 missing=()
