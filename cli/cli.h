@@ -46,6 +46,8 @@ void kvt_cli_fmt_bytes(uint64_t bytes, char *out, size_t cap);
 
 /* `kvtier kv stats|verify|ls` (cmd_kv.c). */
 int kvt_cmd_kv(int argc, char **argv);
+/* `kvtier kv serve` (cmd_kv_serve.c); argv[0] is "serve". */
+int kvt_cmd_kv_serve(int argc, char **argv);
 /* `kvtier bench kv|pull` (cmd_bench_kv.c). */
 int kvt_cmd_bench(int argc, char **argv);
 /* `kvtier bench pull` (cmd_bench_pull.c); argv[0] is "pull". */

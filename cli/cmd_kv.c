@@ -324,11 +324,12 @@ static int kv_ls(int argc, char **argv)
 /* ---- dispatch ---- */
 
 static const char g_kv_usage[] =
-    "usage: kvtier kv <stats|verify|ls> --data DIR [flags]\n"
+    "usage: kvtier kv <stats|verify|ls|serve> --data DIR [flags]\n"
     "\n"
     "  stats    layout, identity, blocks and lifetime counters of the tier\n"
     "  verify   read and check every block (--repair removes bad ones)\n"
     "  ls       list stored blocks\n"
+    "  serve    serve the tier's blocks to peers (UCX block pulls)\n"
     "\n"
     "run 'kvtier kv <subcommand> --help' for its flags\n";
 
@@ -349,6 +350,8 @@ int kvt_cmd_kv(int argc, char **argv)
         return kv_verify(argc - 1, argv + 1);
     if (!strcmp(sub, "ls"))
         return kv_ls(argc - 1, argv + 1);
+    if (!strcmp(sub, "serve"))
+        return kvt_cmd_kv_serve(argc - 1, argv + 1);
     kvt_log_error("unknown kv subcommand subcommand=\"%s\"", sub);
     fputs(g_kv_usage, stderr);
     return KVT_EXIT_USAGE;

@@ -1,0 +1,83 @@
+/* `kvtier kv serve`: a standalone block server over a node's tier, for
+ * tests, benchmarks and dedicated store nodes.  It opens DIR's tier (T1 in
+ * memory over DIR/t2), serves pulls on --listen until SIGINT or SIGTERM,
+ * and prints one line "listening HOST:PORT" on stdout once it accepts
+ * connections (with port 0 that line tells the port chosen). */
+#include "cli/cli.h"
+
+#include "common/log.h"
+#include "kvstore/block_server.h"
+
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+static const kvt_opt_t g_opts[] = {
+    {"data", KVT_OPT_STR, NULL, "the node's data directory (tier in DIR/t2); required"},
+    {"listen", KVT_OPT_STR, "127.0.0.1:7470", "UCX listen address HOST:PORT (port 0: any)"},
+    {"host-capacity", KVT_OPT_SIZE, "1G", "host pool (T1) bytes: the memory peers read from"},
+    {"disk-capacity", KVT_OPT_SIZE, "0", "disk tier (T2) bytes (0: unlimited)"},
+    {"lease-ms", KVT_OPT_U64, "30000", "how long pinned blocks wait for their reader"},
+    KVT_CLI_OPT_LOG_LEVEL,
+};
+
+static volatile sig_atomic_t g_stop;
+
+static void on_signal(int sig)
+{
+    (void)sig;
+    g_stop = 1;
+}
+
+static int serve(const kvt_config_t *cfg, const char *data)
+{
+    kvt_tier_params_t tp = {
+        .data_dir = data,
+        .host_capacity_bytes = kvt_config_u64(cfg, "host-capacity", 1ull << 30),
+        .disk_capacity_bytes = kvt_config_u64(cfg, "disk-capacity", 0),
+    };
+    kvt_tier_t *tier;
+    kvt_status_t st = kvt_tier_open(&tp, &tier);
+    if (st != KVT_OK) {
+        kvt_log_error("cannot open the tier data=%s err=\"%s\"", data, kvt_status_str(st));
+        return KVT_EXIT_FAIL;
+    }
+    const char *listen = kvt_config_str(cfg, "listen");
+    kvt_block_server_params_t sp = {.tier = tier, .listen = listen,
+                                    .lease_ms = (uint32_t)kvt_config_u64(cfg, "lease-ms", 30000)};
+    kvt_block_server_t *srv;
+    if ((st = kvt_block_server_start(&sp, &srv)) != KVT_OK) {
+        kvt_tier_close(tier);
+        return KVT_EXIT_FAIL;
+    }
+    char host[256];
+    const char *colon = strrchr(listen, ':');
+    size_t hl = colon ? (size_t)(colon - listen) : strlen(listen);
+    snprintf(host, sizeof(host), "%.*s", (int)(hl < sizeof(host) ? hl : sizeof(host) - 1), listen);
+    printf("listening %s:%u\n", host, kvt_block_server_port(srv));
+    fflush(stdout);
+    while (!g_stop)
+        pause();
+    kvt_block_server_stop(srv);
+    kvt_tier_close(tier);
+    return KVT_EXIT_OK;
+}
+
+int kvt_cmd_kv_serve(int argc, char **argv)
+{
+    kvt_config_t cfg;
+    int rc = kvt_cli_parse(&cfg, g_opts, (int)(sizeof(g_opts) / sizeof(g_opts[0])), argc, argv,
+                           "usage: kvtier kv serve --data DIR [--listen HOST:PORT]",
+                           "Serve the blocks of DIR's tier to peers over UCX (block pulls with\n"
+                           "leases) until SIGINT or SIGTERM.  Prints \"listening HOST:PORT\".");
+    if (rc != KVT_EXIT_CONTINUE)
+        return rc;
+    const char *data = kvt_cli_require(&cfg, "data");
+    if (!data)
+        return KVT_EXIT_USAGE;
+    struct sigaction sa = {.sa_handler = on_signal};
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    return serve(&cfg, data);
+}

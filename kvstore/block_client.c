@@ -1,0 +1,193 @@
+/* Pull: one fetch request, RMA reads into the caller's buffers, release,
+ * then every block checked before it is reported OK (invariant 3). */
+#include "kvstore/block_client.h"
+
+#include "common/alloc.h"
+#include "common/log.h"
+#include "proto/msg.h"
+
+#include <string.h>
+
+#define RELEASE_TIMEOUT_MS 2000
+
+struct kvt_block_client {
+    kvt_net_worker_t *worker;
+    kvt_net_ep_t *ep;
+};
+
+kvt_status_t kvt_block_client_connect(kvt_net_worker_t *worker, const char *peer, int timeout_ms,
+                                      kvt_block_client_t **client_p)
+{
+    kvt_block_client_t *c = kvt_calloc("block client", 1, sizeof(*c));
+    if (!c)
+        return KVT_ERR_NOMEM;
+    c->worker = worker;
+    kvt_status_t st = kvt_net_connect(worker, peer, timeout_ms, &c->ep);
+    if (st != KVT_OK) {
+        kvt_log_error("block client cannot connect peer=%s err=\"%s\"", peer, kvt_status_str(st));
+        kvt_free(c);
+        return st;
+    }
+    *client_p = c;
+    return KVT_OK;
+}
+
+void kvt_block_client_close(kvt_block_client_t *client)
+{
+    if (!client)
+        return;
+    kvt_net_ep_close(client->ep);
+    kvt_free(client);
+}
+
+/* One request, one decoded reply; an Error reply becomes its status. */
+static kvt_status_t exchange(kvt_block_client_t *c, kvt_msg_t *req, int timeout_ms,
+                             kvt_msg_t **reply_p)
+{
+    uint8_t *buf;
+    size_t len;
+    kvt_status_t st = kvt_msg_encode(req, &buf, &len);
+    if (st != KVT_OK)
+        return st;
+    void *rep;
+    size_t rep_len;
+    st = kvt_net_request(c->ep, buf, len, timeout_ms, &rep, &rep_len);
+    kvt_free(buf);
+    if (st != KVT_OK)
+        return st;
+    st = kvt_msg_decode(rep, rep_len, reply_p);
+    kvt_free(rep);
+    if (st != KVT_OK) {
+        kvt_log_error("block client got an undecodable reply peer=%s err=\"%s\"",
+                      kvt_net_ep_peer(c->ep), kvt_status_str(st));
+        return KVT_ERR_CORRUPT;
+    }
+    if ((*reply_p)->body_case == KVTIER__ENVELOPE__BODY_ERROR) {
+        Kvtier__Error *e = (*reply_p)->error;
+        kvt_log_warn("block server refused peer=%s code=%u message=\"%s\"", kvt_net_ep_peer(c->ep),
+                     e->code, e->message);
+        kvt_status_t code = (kvt_status_t)-(int)e->code;
+        kvt_msg_free(*reply_p);
+        return code < 0 && code >= KVT_ERR_EXISTS ? code : KVT_ERR_IO;
+    }
+    return KVT_OK;
+}
+
+static kvt_status_t fetch(kvt_block_client_t *c, const kvt_pull_t *items, size_t n, int timeout_ms,
+                          kvt_msg_t **reply_p)
+{
+    ProtobufCBinaryData *keys = kvt_calloc("pull keys", n + 1, sizeof(*keys));
+    if (!keys)
+        return KVT_ERR_NOMEM;
+    for (size_t i = 0; i < n; i++) {
+        keys[i].data = (uint8_t *)items[i].key.b;
+        keys[i].len = KVT_KEY_LEN;
+    }
+    Kvtier__BlockFetchRequest fr = KVTIER__BLOCK_FETCH_REQUEST__INIT;
+    fr.n_keys = n;
+    fr.keys = keys;
+    kvt_msg_t req = KVTIER__ENVELOPE__INIT;
+    req.body_case = KVTIER__ENVELOPE__BODY_FETCH_REQUEST;
+    req.fetch_request = &fr;
+    kvt_status_t st = exchange(c, &req, timeout_ms, reply_p);
+    kvt_free(keys);
+    if (st == KVT_OK && ((*reply_p)->body_case != KVTIER__ENVELOPE__BODY_FETCH_REPLY ||
+                         (*reply_p)->fetch_reply->n_blocks != n)) {
+        kvt_log_error("block client got a reply that does not answer the fetch peer=%s",
+                      kvt_net_ep_peer(c->ep));
+        kvt_msg_free(*reply_p);
+        st = KVT_ERR_CORRUPT;
+    }
+    return st;
+}
+
+/* The descriptor's header, checked against what was asked for. */
+static kvt_status_t describe(const Kvtier__BlockDescriptor *d, kvt_pull_t *item,
+                             const kvt_block_identity_t *expect)
+{
+    if (d->status == KVTIER__BLOCK_DESCRIPTOR__STATUS__MISSING)
+        return KVT_ERR_NOT_FOUND;
+    if (d->status != KVTIER__BLOCK_DESCRIPTOR__STATUS__OK)
+        return KVT_ERR_IO;
+    size_t hlen;
+    if (kvt_block_header_decode(d->header.data, d->header.len, &item->hdr, &hlen) != KVT_OK ||
+        !kvt_block_key_eq(&item->hdr.key, &item->key) ||
+        kvt_block_header_check_key(&item->hdr) != KVT_OK || d->length != item->hdr.payload_len)
+        return KVT_ERR_CORRUPT;
+    if (expect && kvt_block_header_check_identity(&item->hdr, expect) != KVT_OK)
+        return KVT_ERR_MISMATCH;
+    return d->length > item->cap ? KVT_ERR_TOO_LARGE : KVT_OK;
+}
+
+/* Reads every described block; statuses land in items. */
+static kvt_status_t read_blocks(kvt_block_client_t *c, const Kvtier__BlockFetchReply *rep,
+                                kvt_pull_t *items, size_t n, const kvt_block_identity_t *expect,
+                                int timeout_ms)
+{
+    kvt_net_get_t *ops = kvt_calloc("pull ops", n + 1, sizeof(*ops));
+    size_t *which = kvt_calloc("pull op items", n + 1, sizeof(*which));
+    kvt_net_rkey_t *rkey = NULL;
+    kvt_status_t st = ops && which ? KVT_OK : KVT_ERR_NOMEM;
+    size_t n_ops = 0;
+    for (size_t i = 0; st == KVT_OK && i < n; i++) {
+        items[i].status = describe(rep->blocks[i], &items[i], expect);
+        if (items[i].status != KVT_OK)
+            continue;
+        ops[n_ops] = (kvt_net_get_t){.local = items[i].dst, .remote_addr = rep->blocks[i]->addr,
+                                     .len = rep->blocks[i]->length};
+        which[n_ops++] = i;
+    }
+    if (st == KVT_OK && n_ops > 0)
+        st = kvt_net_rkey_unpack(c->ep, rep->rkey.data, rep->rkey.len, &rkey);
+    if (st == KVT_OK && n_ops > 0)
+        kvt_net_get_batch(c->ep, rkey, ops, n_ops, timeout_ms);
+    for (size_t k = 0; k < n_ops; k++) {
+        kvt_pull_t *item = &items[which[k]];
+        item->status = st != KVT_OK ? st : ops[k].status;
+        if (item->status == KVT_OK &&
+            kvt_block_payload_verify(&item->hdr, item->dst, ops[k].len) != KVT_OK) {
+            char hex[2 * KVT_KEY_LEN + 1];
+            kvt_block_key_hex(&item->key, hex);
+            kvt_log_error("pulled block failed its checksum key=%s peer=%s", hex,
+                          kvt_net_ep_peer(c->ep));
+            item->status = KVT_ERR_CORRUPT;
+        }
+    }
+    if (rkey)
+        kvt_net_rkey_destroy(rkey);
+    kvt_free(ops);
+    kvt_free(which);
+    return st;
+}
+
+static void release(kvt_block_client_t *c, uint64_t lease_id)
+{
+    if (!lease_id || !kvt_net_ep_alive(c->ep))
+        return; /* a dead connection's leases are dropped by the server */
+    Kvtier__Release rel = KVTIER__RELEASE__INIT;
+    rel.lease_id = lease_id;
+    kvt_msg_t req = KVTIER__ENVELOPE__INIT;
+    req.body_case = KVTIER__ENVELOPE__BODY_RELEASE;
+    req.release = &rel;
+    kvt_msg_t *rep = NULL;
+    if (exchange(c, &req, RELEASE_TIMEOUT_MS, &rep) == KVT_OK)
+        kvt_msg_free(rep);
+}
+
+kvt_status_t kvt_block_client_pull(kvt_block_client_t *client, kvt_pull_t *items, size_t n,
+                                   const kvt_block_identity_t *expect, int timeout_ms)
+{
+    if (n == 0)
+        return KVT_OK;
+    kvt_msg_t *reply = NULL;
+    kvt_status_t st = fetch(client, items, n, timeout_ms, &reply);
+    if (st == KVT_OK) {
+        st = read_blocks(client, reply->fetch_reply, items, n, expect, timeout_ms);
+        release(client, reply->fetch_reply->lease_id);
+        kvt_msg_free(reply);
+    }
+    if (st != KVT_OK) /* nothing was read, or not all of it: none counts */
+        for (size_t i = 0; i < n; i++)
+            items[i].status = st;
+    return st;
+}

@@ -1,0 +1,472 @@
+/* Block server: one thread, one UCX worker, leases over pinned T1 blocks.
+ *
+ * Everything below runs on the server thread (the worker is single-thread)
+ * except start/stop/stats, which only touch the thread handle, the stop
+ * flag and the stats under their mutex.  A lease owns pins (views) in the
+ * host pool: it ends by Release, by expiry, by its client's disconnect or
+ * by stop, and each of those unpins every view exactly once. */
+#include "kvstore/block_server.h"
+
+#include "common/alloc.h"
+#include "common/log.h"
+#include "common/time.h"
+#include "net/net.h"
+#include "proto/msg.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <string.h>
+#include <sys/random.h>
+
+#define DEFAULT_LEASE_MS 30000
+#define DEFAULT_MAX_LEASE_MS 300000
+#define DEFAULT_MAX_LEASES 4096
+#define MAX_KEYS_PER_FETCH 4096
+#define LOOP_WAIT_MS 50
+
+typedef struct lease {
+    uint64_t id;
+    uint64_t expires_ns;
+    kvt_net_ep_t *ep;
+    kvt_block_view_t *views;
+    size_t n_views;
+    struct lease *next;
+} lease_t;
+
+struct kvt_block_server {
+    kvt_tier_t *tier;
+    char *listen;
+    uint32_t lease_ms, max_lease_ms, max_leases;
+    pthread_t thread;
+    _Atomic bool stop;
+    /* start-up handshake: the worker is made on the server thread */
+    pthread_mutex_t start_lock;
+    pthread_cond_t started;
+    bool start_done;
+    kvt_status_t start_status;
+    uint16_t port;
+    /* server thread only */
+    kvt_net_worker_t *worker;
+    kvt_net_listener_t *listener;
+    kvt_net_mem_t *mem;
+    lease_t *leases;
+    uint32_t n_leases;
+    kvt_net_ep_t **dead; /* endpoints to close after progress returns */
+    size_t n_dead, cap_dead;
+    /* stats */
+    pthread_mutex_t stats_lock;
+    kvt_block_server_stats_t stats;
+};
+
+#define STAT_ADD(srv, field, v)                   \
+    do {                                          \
+        pthread_mutex_lock(&(srv)->stats_lock);   \
+        (srv)->stats.field += (v);                \
+        pthread_mutex_unlock(&(srv)->stats_lock); \
+    } while (0)
+
+/* --- replies --- */
+
+static void send_envelope(kvt_block_server_t *srv, kvt_net_ep_t *ep, uint64_t req_id,
+                          kvt_msg_t *msg)
+{
+    uint8_t *buf;
+    size_t len;
+    kvt_status_t st = kvt_msg_encode(msg, &buf, &len);
+    if (st == KVT_OK) {
+        st = kvt_net_send(ep, req_id, KVT_NET_FLAG_REPLY, buf, len);
+        kvt_free(buf);
+    }
+    if (st != KVT_OK)
+        kvt_log_warn("block server reply not sent peer=%s err=\"%s\"", kvt_net_ep_peer(ep),
+                     kvt_status_str(st));
+}
+
+static void reply_error(kvt_block_server_t *srv, kvt_net_ep_t *ep, uint64_t req_id,
+                        kvt_status_t code, const char *message)
+{
+    uint8_t *buf;
+    size_t len;
+    STAT_ADD(srv, bad_messages, 1);
+    kvt_log_info("block server refused a request peer=%s err=\"%s\" reason=\"%s\"",
+                 kvt_net_ep_peer(ep), kvt_status_str(code), message);
+    if (kvt_msg_encode_error(code, message, &buf, &len) != KVT_OK)
+        return;
+    kvt_net_send(ep, req_id, KVT_NET_FLAG_REPLY, buf, len);
+    kvt_free(buf);
+}
+
+static void reply_ack(kvt_block_server_t *srv, kvt_net_ep_t *ep, uint64_t req_id,
+                      uint64_t lease_id)
+{
+    Kvtier__Ack ack = KVTIER__ACK__INIT;
+    ack.lease_id = lease_id;
+    kvt_msg_t msg = KVTIER__ENVELOPE__INIT;
+    msg.body_case = KVTIER__ENVELOPE__BODY_ACK;
+    msg.ack = &ack;
+    send_envelope(srv, ep, req_id, &msg);
+}
+
+/* --- leases --- */
+
+static void lease_free(kvt_block_server_t *srv, lease_t *lease)
+{
+    for (size_t i = 0; i < lease->n_views; i++)
+        kvt_tier_unpin(srv->tier, &lease->views[i]);
+    kvt_free(lease->views);
+    kvt_free(lease);
+}
+
+/* Unlinks and frees every lease for which `match` holds. */
+static size_t leases_drop(kvt_block_server_t *srv, bool (*match)(const lease_t *, const void *),
+                          const void *arg)
+{
+    size_t dropped = 0;
+    for (lease_t **pp = &srv->leases; *pp;) {
+        lease_t *lease = *pp;
+        if (!match(lease, arg)) {
+            pp = &lease->next;
+            continue;
+        }
+        *pp = lease->next;
+        srv->n_leases--;
+        lease_free(srv, lease);
+        dropped++;
+    }
+    if (dropped) {
+        pthread_mutex_lock(&srv->stats_lock);
+        srv->stats.leases_active = srv->n_leases;
+        pthread_mutex_unlock(&srv->stats_lock);
+    }
+    return dropped;
+}
+
+static bool lease_expired(const lease_t *lease, const void *now) { return lease->expires_ns <= *(const uint64_t *)now; }
+static bool lease_of_ep(const lease_t *lease, const void *ep) { return lease->ep == ep; }
+static bool lease_any(const lease_t *lease, const void *unused) { (void)lease; (void)unused; return true; }
+
+static lease_t *lease_find(kvt_block_server_t *srv, uint64_t id, const kvt_net_ep_t *ep)
+{
+    for (lease_t *l = srv->leases; l; l = l->next)
+        if (l->id == id && l->ep == ep) /* a lease id is only good on its own connection */
+            return l;
+    return NULL;
+}
+
+static uint64_t lease_id_new(void)
+{
+    uint64_t id = 0;
+    while (id == 0) /* 0 means "no lease" on the wire */
+        if (getrandom(&id, sizeof(id), 0) != sizeof(id))
+            id = kvt_time_ns() * 0x9e3779b97f4a7c15ull;
+    return id;
+}
+
+static uint32_t lease_ms_for(const kvt_block_server_t *srv, uint32_t asked)
+{
+    if (asked == 0)
+        return srv->lease_ms;
+    return asked > srv->max_lease_ms ? srv->max_lease_ms : asked;
+}
+
+/* --- fetch --- */
+
+/* Pins what it can into lease->views and describes every key. */
+static void fetch_pin(kvt_block_server_t *srv, const Kvtier__BlockFetchRequest *req, lease_t *lease,
+                      Kvtier__BlockDescriptor *descs, Kvtier__BlockDescriptor **ptrs)
+{
+    uint64_t missing = 0, failed = 0;
+    for (size_t i = 0; i < req->n_keys; i++) {
+        Kvtier__BlockDescriptor *d = &descs[i];
+        kvtier__block_descriptor__init(d);
+        ptrs[i] = d;
+        d->key = req->keys[i]; /* 32 bytes: checked by the decoder */
+        kvt_block_key_t key;
+        memcpy(key.b, req->keys[i].data, KVT_KEY_LEN);
+        kvt_block_view_t *v = &lease->views[lease->n_views];
+        kvt_status_t st = kvt_tier_pin(srv->tier, &key, v);
+        if (st == KVT_OK) {
+            d->status = KVTIER__BLOCK_DESCRIPTOR__STATUS__OK;
+            d->addr = (uint64_t)(uintptr_t)v->payload;
+            d->length = v->payload_len;
+            d->header.data = v->header;
+            d->header.len = v->header_len;
+            lease->n_views++;
+        } else if (st == KVT_ERR_NOT_FOUND) {
+            d->status = KVTIER__BLOCK_DESCRIPTOR__STATUS__MISSING;
+            missing++;
+        } else {
+            d->status = KVTIER__BLOCK_DESCRIPTOR__STATUS__FAILED;
+            failed++;
+        }
+    }
+    pthread_mutex_lock(&srv->stats_lock);
+    srv->stats.fetches++;
+    srv->stats.blocks_served += lease->n_views;
+    srv->stats.blocks_missing += missing;
+    srv->stats.blocks_failed += failed;
+    pthread_mutex_unlock(&srv->stats_lock);
+}
+
+static void fetch_reply(kvt_block_server_t *srv, kvt_net_ep_t *ep, uint64_t req_id,
+                        lease_t *lease, Kvtier__BlockDescriptor **ptrs, size_t n)
+{
+    size_t rkey_len;
+    const void *rkey = kvt_net_mem_rkey(srv->mem, &rkey_len);
+    Kvtier__BlockFetchReply rep = KVTIER__BLOCK_FETCH_REPLY__INIT;
+    rep.lease_id = lease ? lease->id : 0;
+    rep.lease_ms = lease ? (lease->expires_ns - kvt_time_ns()) / 1000000 : 0;
+    rep.rkey.data = (uint8_t *)rkey;
+    rep.rkey.len = rkey_len;
+    rep.n_blocks = n;
+    rep.blocks = ptrs;
+    kvt_msg_t msg = KVTIER__ENVELOPE__INIT;
+    msg.body_case = KVTIER__ENVELOPE__BODY_FETCH_REPLY;
+    msg.fetch_reply = &rep;
+    send_envelope(srv, ep, req_id, &msg);
+}
+
+static void handle_fetch(kvt_block_server_t *srv, kvt_net_ep_t *ep, uint64_t req_id,
+                         const Kvtier__BlockFetchRequest *req)
+{
+    if (req->n_keys > MAX_KEYS_PER_FETCH) {
+        reply_error(srv, ep, req_id, KVT_ERR_TOO_LARGE, "too many keys in one fetch");
+        return;
+    }
+    if (srv->n_leases >= srv->max_leases) {
+        reply_error(srv, ep, req_id, KVT_ERR_FULL, "too many leases held");
+        return;
+    }
+    lease_t *lease = kvt_calloc("block server lease", 1, sizeof(*lease));
+    Kvtier__BlockDescriptor *descs = kvt_calloc("block server descs", req->n_keys + 1, sizeof(*descs));
+    Kvtier__BlockDescriptor **ptrs = kvt_calloc("block server desc ptrs", req->n_keys + 1, sizeof(*ptrs));
+    if (lease)
+        lease->views = kvt_calloc("block server views", req->n_keys + 1, sizeof(*lease->views));
+    if (!lease || !lease->views || !descs || !ptrs) {
+        reply_error(srv, ep, req_id, KVT_ERR_NOMEM, "server out of memory");
+        if (lease)
+            kvt_free(lease->views);
+        kvt_free(lease);
+        kvt_free(descs);
+        kvt_free(ptrs);
+        return;
+    }
+    lease->ep = ep;
+    lease->id = lease_id_new();
+    lease->expires_ns = kvt_time_ns() + (uint64_t)lease_ms_for(srv, req->lease_ms) * 1000000;
+    fetch_pin(srv, req, lease, descs, ptrs);
+    bool keep = lease->n_views > 0;
+    if (keep) { /* held before the client can know of it */
+        lease->next = srv->leases;
+        srv->leases = lease;
+        srv->n_leases++;
+        STAT_ADD(srv, leases_active, 1);
+    }
+    fetch_reply(srv, ep, req_id, keep ? lease : NULL, ptrs, req->n_keys);
+    if (!keep)
+        lease_free(srv, lease);
+    kvt_free(descs);
+    kvt_free(ptrs);
+}
+
+static void handle_renew(kvt_block_server_t *srv, kvt_net_ep_t *ep, uint64_t req_id,
+                         const Kvtier__LeaseRenew *req)
+{
+    lease_t *lease = lease_find(srv, req->lease_id, ep);
+    if (!lease) {
+        reply_error(srv, ep, req_id, KVT_ERR_NOT_FOUND, "no such lease on this connection");
+        return;
+    }
+    lease->expires_ns = kvt_time_ns() + (uint64_t)lease_ms_for(srv, req->lease_ms) * 1000000;
+    reply_ack(srv, ep, req_id, lease->id);
+}
+
+static bool lease_is(const lease_t *lease, const void *target) { return lease == target; }
+
+static void handle_release(kvt_block_server_t *srv, kvt_net_ep_t *ep, uint64_t req_id,
+                           const Kvtier__Release *req)
+{
+    lease_t *lease = lease_find(srv, req->lease_id, ep);
+    if (!lease) {
+        reply_error(srv, ep, req_id, KVT_ERR_NOT_FOUND, "no such lease on this connection");
+        return;
+    }
+    leases_drop(srv, lease_is, lease);
+    STAT_ADD(srv, leases_released, 1);
+    reply_ack(srv, ep, req_id, req->lease_id);
+}
+
+static void on_msg(kvt_net_ep_t *ep, uint64_t req_id, uint32_t flags, const void *data,
+                   size_t len, void *arg)
+{
+    kvt_block_server_t *srv = arg;
+    kvt_msg_t *msg = NULL;
+    kvt_status_t st = kvt_msg_decode(data, len, &msg);
+    if (st != KVT_OK) {
+        reply_error(srv, ep, req_id, st, "message does not decode");
+        return;
+    }
+    switch (msg->body_case) {
+    case KVTIER__ENVELOPE__BODY_FETCH_REQUEST: handle_fetch(srv, ep, req_id, msg->fetch_request); break;
+    case KVTIER__ENVELOPE__BODY_LEASE_RENEW: handle_renew(srv, ep, req_id, msg->lease_renew); break;
+    case KVTIER__ENVELOPE__BODY_RELEASE: handle_release(srv, ep, req_id, msg->release); break;
+    default:
+        reply_error(srv, ep, req_id, KVT_ERR_INVALID, "message type not served by a block server");
+    }
+    kvt_msg_free(msg);
+}
+
+static void on_conn(kvt_net_ep_t *ep, bool up, void *arg)
+{
+    kvt_block_server_t *srv = arg;
+    if (up)
+        return;
+    size_t n = leases_drop(srv, lease_of_ep, ep);
+    if (n) {
+        STAT_ADD(srv, leases_released, n);
+        kvt_log_info("block server released leases of a lost client peer=%s leases=%zu",
+                     kvt_net_ep_peer(ep), n);
+    }
+    /* Closing frees ep: not from inside the progress that reported it. */
+    if (srv->n_dead == srv->cap_dead) {
+        size_t cap = srv->cap_dead ? 2 * srv->cap_dead : 16;
+        kvt_net_ep_t **d = kvt_realloc("block server dead eps", srv->dead, cap * sizeof(*d));
+        if (!d)
+            return; /* the worker closes it at stop */
+        srv->dead = d;
+        srv->cap_dead = cap;
+    }
+    srv->dead[srv->n_dead++] = ep;
+}
+
+/* --- the thread --- */
+
+static kvt_status_t serve_setup(kvt_block_server_t *srv)
+{
+    kvt_net_worker_params_t wp = {.on_msg = on_msg, .on_conn = on_conn, .arg = srv};
+    kvt_status_t st = kvt_net_worker_create(&wp, &srv->worker);
+    if (st != KVT_OK)
+        return st;
+    size_t region_len;
+    void *region = kvt_host_pool_region(kvt_tier_host(srv->tier), &region_len);
+    if ((st = kvt_net_mem_register(srv->worker, region, region_len, &srv->mem)) != KVT_OK)
+        return st;
+    if ((st = kvt_net_listen(srv->worker, srv->listen, &srv->listener)) != KVT_OK)
+        return st;
+    srv->port = kvt_net_listener_port(srv->listener);
+    return KVT_OK;
+}
+
+static void serve_teardown(kvt_block_server_t *srv)
+{
+    leases_drop(srv, lease_any, NULL);
+    if (srv->listener)
+        kvt_net_listener_destroy(srv->listener);
+    if (srv->mem)
+        kvt_net_mem_deregister(srv->mem);
+    if (srv->worker)
+        kvt_net_worker_destroy(srv->worker); /* closes the endpoints still open */
+    kvt_free(srv->dead);
+}
+
+static void serve_loop(kvt_block_server_t *srv)
+{
+    while (!atomic_load(&srv->stop)) {
+        kvt_net_worker_wait(srv->worker, LOOP_WAIT_MS);
+        for (size_t i = 0; i < srv->n_dead; i++)
+            kvt_net_ep_close(srv->dead[i]);
+        srv->n_dead = 0;
+        uint64_t now = kvt_time_ns();
+        size_t n = leases_drop(srv, lease_expired, &now);
+        if (n) {
+            STAT_ADD(srv, leases_expired, n);
+            kvt_log_info("block server leases expired count=%zu", n);
+        }
+    }
+}
+
+static void *serve_main(void *arg)
+{
+    kvt_block_server_t *srv = arg;
+    kvt_status_t st = serve_setup(srv);
+    pthread_mutex_lock(&srv->start_lock);
+    srv->start_status = st;
+    srv->start_done = true;
+    pthread_cond_broadcast(&srv->started);
+    pthread_mutex_unlock(&srv->start_lock);
+    if (st == KVT_OK)
+        serve_loop(srv);
+    serve_teardown(srv);
+    return NULL;
+}
+
+/* --- start / stop --- */
+
+static void server_free(kvt_block_server_t *srv)
+{
+    pthread_mutex_destroy(&srv->start_lock);
+    pthread_cond_destroy(&srv->started);
+    pthread_mutex_destroy(&srv->stats_lock);
+    kvt_free(srv->listen);
+    kvt_free(srv);
+}
+
+kvt_status_t kvt_block_server_start(const kvt_block_server_params_t *params,
+                                    kvt_block_server_t **server_p)
+{
+    if (!params->tier || !params->listen)
+        return KVT_ERR_INVALID;
+    kvt_block_server_t *srv = kvt_calloc("block server", 1, sizeof(*srv));
+    if (!srv)
+        return KVT_ERR_NOMEM;
+    srv->tier = params->tier;
+    srv->listen = kvt_malloc("block server listen", strlen(params->listen) + 1);
+    if (!srv->listen) {
+        kvt_free(srv);
+        return KVT_ERR_NOMEM;
+    }
+    strcpy(srv->listen, params->listen);
+    srv->lease_ms = params->lease_ms ? params->lease_ms : DEFAULT_LEASE_MS;
+    srv->max_lease_ms = params->max_lease_ms ? params->max_lease_ms : DEFAULT_MAX_LEASE_MS;
+    srv->max_leases = params->max_leases ? params->max_leases : DEFAULT_MAX_LEASES;
+    pthread_mutex_init(&srv->start_lock, NULL);
+    pthread_cond_init(&srv->started, NULL);
+    pthread_mutex_init(&srv->stats_lock, NULL);
+    if (pthread_create(&srv->thread, NULL, serve_main, srv) != 0) {
+        server_free(srv);
+        return KVT_ERR_NOMEM;
+    }
+    pthread_mutex_lock(&srv->start_lock);
+    while (!srv->start_done)
+        pthread_cond_wait(&srv->started, &srv->start_lock);
+    kvt_status_t st = srv->start_status;
+    pthread_mutex_unlock(&srv->start_lock);
+    if (st != KVT_OK) {
+        pthread_join(srv->thread, NULL);
+        kvt_log_error("block server failed to start listen=%s err=\"%s\"", params->listen,
+                      kvt_status_str(st));
+        server_free(srv);
+        return st;
+    }
+    kvt_log_info("block server listening listen=%s port=%u", srv->listen, srv->port);
+    *server_p = srv;
+    return KVT_OK;
+}
+
+uint16_t kvt_block_server_port(const kvt_block_server_t *server) { return server->port; }
+
+void kvt_block_server_stats(kvt_block_server_t *server, kvt_block_server_stats_t *stats_p)
+{
+    pthread_mutex_lock(&server->stats_lock);
+    *stats_p = server->stats;
+    pthread_mutex_unlock(&server->stats_lock);
+}
+
+void kvt_block_server_stop(kvt_block_server_t *server)
+{
+    if (!server)
+        return;
+    atomic_store(&server->stop, true);
+    pthread_join(server->thread, NULL);
+    server_free(server);
+}

@@ -1,0 +1,52 @@
+/* The block server: peers pull blocks out of this node's host pool (T1).
+ *
+ * The server owns one thread with its own UCX worker.  It registers the
+ * host pool's region for remote reads once; a fetch request names keys,
+ * the server pins each block in T1 (promoting it from T2 when needed) and
+ * answers with a lease and, per block, its status, address, length and
+ * encoded header, plus the region's rkey.  The client reads the payloads
+ * with RMA and releases the lease.  A lease that is neither released nor
+ * renewed expires by itself (default 30 s); a client that disconnects
+ * loses its leases at once.  Either way the pins go away, so a dead
+ * client cannot hold T1 hostage.
+ *
+ * Bad input: a message that does not decode, has another protocol version
+ * or a body this server does not serve gets an Error reply; the
+ * connection and every other client go on being served. */
+#ifndef KVT_KVSTORE_BLOCK_SERVER_H
+#define KVT_KVSTORE_BLOCK_SERVER_H
+
+#include "kvstore/tier.h"
+
+typedef struct kvt_block_server kvt_block_server_t;
+
+typedef struct {
+    kvt_tier_t *tier;           /* borrowed; must outlive the server */
+    const char *listen;         /* "HOST:PORT" (port 0: any free port) */
+    uint32_t lease_ms;          /* default lease; 0: 30000 */
+    uint32_t max_lease_ms;      /* longest lease a client may ask for; 0: 300000 */
+    uint32_t max_leases;        /* leases held at once; 0: 4096 */
+} kvt_block_server_params_t;
+
+typedef struct {
+    uint64_t fetches;           /* fetch requests answered */
+    uint64_t blocks_served;     /* blocks pinned for a client */
+    uint64_t blocks_missing;
+    uint64_t blocks_failed;
+    uint64_t leases_active;
+    uint64_t leases_expired;
+    uint64_t leases_released;   /* by Release or by the client's disconnect */
+    uint64_t bad_messages;      /* answered with Error */
+} kvt_block_server_stats_t;
+
+/* Start listening and serving on a new thread.  KVT_ERR_IO if the address
+ * cannot be bound. */
+kvt_status_t kvt_block_server_start(const kvt_block_server_params_t *params,
+                                    kvt_block_server_t **server_p);
+/* The port actually bound (useful with port 0). */
+uint16_t kvt_block_server_port(const kvt_block_server_t *server);
+void kvt_block_server_stats(kvt_block_server_t *server, kvt_block_server_stats_t *stats_p);
+/* Stop the thread, release every lease, close every connection. */
+void kvt_block_server_stop(kvt_block_server_t *server);
+
+#endif
