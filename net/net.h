@@ -124,13 +124,18 @@ typedef struct {
     kvt_status_t status;  /* out: KVT_OK or why this read failed */
 } kvt_net_get_t;
 
+#define KVT_NET_GET_GRACE_MS 2000
+
 /* Issue every read, then wait (progressing) until all have completed or
  * timeout_ms passed; each op gets its own status.  Returns KVT_OK if all
  * succeeded, else the first failure (KVT_ERR_AGAIN on timeout, KVT_ERR_IO
- * or KVT_ERR_CLOSED when the peer failed).  UCX cannot cancel a read, so
- * at a timeout the endpoint is closed forcibly, which completes the reads
- * still in flight with errors before return: `local` is the caller's again
- * either way, and the endpoint is dead after a timeout. */
+ * or KVT_ERR_CLOSED when the peer failed).  Reads still in flight at the
+ * timeout get KVT_NET_GET_GRACE_MS more while the peer is alive (a forced
+ * close with reads queued at a TCP peer can abort that peer inside UCX
+ * 1.13); UCX cannot cancel a read, so after that the endpoint is closed
+ * forcibly, which completes the rest with errors before return: `local` is
+ * the caller's again either way, and the endpoint is dead after a
+ * timeout. */
 kvt_status_t kvt_net_get_batch(kvt_net_ep_t *ep, kvt_net_rkey_t *rkey, kvt_net_get_t *ops,
                                size_t n_ops, int timeout_ms);
 

@@ -233,6 +233,12 @@ kvt_status_t kvt_net_get_batch(kvt_net_ep_t *ep, kvt_net_rkey_t *rk, kvt_net_get
      * under us; peer failure completes the gets with errors. */
     while (b->n_pending && kvt_time_ns() < deadline)
         kvt_net_step(ep->worker, deadline, false);
+    /* Past the deadline, a live peer gets a grace period to finish: on TCP,
+     * UCX 1.13 emulates gets with messages, and a forced close while the
+     * peer still has our gets queued can abort the peer inside UCX. */
+    uint64_t grace = deadline + (uint64_t)KVT_NET_GET_GRACE_MS * 1000000ull;
+    while (b->n_pending && ep->alive && kvt_time_ns() < grace)
+        kvt_net_step(ep->worker, grace, false);
     if (b->n_pending && !batch_abort(ep, b, n_ops))
         return KVT_ERR_AGAIN; /* b leaks: UCX still holds slots in it */
     kvt_free(b);
