@@ -8,8 +8,6 @@
 
 #include <string.h>
 
-#define RELEASE_TIMEOUT_MS 2000
-
 struct kvt_block_client {
     kvt_net_worker_t *worker;
     kvt_net_ep_t *ep;
@@ -160,6 +158,8 @@ static kvt_status_t read_blocks(kvt_block_client_t *c, const Kvtier__BlockFetchR
     return st;
 }
 
+/* One-way (request id 0): the next pull need not wait a round trip for an
+ * ack.  A release that is lost is covered by the lease's expiry. */
 static void release(kvt_block_client_t *c, uint64_t lease_id)
 {
     if (!lease_id || !kvt_net_ep_alive(c->ep))
@@ -169,9 +169,12 @@ static void release(kvt_block_client_t *c, uint64_t lease_id)
     kvt_msg_t req = KVTIER__ENVELOPE__INIT;
     req.body_case = KVTIER__ENVELOPE__BODY_RELEASE;
     req.release = &rel;
-    kvt_msg_t *rep = NULL;
-    if (exchange(c, &req, RELEASE_TIMEOUT_MS, &rep) == KVT_OK)
-        kvt_msg_free(rep);
+    uint8_t *buf;
+    size_t len;
+    if (kvt_msg_encode(&req, &buf, &len) != KVT_OK)
+        return;
+    kvt_net_send(c->ep, 0, 0, buf, len);
+    kvt_free(buf);
 }
 
 kvt_status_t kvt_block_client_pull(kvt_block_client_t *client, kvt_pull_t *items, size_t n,

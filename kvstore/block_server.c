@@ -293,7 +293,8 @@ static void handle_release(kvt_block_server_t *srv, kvt_net_ep_t *ep, uint64_t r
     }
     leases_drop(srv, lease_is, lease);
     STAT_ADD(srv, leases_released, 1);
-    reply_ack(srv, ep, req_id, req->lease_id);
+    if (req_id != 0) /* 0: a one-way release, nobody waits for the ack */
+        reply_ack(srv, ep, req_id, req->lease_id);
 }
 
 static void on_msg(kvt_net_ep_t *ep, uint64_t req_id, uint32_t flags, const void *data,
