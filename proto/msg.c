@@ -21,6 +21,8 @@
 #include "common/log.h"
 
 #include <math.h>
+#include <stdbool.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define KEY_LEN 32
@@ -266,6 +268,32 @@ static kvt_status_t check_body(const kvt_msg_t *m)
 
 /* --- public --- */
 
+/* protobuf-c allocates the whole message before any of our checks run; a
+ * hostile 4 MiB envelope of empty repeated items unpacks to ~40x its size.
+ * The budget bounds that.  Blocks come from malloc, so kvt_msg_free frees
+ * them with protobuf-c's default allocator. */
+typedef struct {
+    size_t left;
+    bool exceeded;
+} decode_budget_t;
+
+static void *budget_alloc(void *data, size_t size)
+{
+    decode_budget_t *b = data;
+    if (size > b->left) {
+        b->exceeded = true;
+        return NULL;
+    }
+    b->left -= size;
+    return malloc(size);
+}
+
+static void budget_free(void *data, void *ptr)
+{
+    (void)data;
+    free(ptr);
+}
+
 kvt_status_t kvt_msg_decode(const void *buf, size_t len, kvt_msg_t **msg_p)
 {
     if (!msg_p || (!buf && len))
@@ -275,7 +303,15 @@ kvt_status_t kvt_msg_decode(const void *buf, size_t len, kvt_msg_t **msg_p)
                       KVT_PROTO_MAX_MSG);
         return KVT_ERR_TOO_LARGE;
     }
-    kvt_msg_t *m = kvtier__envelope__unpack(NULL, len, buf);
+    decode_budget_t budget = {.left = KVT_PROTO_MAX_DECODE_BYTES};
+    ProtobufCAllocator alloc = {.alloc = budget_alloc, .free = budget_free,
+                                .allocator_data = &budget};
+    kvt_msg_t *m = kvtier__envelope__unpack(&alloc, len, buf);
+    if (!m && budget.exceeded) {
+        kvt_log_debug("proto message rejected reason=decoded size over budget len=%zu max=%u",
+                      len, KVT_PROTO_MAX_DECODE_BYTES);
+        return KVT_ERR_TOO_LARGE;
+    }
     if (!m) {
         kvt_log_debug("proto message rejected reason=not a protobuf envelope len=%zu", len);
         return KVT_ERR_CORRUPT;

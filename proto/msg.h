@@ -21,11 +21,13 @@
 #define KVT_PROTO_MAX_KEYS 65536       /* keys in one fetch / result / event list */
 #define KVT_PROTO_MAX_TOKENS (1u << 20)
 #define KVT_PROTO_MAX_STRING 4096      /* ids, addresses, messages */
+#define KVT_PROTO_MAX_DECODE_BYTES (64u << 20) /* heap one decode may use */
 
 typedef Kvtier__Envelope kvt_msg_t;
 
 /* Decode and check one envelope; *msg_p is freed with kvt_msg_free.
- * KVT_ERR_TOO_LARGE (len over KVT_PROTO_MAX_MSG), KVT_ERR_CORRUPT (not a
+ * KVT_ERR_TOO_LARGE (len over KVT_PROTO_MAX_MSG, or a message that would
+ * take over KVT_PROTO_MAX_DECODE_BYTES of heap), KVT_ERR_CORRUPT (not a
  * protobuf envelope), KVT_ERR_MISMATCH (another protocol version),
  * KVT_ERR_INVALID (no body, or a field out of bounds); the reason is logged
  * at debug level (peers can make these cheaply; the caller reports). */
@@ -33,7 +35,9 @@ kvt_status_t kvt_msg_decode(const void *buf, size_t len, kvt_msg_t **msg_p);
 void kvt_msg_free(kvt_msg_t *msg);
 
 /* Encode msg (its version is set here) into a malloc'd buffer the caller
- * frees with kvt_free.  KVT_ERR_TOO_LARGE over KVT_PROTO_MAX_MSG. */
+ * frees with kvt_free.  KVT_ERR_TOO_LARGE over KVT_PROTO_MAX_MSG,
+ * KVT_ERR_NOMEM, KVT_ERR_INVALID for NULL arguments.  Field bounds are not
+ * checked here: a handler must respect them (peers check on decode). */
 kvt_status_t kvt_msg_encode(kvt_msg_t *msg, uint8_t **buf_p, size_t *len_p);
 
 /* An Error envelope, encoded. */

@@ -903,6 +903,33 @@ static void test_encode_nomem(void **state)
     kvt_free(b);
 }
 
+/* 1.5M empty events in 3 MB would unpack to well over 100 MB: refused by
+ * the decode budget before protobuf-c allocates it all. */
+static void test_decode_budget(void **state)
+{
+    (void)state;
+    size_t n_events = 1500000, body = 2 * n_events;
+    uint8_t *buf = malloc(body + 16);
+    size_t len = 0;
+    buf[len++] = 0x08; /* version */
+    buf[len++] = KVT_PROTO_VERSION;
+    buf[len++] = (14 << 3) | 2; /* kv_delta */
+    for (size_t v = body; ; v >>= 7) { /* varint length */
+        buf[len++] = (uint8_t)((v & 0x7f) | (v > 0x7f ? 0x80 : 0));
+        if (v <= 0x7f)
+            break;
+    }
+    for (size_t i = 0; i < n_events; i++) {
+        buf[len++] = (3 << 3) | 2; /* events: an empty KvEvent */
+        buf[len++] = 0;
+    }
+    kvt_msg_t *m = NULL;
+    assert_true(len <= KVT_PROTO_MAX_MSG);
+    assert_int_equal(kvt_msg_decode(buf, len, &m), KVT_ERR_TOO_LARGE);
+    assert_null(m);
+    free(buf);
+}
+
 int main(void)
 {
     init_keys();
@@ -928,6 +955,7 @@ int main(void)
         cmocka_unit_test(test_floats),
         cmocka_unit_test(test_encode_too_large),
         cmocka_unit_test(test_encode_nomem),
+        cmocka_unit_test(test_decode_budget),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
