@@ -10,6 +10,7 @@
  *
  *   fuzz_block_header_driver [N] [FILE...]     N mutations (default 200000)
  *   fuzz_block_header_driver --write-seeds DIR  write the seeds as files */
+#include "tests/fuzz/driver_util.h"
 #include "kvstore/block.h"
 
 #include <errno.h>
@@ -18,7 +19,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 size_t fuzz_block_header_reseal(uint8_t *data, size_t size);
 
 #define MAX_SEEDS 16
@@ -170,32 +170,9 @@ static void mutate(input_t *in)
 
 static int write_seeds(const char *dir)
 {
-    for (int i = 0; i < g_n_seeds; i++) {
-        char path[4096];
-        snprintf(path, sizeof(path), "%s/seed_%02d.bin", dir, i);
-        FILE *f = fopen(path, "wb");
-        if (!f || fwrite(g_seeds[i].bytes, 1, g_seeds[i].len, f) != g_seeds[i].len) {
-            fprintf(stderr, "cannot write %s: %s\n", path, strerror(errno));
-            if (f)
-                fclose(f);
+    for (int i = 0; i < g_n_seeds; i++)
+        if (fuzz_write_seed(dir, i, g_seeds[i].bytes, g_seeds[i].len))
             return 1;
-        }
-        fclose(f);
-    }
-    return 0;
-}
-
-static int run_file(const char *path)
-{
-    static uint8_t buf[1 << 16];
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        fprintf(stderr, "cannot open %s: %s\n", path, strerror(errno));
-        return 1;
-    }
-    size_t n = fread(buf, 1, sizeof(buf), f);
-    fclose(f);
-    LLVMFuzzerTestOneInput(buf, n);
     return 0;
 }
 
@@ -258,7 +235,7 @@ int main(int argc, char **argv)
     if (run_seeds() != 0)
         return 1;
     for (; a < argc; a++)
-        if (run_file(argv[a]) != 0)
+        if (fuzz_run_file(argv[a]) != 0)
             return 1;
     return run_mutations(n);
 }

@@ -1,0 +1,46 @@
+/* Pieces shared by the deterministic fuzz drivers (fuzz_driver.c,
+ * fuzz_msg_driver.c): writing a seed corpus and replaying one input file
+ * through the target.  Header-only: each driver is one executable. */
+#ifndef KVT_TESTS_FUZZ_DRIVER_UTIL_H
+#define KVT_TESTS_FUZZ_DRIVER_UTIL_H
+
+#include <errno.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+/* dir/seed_NN.bin; 0 on success, 1 (with a message) on failure. */
+static inline int fuzz_write_seed(const char *dir, int i, const uint8_t *bytes, size_t len)
+{
+    char path[4096];
+    snprintf(path, sizeof(path), "%s/seed_%02d.bin", dir, i);
+    FILE *f = fopen(path, "wb");
+    if (!f || fwrite(bytes, 1, len, f) != len) {
+        fprintf(stderr, "cannot write %s: %s\n", path, strerror(errno));
+        if (f)
+            fclose(f);
+        return 1;
+    }
+    fclose(f);
+    return 0;
+}
+
+/* Run the target on the first 64 KiB of a file. */
+static inline int fuzz_run_file(const char *path)
+{
+    static uint8_t buf[1 << 16];
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        fprintf(stderr, "cannot open %s: %s\n", path, strerror(errno));
+        return 1;
+    }
+    size_t n = fread(buf, 1, sizeof(buf), f);
+    fclose(f);
+    LLVMFuzzerTestOneInput(buf, n);
+    return 0;
+}
+
+#endif
