@@ -18,7 +18,10 @@ static const kvt_opt_t g_opts[] = {
     {"listen", KVT_OPT_STR, "127.0.0.1:7470", "UCX listen address HOST:PORT (port 0: any)"},
     {"host-capacity", KVT_OPT_SIZE, "1G", "host pool (T1) bytes: the memory peers read from"},
     {"disk-capacity", KVT_OPT_SIZE, "0", "disk tier (T2) bytes (0: unlimited)"},
-    {"lease-ms", KVT_OPT_U64, "30000", "how long pinned blocks wait for their reader"},
+    {"lease-ms", KVT_OPT_U64, "30000", "with --rma: how long pinned blocks wait for their reader"},
+    {"rma", KVT_OPT_BOOL, NULL,
+     "serve by RMA reads of the host pool (RDMA fabrics, trusted peers only: over TCP UCX "
+     "emulates RMA without bounds checks); default: payloads inline in replies"},
     KVT_CLI_OPT_LOG_LEVEL,
 };
 
@@ -44,8 +47,10 @@ static int serve(const kvt_config_t *cfg, const char *data)
         return KVT_EXIT_FAIL;
     }
     const char *listen = kvt_config_str(cfg, "listen");
+    uint64_t lease_ms = kvt_config_u64(cfg, "lease-ms", 30000);
     kvt_block_server_params_t sp = {.tier = tier, .listen = listen,
-                                    .lease_ms = (uint32_t)kvt_config_u64(cfg, "lease-ms", 30000)};
+                                    .lease_ms = lease_ms > UINT32_MAX ? UINT32_MAX : (uint32_t)lease_ms,
+                                    .rma = kvt_config_bool(cfg, "rma")};
     kvt_block_server_t *srv;
     if ((st = kvt_block_server_start(&sp, &srv)) != KVT_OK) {
         kvt_tier_close(tier);
@@ -57,8 +62,16 @@ static int serve(const kvt_config_t *cfg, const char *data)
     snprintf(host, sizeof(host), "%.*s", (int)(hl < sizeof(host) ? hl : sizeof(host) - 1), listen);
     printf("listening %s:%u\n", host, kvt_block_server_port(srv));
     fflush(stdout);
+    /* The signals are blocked outside sigsuspend, so one that arrives
+     * between the check and the wait is not lost. */
+    sigset_t block, old;
+    sigemptyset(&block);
+    sigaddset(&block, SIGINT);
+    sigaddset(&block, SIGTERM);
+    sigprocmask(SIG_BLOCK, &block, &old);
     while (!g_stop)
-        pause();
+        sigsuspend(&old);
+    sigprocmask(SIG_SETMASK, &old, NULL);
     kvt_block_server_stop(srv);
     kvt_tier_close(tier);
     return KVT_EXIT_OK;

@@ -6,6 +6,7 @@
 #include "common/log.h"
 #include "proto/msg.h"
 
+#include <stdbool.h>
 #include <string.h>
 
 struct kvt_block_client {
@@ -64,26 +65,32 @@ static kvt_status_t exchange(kvt_block_client_t *c, kvt_msg_t *req, int timeout_
         Kvtier__Error *e = (*reply_p)->error;
         kvt_log_warn("block server refused peer=%s code=%u message=\"%s\"", kvt_net_ep_peer(c->ep),
                      e->code, e->message);
-        kvt_status_t code = (kvt_status_t)-(int)e->code;
+        /* The code comes from the peer: only known codes are believed. */
+        kvt_status_t code = e->code >= 1 && e->code <= (uint32_t)-KVT_ERR_EXISTS
+                                ? (kvt_status_t)-(int)e->code
+                                : KVT_ERR_IO;
         kvt_msg_free(*reply_p);
-        return code < 0 && code >= KVT_ERR_EXISTS ? code : KVT_ERR_IO;
+        return code;
     }
     return KVT_OK;
 }
 
-static kvt_status_t fetch(kvt_block_client_t *c, const kvt_pull_t *items, size_t n, int timeout_ms,
-                          kvt_msg_t **reply_p)
+/* Fetch the keys of items[todo[0..n)]. */
+static kvt_status_t fetch(kvt_block_client_t *c, const kvt_pull_t *items, const size_t *todo,
+                          size_t n, int timeout_ms, kvt_msg_t **reply_p)
 {
     ProtobufCBinaryData *keys = kvt_calloc("pull keys", n + 1, sizeof(*keys));
     if (!keys)
         return KVT_ERR_NOMEM;
-    for (size_t i = 0; i < n; i++) {
-        keys[i].data = (uint8_t *)items[i].key.b;
-        keys[i].len = KVT_KEY_LEN;
+    for (size_t k = 0; k < n; k++) {
+        keys[k].data = (uint8_t *)items[todo[k]].key.b;
+        keys[k].len = KVT_KEY_LEN;
     }
+    size_t max_reply = kvt_net_worker_max_msg(c->worker);
     Kvtier__BlockFetchRequest fr = KVTIER__BLOCK_FETCH_REQUEST__INIT;
     fr.n_keys = n;
     fr.keys = keys;
+    fr.max_reply_bytes = max_reply > UINT32_MAX ? UINT32_MAX : (uint32_t)max_reply;
     kvt_msg_t req = KVTIER__ENVELOPE__INIT;
     req.body_case = KVTIER__ENVELOPE__BODY_FETCH_REQUEST;
     req.fetch_request = &fr;
@@ -117,23 +124,54 @@ static kvt_status_t describe(const Kvtier__BlockDescriptor *d, kvt_pull_t *item,
     return d->length > item->cap ? KVT_ERR_TOO_LARGE : KVT_OK;
 }
 
-/* Reads every described block; statuses land in items. */
-static kvt_status_t read_blocks(kvt_block_client_t *c, const Kvtier__BlockFetchReply *rep,
-                                kvt_pull_t *items, size_t n, const kvt_block_identity_t *expect,
-                                int timeout_ms)
+static void verify_payload(kvt_block_client_t *c, kvt_pull_t *item, size_t len)
+{
+    if (item->status != KVT_OK || kvt_block_payload_verify(&item->hdr, item->dst, len) == KVT_OK)
+        return;
+    char hex[2 * KVT_KEY_LEN + 1];
+    kvt_block_key_hex(&item->key, hex);
+    kvt_log_error("pulled block failed its checksum key=%s peer=%s", hex, kvt_net_ep_peer(c->ep));
+    item->status = KVT_ERR_CORRUPT;
+}
+
+/* Inline reply: copy and check each payload; RETRY items are marked. */
+static void read_inline(kvt_block_client_t *c, const Kvtier__BlockFetchReply *rep,
+                        kvt_pull_t *items, const size_t *todo, size_t n,
+                        const kvt_block_identity_t *expect, bool *retry)
+{
+    for (size_t k = 0; k < n; k++) {
+        const Kvtier__BlockDescriptor *d = rep->blocks[k];
+        kvt_pull_t *item = &items[todo[k]];
+        retry[k] = d->status == KVTIER__BLOCK_DESCRIPTOR__STATUS__RETRY;
+        if (retry[k])
+            continue;
+        item->status = describe(d, item, expect);
+        if (item->status == KVT_OK && d->payload.len != d->length)
+            item->status = KVT_ERR_CORRUPT;
+        if (item->status == KVT_OK)
+            memcpy(item->dst, d->payload.data, d->payload.len);
+        verify_payload(c, item, d->payload.len);
+    }
+}
+
+/* RMA reply: read every described block; statuses land in items. */
+static kvt_status_t read_rma(kvt_block_client_t *c, const Kvtier__BlockFetchReply *rep,
+                             kvt_pull_t *items, const size_t *todo, size_t n,
+                             const kvt_block_identity_t *expect, int timeout_ms)
 {
     kvt_net_get_t *ops = kvt_calloc("pull ops", n + 1, sizeof(*ops));
     size_t *which = kvt_calloc("pull op items", n + 1, sizeof(*which));
     kvt_net_rkey_t *rkey = NULL;
     kvt_status_t st = ops && which ? KVT_OK : KVT_ERR_NOMEM;
     size_t n_ops = 0;
-    for (size_t i = 0; st == KVT_OK && i < n; i++) {
-        items[i].status = describe(rep->blocks[i], &items[i], expect);
-        if (items[i].status != KVT_OK)
+    for (size_t k = 0; st == KVT_OK && k < n; k++) {
+        kvt_pull_t *item = &items[todo[k]];
+        item->status = describe(rep->blocks[k], item, expect);
+        if (item->status != KVT_OK)
             continue;
-        ops[n_ops] = (kvt_net_get_t){.local = items[i].dst, .remote_addr = rep->blocks[i]->addr,
-                                     .len = rep->blocks[i]->length};
-        which[n_ops++] = i;
+        ops[n_ops] = (kvt_net_get_t){.local = item->dst, .remote_addr = rep->blocks[k]->addr,
+                                     .len = rep->blocks[k]->length};
+        which[n_ops++] = todo[k];
     }
     if (st == KVT_OK && n_ops > 0)
         st = kvt_net_rkey_unpack(c->ep, rep->rkey.data, rep->rkey.len, &rkey);
@@ -142,14 +180,7 @@ static kvt_status_t read_blocks(kvt_block_client_t *c, const Kvtier__BlockFetchR
     for (size_t k = 0; k < n_ops; k++) {
         kvt_pull_t *item = &items[which[k]];
         item->status = st != KVT_OK ? st : ops[k].status;
-        if (item->status == KVT_OK &&
-            kvt_block_payload_verify(&item->hdr, item->dst, ops[k].len) != KVT_OK) {
-            char hex[2 * KVT_KEY_LEN + 1];
-            kvt_block_key_hex(&item->key, hex);
-            kvt_log_error("pulled block failed its checksum key=%s peer=%s", hex,
-                          kvt_net_ep_peer(c->ep));
-            item->status = KVT_ERR_CORRUPT;
-        }
+        verify_payload(c, item, ops[k].len);
     }
     if (rkey)
         kvt_net_rkey_destroy(rkey);
@@ -177,20 +208,58 @@ static void release(kvt_block_client_t *c, uint64_t lease_id)
     kvt_free(buf);
 }
 
+/* One fetch round over items[todo[0..*n_p)]; leaves in todo the items the
+ * server asked to be fetched again (inline reply full). */
+static kvt_status_t pull_round(kvt_block_client_t *c, kvt_pull_t *items, size_t *todo,
+                               size_t *n_p, bool *retry, const kvt_block_identity_t *expect,
+                               int timeout_ms)
+{
+    size_t n = *n_p;
+    kvt_msg_t *reply = NULL;
+    kvt_status_t st = fetch(c, items, todo, n, timeout_ms, &reply);
+    if (st != KVT_OK)
+        return st;
+    const Kvtier__BlockFetchReply *rep = reply->fetch_reply;
+    memset(retry, 0, n * sizeof(*retry));
+    if (rep->rkey.len > 0) {
+        st = read_rma(c, rep, items, todo, n, expect, timeout_ms);
+        release(c, rep->lease_id);
+    } else {
+        read_inline(c, rep, items, todo, n, expect, retry);
+    }
+    kvt_msg_free(reply);
+    size_t left = 0;
+    for (size_t k = 0; k < n; k++)
+        if (retry[k])
+            todo[left++] = todo[k];
+    *n_p = left;
+    return st;
+}
+
 kvt_status_t kvt_block_client_pull(kvt_block_client_t *client, kvt_pull_t *items, size_t n,
                                    const kvt_block_identity_t *expect, int timeout_ms)
 {
     if (n == 0)
         return KVT_OK;
-    kvt_msg_t *reply = NULL;
-    kvt_status_t st = fetch(client, items, n, timeout_ms, &reply);
-    if (st == KVT_OK) {
-        st = read_blocks(client, reply->fetch_reply, items, n, expect, timeout_ms);
-        release(client, reply->fetch_reply->lease_id);
-        kvt_msg_free(reply);
+    size_t *todo = kvt_malloc("pull todo", n * sizeof(*todo));
+    bool *retry = kvt_malloc("pull retry", n * sizeof(*retry));
+    kvt_status_t st = todo && retry ? KVT_OK : KVT_ERR_NOMEM;
+    size_t n_todo = n;
+    for (size_t i = 0; st == KVT_OK && i < n; i++)
+        todo[i] = i;
+    while (st == KVT_OK && n_todo > 0) {
+        size_t before = n_todo;
+        st = pull_round(client, items, todo, &n_todo, retry, expect, timeout_ms);
+        if (st == KVT_OK && n_todo == before) { /* not one fits in a reply */
+            for (size_t k = 0; k < n_todo; k++)
+                items[todo[k]].status = KVT_ERR_TOO_LARGE;
+            break;
+        }
     }
     if (st != KVT_OK) /* nothing was read, or not all of it: none counts */
         for (size_t i = 0; i < n; i++)
             items[i].status = st;
+    kvt_free(todo);
+    kvt_free(retry);
     return st;
 }

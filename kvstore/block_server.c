@@ -23,6 +23,9 @@
 #define DEFAULT_MAX_LEASES 4096
 #define MAX_KEYS_PER_FETCH 4096
 #define LOOP_WAIT_MS 50
+#define CLIENT_DEFAULT_MAX_REPLY (4u << 20) /* what a client that names none accepts */
+#define REPLY_SLACK 4096                   /* envelope and reply fields */
+#define DESC_OVERHEAD 96                   /* key, tags, lengths of one descriptor */
 
 typedef struct lease {
     uint64_t id;
@@ -37,6 +40,7 @@ struct kvt_block_server {
     kvt_tier_t *tier;
     char *listen;
     uint32_t lease_ms, max_lease_ms, max_leases;
+    bool rma;
     pthread_t thread;
     _Atomic bool stop;
     /* start-up handshake: the worker is made on the server thread */
@@ -67,8 +71,8 @@ struct kvt_block_server {
 
 /* --- replies --- */
 
-static void send_envelope(kvt_block_server_t *srv, kvt_net_ep_t *ep, uint64_t req_id,
-                          kvt_msg_t *msg)
+static kvt_status_t send_envelope(kvt_block_server_t *srv, kvt_net_ep_t *ep, uint64_t req_id,
+                                  kvt_msg_t *msg)
 {
     uint8_t *buf;
     size_t len;
@@ -80,6 +84,7 @@ static void send_envelope(kvt_block_server_t *srv, kvt_net_ep_t *ep, uint64_t re
     if (st != KVT_OK)
         kvt_log_warn("block server reply not sent peer=%s err=\"%s\"", kvt_net_ep_peer(ep),
                      kvt_status_str(st));
+    return st;
 }
 
 static void reply_error(kvt_block_server_t *srv, kvt_net_ep_t *ep, uint64_t req_id,
@@ -144,6 +149,7 @@ static size_t leases_drop(kvt_block_server_t *srv, bool (*match)(const lease_t *
 static bool lease_expired(const lease_t *lease, const void *now) { return lease->expires_ns <= *(const uint64_t *)now; }
 static bool lease_of_ep(const lease_t *lease, const void *ep) { return lease->ep == ep; }
 static bool lease_any(const lease_t *lease, const void *unused) { (void)lease; (void)unused; return true; }
+static bool lease_is(const lease_t *lease, const void *target) { return lease == target; }
 
 static lease_t *lease_find(kvt_block_server_t *srv, uint64_t id, const kvt_net_ep_t *ep)
 {
@@ -171,9 +177,47 @@ static uint32_t lease_ms_for(const kvt_block_server_t *srv, uint32_t asked)
 
 /* --- fetch --- */
 
+/* What an inline reply may carry: what the client accepts (and we can
+ * send), less room for the envelope. */
+static size_t inline_budget(const kvt_block_server_t *srv, const Kvtier__BlockFetchRequest *req)
+{
+    size_t budget = req->max_reply_bytes ? req->max_reply_bytes : CLIENT_DEFAULT_MAX_REPLY;
+    size_t ours = kvt_net_worker_max_msg(srv->worker);
+    if (budget > ours)
+        budget = ours;
+    return budget > REPLY_SLACK ? budget - REPLY_SLACK : 0;
+}
+
+/* Describes one pinned block.  Inline (inline_left != NULL): carries the
+ * payload if it still fits, else unpins it and says RETRY.  Returns false
+ * when the block was not kept. */
+static bool describe_pinned(kvt_block_server_t *srv, Kvtier__BlockDescriptor *d,
+                            kvt_block_view_t *v, size_t *inline_left)
+{
+    size_t need = v->header_len + v->payload_len + DESC_OVERHEAD;
+    if (inline_left && need > *inline_left) {
+        kvt_tier_unpin(srv->tier, v);
+        d->status = KVTIER__BLOCK_DESCRIPTOR__STATUS__RETRY;
+        return false;
+    }
+    d->status = KVTIER__BLOCK_DESCRIPTOR__STATUS__OK;
+    d->length = v->payload_len;
+    d->header.data = v->header;
+    d->header.len = v->header_len;
+    if (inline_left) {
+        *inline_left -= need;
+        d->payload.data = v->payload; /* copied when the reply is encoded */
+        d->payload.len = v->payload_len;
+    } else {
+        d->addr = (uint64_t)(uintptr_t)v->payload;
+    }
+    return true;
+}
+
 /* Pins what it can into lease->views and describes every key. */
 static void fetch_pin(kvt_block_server_t *srv, const Kvtier__BlockFetchRequest *req, lease_t *lease,
-                      Kvtier__BlockDescriptor *descs, Kvtier__BlockDescriptor **ptrs)
+                      Kvtier__BlockDescriptor *descs, Kvtier__BlockDescriptor **ptrs,
+                      size_t *inline_left)
 {
     uint64_t missing = 0, failed = 0;
     for (size_t i = 0; i < req->n_keys; i++) {
@@ -186,12 +230,7 @@ static void fetch_pin(kvt_block_server_t *srv, const Kvtier__BlockFetchRequest *
         kvt_block_view_t *v = &lease->views[lease->n_views];
         kvt_status_t st = kvt_tier_pin(srv->tier, &key, v);
         if (st == KVT_OK) {
-            d->status = KVTIER__BLOCK_DESCRIPTOR__STATUS__OK;
-            d->addr = (uint64_t)(uintptr_t)v->payload;
-            d->length = v->payload_len;
-            d->header.data = v->header;
-            d->header.len = v->header_len;
-            lease->n_views++;
+            lease->n_views += describe_pinned(srv, d, v, inline_left);
         } else if (st == KVT_ERR_NOT_FOUND) {
             d->status = KVTIER__BLOCK_DESCRIPTOR__STATUS__MISSING;
             missing++;
@@ -208,27 +247,32 @@ static void fetch_pin(kvt_block_server_t *srv, const Kvtier__BlockFetchRequest *
     pthread_mutex_unlock(&srv->stats_lock);
 }
 
-static void fetch_reply(kvt_block_server_t *srv, kvt_net_ep_t *ep, uint64_t req_id,
-                        lease_t *lease, Kvtier__BlockDescriptor **ptrs, size_t n)
+/* An inline reply has no lease and no rkey: that is how the client tells. */
+static kvt_status_t fetch_reply(kvt_block_server_t *srv, kvt_net_ep_t *ep, uint64_t req_id,
+                                lease_t *lease, Kvtier__BlockDescriptor **ptrs, size_t n)
 {
-    size_t rkey_len;
-    const void *rkey = kvt_net_mem_rkey(srv->mem, &rkey_len);
     Kvtier__BlockFetchReply rep = KVTIER__BLOCK_FETCH_REPLY__INIT;
-    rep.lease_id = lease ? lease->id : 0;
-    rep.lease_ms = lease ? (lease->expires_ns - kvt_time_ns()) / 1000000 : 0;
-    rep.rkey.data = (uint8_t *)rkey;
-    rep.rkey.len = rkey_len;
+    if (lease) {
+        size_t rkey_len;
+        const void *rkey = kvt_net_mem_rkey(srv->mem, &rkey_len);
+        rep.lease_id = lease->id;
+        rep.lease_ms = (lease->expires_ns - kvt_time_ns()) / 1000000;
+        rep.rkey.data = (uint8_t *)rkey;
+        rep.rkey.len = rkey_len;
+    }
     rep.n_blocks = n;
     rep.blocks = ptrs;
     kvt_msg_t msg = KVTIER__ENVELOPE__INIT;
     msg.body_case = KVTIER__ENVELOPE__BODY_FETCH_REPLY;
     msg.fetch_reply = &rep;
-    send_envelope(srv, ep, req_id, &msg);
+    return send_envelope(srv, ep, req_id, &msg);
 }
 
 static void handle_fetch(kvt_block_server_t *srv, kvt_net_ep_t *ep, uint64_t req_id,
                          const Kvtier__BlockFetchRequest *req)
 {
+    if (!kvt_net_ep_alive(ep))
+        return; /* its leases are gone already: do not pin for it */
     if (req->n_keys > MAX_KEYS_PER_FETCH) {
         reply_error(srv, ep, req_id, KVT_ERR_TOO_LARGE, "too many keys in one fetch");
         return;
@@ -254,17 +298,20 @@ static void handle_fetch(kvt_block_server_t *srv, kvt_net_ep_t *ep, uint64_t req
     lease->ep = ep;
     lease->id = lease_id_new();
     lease->expires_ns = kvt_time_ns() + (uint64_t)lease_ms_for(srv, req->lease_ms) * 1000000;
-    fetch_pin(srv, req, lease, descs, ptrs);
-    bool keep = lease->n_views > 0;
+    size_t left = inline_budget(srv, req);
+    fetch_pin(srv, req, lease, descs, ptrs, srv->rma ? NULL : &left);
+    bool keep = srv->rma && lease->n_views > 0;
     if (keep) { /* held before the client can know of it */
         lease->next = srv->leases;
         srv->leases = lease;
         srv->n_leases++;
         STAT_ADD(srv, leases_active, 1);
     }
-    fetch_reply(srv, ep, req_id, keep ? lease : NULL, ptrs, req->n_keys);
-    if (!keep)
-        lease_free(srv, lease);
+    kvt_status_t st = fetch_reply(srv, ep, req_id, keep ? lease : NULL, ptrs, req->n_keys);
+    if (keep && st != KVT_OK)
+        leases_drop(srv, lease_is, lease); /* the client never learnt its id */
+    else if (!keep)
+        lease_free(srv, lease); /* inline: the reply holds copies now */
     kvt_free(descs);
     kvt_free(ptrs);
 }
@@ -280,8 +327,6 @@ static void handle_renew(kvt_block_server_t *srv, kvt_net_ep_t *ep, uint64_t req
     lease->expires_ns = kvt_time_ns() + (uint64_t)lease_ms_for(srv, req->lease_ms) * 1000000;
     reply_ack(srv, ep, req_id, lease->id);
 }
-
-static bool lease_is(const lease_t *lease, const void *target) { return lease == target; }
 
 static void handle_release(kvt_block_server_t *srv, kvt_net_ep_t *ep, uint64_t req_id,
                            const Kvtier__Release *req)
@@ -344,13 +389,14 @@ static void on_conn(kvt_net_ep_t *ep, bool up, void *arg)
 
 static kvt_status_t serve_setup(kvt_block_server_t *srv)
 {
-    kvt_net_worker_params_t wp = {.on_msg = on_msg, .on_conn = on_conn, .arg = srv};
+    kvt_net_worker_params_t wp = {.max_msg_bytes = KVT_PROTO_MAX_MSG, .on_msg = on_msg,
+                                  .on_conn = on_conn, .arg = srv};
     kvt_status_t st = kvt_net_worker_create(&wp, &srv->worker);
     if (st != KVT_OK)
         return st;
     size_t region_len;
     void *region = kvt_host_pool_region(kvt_tier_host(srv->tier), &region_len);
-    if ((st = kvt_net_mem_register(srv->worker, region, region_len, &srv->mem)) != KVT_OK)
+    if (srv->rma && (st = kvt_net_mem_register(srv->worker, region, region_len, &srv->mem)) != KVT_OK)
         return st;
     if ((st = kvt_net_listen(srv->worker, srv->listen, &srv->listener)) != KVT_OK)
         return st;
@@ -430,6 +476,7 @@ kvt_status_t kvt_block_server_start(const kvt_block_server_params_t *params,
     srv->lease_ms = params->lease_ms ? params->lease_ms : DEFAULT_LEASE_MS;
     srv->max_lease_ms = params->max_lease_ms ? params->max_lease_ms : DEFAULT_MAX_LEASE_MS;
     srv->max_leases = params->max_leases ? params->max_leases : DEFAULT_MAX_LEASES;
+    srv->rma = params->rma;
     pthread_mutex_init(&srv->start_lock, NULL);
     pthread_cond_init(&srv->started, NULL);
     pthread_mutex_init(&srv->stats_lock, NULL);
@@ -449,7 +496,8 @@ kvt_status_t kvt_block_server_start(const kvt_block_server_params_t *params,
         server_free(srv);
         return st;
     }
-    kvt_log_info("block server listening listen=%s port=%u", srv->listen, srv->port);
+    kvt_log_info("block server listening listen=%s port=%u mode=%s", srv->listen, srv->port,
+                 srv->rma ? "rma" : "inline");
     *server_p = srv;
     return KVT_OK;
 }

@@ -1,14 +1,23 @@
 /* The block server: peers pull blocks out of this node's host pool (T1).
  *
- * The server owns one thread with its own UCX worker.  It registers the
- * host pool's region for remote reads once; a fetch request names keys,
- * the server pins each block in T1 (promoting it from T2 when needed) and
- * answers with a lease and, per block, its status, address, length and
- * encoded header, plus the region's rkey.  The client reads the payloads
- * with RMA and releases the lease.  A lease that is neither released nor
- * renewed expires by itself (default 30 s); a client that disconnects
- * loses its leases at once.  Either way the pins go away, so a dead
- * client cannot hold T1 hostage.
+ * The server owns one thread with its own UCX worker.  A fetch request
+ * names keys; the server pins each block in T1 (promoting it from T2 when
+ * needed) and answers in one of two modes:
+ *
+ *   inline (the default): the reply carries the headers and payloads,
+ *     up to what the client said it accepts (the rest: RETRY); the pins
+ *     end once the reply is encoded.
+ *   RMA (params.rma): the reply carries a lease, the rkey of the host
+ *     pool region and each block's address; the client reads with RMA and
+ *     releases the lease.  A lease that is neither released nor renewed
+ *     expires by itself (default 30 s); a client that disconnects loses
+ *     its leases at once, so a dead client cannot hold T1 hostage.
+ *
+ * RMA is opt-in because it trusts the peer: where UCX emulates RMA in
+ * software (TCP) a remote read is not bounded by the rkey, so a hostile
+ * peer could read any server memory or crash it; and even real RMA opens
+ * the whole host pool to whoever holds the rkey.  Use it on RDMA fabrics
+ * between trusted nodes.
  *
  * Bad input: a message that does not decode, has another protocol version
  * or a body this server does not serve gets an Error reply; the
@@ -26,6 +35,7 @@ typedef struct {
     uint32_t lease_ms;          /* default lease; 0: 30000 */
     uint32_t max_lease_ms;      /* longest lease a client may ask for; 0: 300000 */
     uint32_t max_leases;        /* leases held at once; 0: 4096 */
+    bool rma;                   /* serve by RMA (see above); false: inline */
 } kvt_block_server_params_t;
 
 typedef struct {

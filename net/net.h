@@ -54,6 +54,8 @@ kvt_status_t kvt_net_worker_create(const kvt_net_worker_params_t *params,
                                    kvt_net_worker_t **worker_p);
 /* Closes (forcibly) every endpoint and listener still open, then frees. */
 void kvt_net_worker_destroy(kvt_net_worker_t *worker);
+/* The largest message this worker sends or accepts. */
+size_t kvt_net_worker_max_msg(const kvt_net_worker_t *worker);
 /* Make progress without blocking; returns after one pass. */
 void kvt_net_worker_progress(kvt_net_worker_t *worker);
 /* Progress, sleeping in the kernel until something happens or timeout_ms

@@ -17,7 +17,8 @@
 #include <stdint.h>
 
 #define KVT_PROTO_VERSION 1
-#define KVT_PROTO_MAX_MSG (4u << 20)   /* encoded envelope bytes */
+#define KVT_PROTO_MAX_MSG (16u << 20)  /* encoded envelope bytes: a 4 MiB block
+                                          inline, with room to spare */
 #define KVT_PROTO_MAX_KEYS 65536       /* keys in one fetch / result / event list */
 #define KVT_PROTO_MAX_TOKENS (1u << 20)
 #define KVT_PROTO_MAX_STRING 4096      /* ids, addresses, messages */

@@ -47,15 +47,22 @@ static void fill_tier(fx_t *fx, uint32_t host_slots)
     assert_int_equal(kvt_tier_flush(fx->tier), KVT_OK);
 }
 
-static void start_server(fx_t *fx, uint32_t lease_ms)
+/* rma: serve by RMA under leases, else inline; client_max_msg: the client
+ * worker's message cap (0: the default), which bounds inline replies. */
+static void start_server_with(fx_t *fx, uint32_t lease_ms, bool rma, size_t client_max_msg)
 {
-    kvt_block_server_params_t sp = {.tier = fx->tier, .listen = "127.0.0.1:0", .lease_ms = lease_ms};
+    kvt_block_server_params_t sp = {.tier = fx->tier, .listen = "127.0.0.1:0",
+                                    .lease_ms = lease_ms, .rma = rma};
     assert_int_equal(kvt_block_server_start(&sp, &fx->srv), KVT_OK);
     snprintf(fx->addr, sizeof(fx->addr), "127.0.0.1:%u", kvt_block_server_port(fx->srv));
-    kvt_net_worker_params_t wp = {0};
+    kvt_net_worker_params_t wp = {.max_msg_bytes = client_max_msg};
     assert_int_equal(kvt_net_worker_create(&wp, &fx->worker), KVT_OK);
     assert_int_equal(kvt_block_client_connect(fx->worker, fx->addr, TIMEOUT_MS, &fx->client), KVT_OK);
 }
+
+static void start_server(fx_t *fx, uint32_t lease_ms) { start_server_with(fx, lease_ms, false, 0); }
+
+static void start_rma_server(fx_t *fx, uint32_t lease_ms) { start_server_with(fx, lease_ms, true, 0); }
 
 static int fx_setup(void **state)
 {
@@ -111,11 +118,8 @@ static kvt_block_server_stats_t server_stats(fx_t *fx)
 
 static bool leases_gone(fx_t *fx, int timeout_ms);
 
-static void test_pull_chain(void **state)
+static void pull_chain_ok(fx_t *fx)
 {
-    fx_t *fx = *state;
-    fill_tier(fx, 64);
-    start_server(fx, 0);
     kvt_pull_t *items = items_for(&fx->a, 0, 8);
     assert_int_equal(kvt_block_client_pull(fx->client, items, 8, &g_id, TIMEOUT_MS), KVT_OK);
     for (int i = 0; i < 8; i++) {
@@ -124,6 +128,48 @@ static void test_pull_chain(void **state)
         assert_int_equal(items[i].hdr.index, (uint32_t)i);
     }
     items_free(items, 8);
+}
+
+static void test_pull_chain(void **state)
+{
+    fx_t *fx = *state;
+    fill_tier(fx, 64);
+    start_server(fx, 0);
+    pull_chain_ok(fx);
+    assert_int_equal(server_stats(fx).blocks_served, 8);
+    assert_int_equal(server_stats(fx).leases_active, 0); /* inline: no lease at all */
+    kvt_tier_stats_all_t ts;
+    kvt_tier_stats(fx->tier, &ts);
+    assert_int_equal(ts.host.pinned, 0);
+}
+
+/* A client that accepts small replies gets the chain over several rounds;
+ * one that cannot take even one block is told so. */
+static void test_inline_reply_limits(void **state)
+{
+    fx_t *fx = *state;
+    fill_tier(fx, 64);
+    start_server_with(fx, 0, false, 4096 + 3 * 1500); /* room for 3 blocks a reply */
+    pull_chain_ok(fx);
+    assert_true(server_stats(fx).fetches >= 3);
+    kvt_block_client_close(fx->client);
+    kvt_net_worker_destroy(fx->worker);
+    kvt_net_worker_params_t wp = {.max_msg_bytes = 4096}; /* no room for any block */
+    assert_int_equal(kvt_net_worker_create(&wp, &fx->worker), KVT_OK);
+    assert_int_equal(kvt_block_client_connect(fx->worker, fx->addr, TIMEOUT_MS, &fx->client), KVT_OK);
+    kvt_pull_t *items = items_for(&fx->a, 0, 2);
+    assert_int_equal(kvt_block_client_pull(fx->client, items, 2, &g_id, TIMEOUT_MS), KVT_OK);
+    assert_int_equal(items[0].status, KVT_ERR_TOO_LARGE);
+    assert_int_equal(items[1].status, KVT_ERR_TOO_LARGE);
+    items_free(items, 2);
+}
+
+static void test_pull_chain_rma(void **state)
+{
+    fx_t *fx = *state;
+    fill_tier(fx, 64);
+    start_rma_server(fx, 0);
+    pull_chain_ok(fx);
     assert_int_equal(server_stats(fx).blocks_served, 8);
     assert_true(leases_gone(fx, 3000)); /* released (one-way, so not at once) */
     assert_int_equal(server_stats(fx).leases_released, 1);
@@ -297,7 +343,7 @@ static void test_lease_expires(void **state)
 {
     fx_t *fx = *state;
     fill_tier(fx, 64);
-    start_server(fx, 300);
+    start_rma_server(fx, 300);
     kvt_net_ep_t *ep;
     fetch_and_keep(fx, fx->worker, 0, &ep);
     assert_int_equal(server_stats(fx).leases_active, 1);
@@ -337,7 +383,7 @@ static void test_client_killed_holding_pins(void **state)
 {
     fx_t *fx = *state;
     fill_tier(fx, 64);
-    start_server(fx, 0);
+    start_rma_server(fx, 0);
     char hex0[2 * KVT_KEY_LEN + 1], hex1[2 * KVT_KEY_LEN + 1];
     kvt_block_key_hex(&fx->a.hdr[0].key, hex0);
     kvt_block_key_hex(&fx->a.hdr[1].key, hex1);
@@ -445,6 +491,8 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_pull_chain, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_inline_reply_limits, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_pull_chain_rma, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_missing_mismatch_and_small_buffers, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_pull_from_disk, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_bad_messages, fx_setup, fx_teardown),
