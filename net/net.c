@@ -121,6 +121,10 @@ void kvt_net_ep_link(kvt_net_ep_t *ep)
 
 /* --- event queue --- */
 
+/* What an undelivered event holds: its payload and its record, so that a
+ * flood of empty messages fills the queue's cap too. */
+static size_t ev_cost(size_t len) { return len + sizeof(net_ev_t); }
+
 void kvt_net_ev_push(kvt_net_worker_t *w, net_ev_t *ev)
 {
     ev->next = NULL;
@@ -129,7 +133,7 @@ void kvt_net_ev_push(kvt_net_worker_t *w, net_ev_t *ev)
     else
         w->ev_head = ev;
     w->ev_tail = ev;
-    w->ev_bytes += ev->len;
+    w->ev_bytes += ev_cost(ev->len);
 }
 
 static net_ev_t *ev_pop(kvt_net_worker_t *w)
@@ -140,7 +144,7 @@ static net_ev_t *ev_pop(kvt_net_worker_t *w)
     w->ev_head = ev->next;
     if (!w->ev_head)
         w->ev_tail = NULL;
-    w->ev_bytes -= ev->len;
+    w->ev_bytes -= ev_cost(ev->len);
     return ev;
 }
 
@@ -171,7 +175,7 @@ void kvt_net_ev_purge(kvt_net_worker_t *w, const kvt_net_ep_t *ep, const kvt_net
         else
             keep = ev;
         keep_tail = ev;
-        bytes += ev->len;
+        bytes += ev_cost(ev->len);
     }
     w->ev_head = keep;
     w->ev_tail = keep_tail;
@@ -221,7 +225,7 @@ static void deliver(kvt_net_worker_t *w, kvt_net_ep_t *ep, uint64_t req_id, uint
         return;
     }
     net_ev_t *ev = NULL;
-    if (w->ev_bytes + len <= w->ev_cap)
+    if (w->ev_bytes + ev_cost(len) <= w->ev_cap)
         ev = kvt_calloc("net event", 1, sizeof(*ev));
     if (!ev) {
         kvt_log_warn("net message dropped, queue full peer=%s len=%zu queued=%zu", ep->peer, len,
@@ -240,16 +244,62 @@ static void deliver(kvt_net_worker_t *w, kvt_net_ep_t *ep, uint64_t req_id, uint
 
 /* --- active message receive --- */
 
-static void rndv_done(void *request, ucs_status_t status, size_t length, void *user_data)
+/* Rendezvous budget: a receive holds its buffer and record from the
+ * header until the peer sends the data, so what the receives in flight may
+ * hold is capped per worker and per endpoint (ep NULL: it was detached and
+ * its share went with it). */
+static size_t rndv_charge(size_t len) { return len + sizeof(net_rndv_t); }
+
+static void rndv_unreserve(kvt_net_worker_t *w, kvt_net_ep_t *ep, size_t len)
 {
-    net_rndv_t *r = user_data;
-    kvt_net_worker_t *w = r->worker;
+    w->rndv_bytes -= rndv_charge(len);
+    if (ep)
+        ep->rndv_bytes -= rndv_charge(len);
+}
+
+static bool rndv_reserve(kvt_net_worker_t *w, kvt_net_ep_t *ep, size_t len)
+{
+    size_t c = rndv_charge(len);
+    if (w->rndv_bytes + c <= w->rndv_cap && ep->rndv_bytes + c <= w->rndv_ep_cap) {
+        w->rndv_bytes += c;
+        ep->rndv_bytes += c;
+        return true;
+    }
+    /* Once per endpoint: a stalling peer would otherwise flood the log. */
+    if (!ep->rndv_warned)
+        kvt_log_warn("net rendezvous dropped, over budget peer=%s len=%zu ep_bytes=%zu "
+                     "worker_bytes=%zu", ep->peer, len, ep->rndv_bytes, w->rndv_bytes);
+    ep->rndv_warned = true;
+    return false;
+}
+
+static void rndv_link(kvt_net_worker_t *w, net_rndv_t *r)
+{
+    r->prev = NULL;
+    r->next = w->rndv;
+    if (w->rndv)
+        w->rndv->prev = r;
+    w->rndv = r;
+}
+
+static void rndv_unlink(kvt_net_worker_t *w, net_rndv_t *r)
+{
     if (r->prev)
         r->prev->next = r->next;
     else
         w->rndv = r->next;
     if (r->next)
         r->next->prev = r->prev;
+    r->next = r->prev = NULL;
+}
+
+/* Completion, from UCX (request set) or from rndv_start (request NULL). */
+static void rndv_done(void *request, ucs_status_t status, size_t length, void *user_data)
+{
+    net_rndv_t *r = user_data;
+    kvt_net_worker_t *w = r->worker;
+    rndv_unlink(w, r);
+    rndv_unreserve(w, r->ep, r->len);
     if (request)
         ucp_request_free(request);
     if (status == UCS_OK && length == r->len && r->ep && !r->ep->closing) {
@@ -262,17 +312,25 @@ static void rndv_done(void *request, ucs_status_t status, size_t length, void *u
     kvt_free(r);
 }
 
+/* Returning without ucp_am_recv_data_nbx (over budget, no memory) makes
+ * the handler's UCS_OK drop the data. */
 static void rndv_start(kvt_net_worker_t *w, kvt_net_ep_t *ep, uint64_t req_id, uint32_t flags,
                        void *desc, size_t len)
 {
+    if (!rndv_reserve(w, ep, len))
+        return;
     net_rndv_t *r = kvt_calloc("net rndv", 1, sizeof(*r));
     void *buf = r ? kvt_malloc("net rndv data", len ? len : 1) : NULL;
     if (!buf) {
         kvt_free(r);
-        return; /* the handler returns UCS_OK: UCX drops the data */
+        rndv_unreserve(w, ep, len);
+        return;
     }
     *r = (net_rndv_t){.worker = w, .ep = ep, .req_id = req_id, .flags = flags, .len = len,
                       .buf = buf};
+    /* Linked first, so every path out goes through rndv_done's unlink:
+     * completion can be immediate (a zero-length message, for one). */
+    rndv_link(w, r);
     ucp_request_param_t prm = {.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK |
                                                UCP_OP_ATTR_FIELD_USER_DATA,
                                .cb.recv_am = rndv_done,
@@ -283,13 +341,7 @@ static void rndv_start(kvt_net_worker_t *w, kvt_net_ep_t *ep, uint64_t req_id, u
     } else if (UCS_PTR_IS_ERR(req)) {
         kvt_log_warn("net rendezvous receive failed peer=%s len=%zu cause=%s", ep->peer, len,
                      ucs_status_string(UCS_PTR_STATUS(req)));
-        kvt_free(buf);
-        kvt_free(r);
-    } else {
-        r->next = w->rndv;
-        if (w->rndv)
-            w->rndv->prev = r;
-        w->rndv = r;
+        rndv_done(NULL, UCS_PTR_STATUS(req), 0, r);
     }
 }
 
@@ -737,6 +789,9 @@ kvt_status_t kvt_net_worker_create(const kvt_net_worker_params_t *params,
         return KVT_ERR_INVALID;
     }
     w->ev_cap = 16 * w->max_msg > NET_QUEUE_MIN_BYTES ? 16 * w->max_msg : NET_QUEUE_MIN_BYTES;
+    size_t per_msg = w->max_msg + sizeof(net_rndv_t);
+    w->rndv_cap = 4 * per_msg > NET_RNDV_MIN_BYTES ? 4 * per_msg : NET_RNDV_MIN_BYTES;
+    w->rndv_ep_cap = 2 * per_msg > NET_RNDV_EP_MIN_BYTES ? 2 * per_msg : NET_RNDV_EP_MIN_BYTES;
     w->on_msg = params->on_msg;
     w->on_conn = params->on_conn;
     w->arg = params->arg;
@@ -786,3 +841,5 @@ void kvt_net_worker_destroy(kvt_net_worker_t *w)
     ucp_cleanup(w->ctx);
     kvt_free(w);
 }
+
+size_t kvt_net_worker_max_msg(const kvt_net_worker_t *worker) { return worker->max_msg; }

@@ -26,6 +26,12 @@
 #define NET_POLL_MS 100            /* longest sleep between progress passes */
 #define NET_EP_BUCKETS 256         /* ucp_ep_h -> kvt ep lookup */
 #define NET_QUEUE_MIN_BYTES (64u << 20) /* hard cap on undelivered messages */
+/* Floors of the budgets for rendezvous receives in flight (worker-wide, per
+ * endpoint): each holds a buffer of its announced length until the peer
+ * sends the data, so a peer that announces and stalls must not pin memory
+ * without bound.  The caps also allow 4 (2) messages of max_msg_bytes. */
+#define NET_RNDV_MIN_BYTES (64u << 20)
+#define NET_RNDV_EP_MIN_BYTES (16u << 20)
 
 typedef enum { NET_EV_MSG, NET_EV_DOWN, NET_EV_ACCEPT } net_ev_type_t;
 
@@ -77,6 +83,8 @@ struct kvt_net_ep {
     bool published;               /* the user holds it: failures are reported */
     bool hello_acked;
     bool closing;
+    bool rndv_warned;             /* a receive over budget was logged */
+    size_t rndv_bytes;            /* charged by its rendezvous receives */
     net_ev_t down_ev;             /* preallocated, so a failure is never lost */
     char peer[64];
 };
@@ -115,9 +123,10 @@ struct kvt_net_worker {
     kvt_net_listener_t *listeners;
     kvt_net_mem_t *mems;
     net_ev_t *ev_head, *ev_tail;
-    size_t ev_bytes, ev_cap;
+    size_t ev_bytes, ev_cap;      /* undelivered events, payload + record */
     net_pending_t *pending;
     net_rndv_t *rndv;
+    size_t rndv_bytes, rndv_cap, rndv_ep_cap; /* receives in flight, budgets */
     uint64_t next_req_id;
     size_t n_sends;               /* sends whose completion has not run */
 };

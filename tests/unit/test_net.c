@@ -5,13 +5,18 @@
  * listens on 127.0.0.1 port 0, tells the parent the port through a pipe,
  * registers an 8 MiB region filled with pat(), and answers one-byte
  * opcodes: E echo, R rkey + address, S silence, D reply after 400 ms,
- * P push a non-reply message then echo, K SIGKILL itself, Q reply and quit.
+ * P push a non-reply message then echo, K SIGKILL itself, Q reply and quit,
+ * T tally silently (payload checked), N reply with srv_stats_t; an empty
+ * message flagged TEST_FLAG_ZERO is tallied silently too.
  * The parent is the client: request/reply of sizes across eager and
  * rendezvous, size caps on both sides, RMA batches checked against the
- * pattern, refused connects, timeouts, and a peer killed mid-request. */
-#include "net/net.h"
+ * pattern, refused connects, timeouts, a peer killed mid-request, and
+ * rendezvous receives (forced with raw UCX sends, so the test includes
+ * netInt.h) that complete at once or go over the receive budget. */
+#include "net/netInt.h"
 
 #include "common/alloc.h"
+#include "common/le.h"
 #include "common/log.h"
 #include "common/time.h"
 
@@ -35,15 +40,57 @@
 #define REGION_LEN (8u << 20)
 #define MAX_MSG (4u << 20)
 
+#define TEST_FLAG_ZERO 0x100u
+
 static uint8_t pat(uint64_t off) { return (uint8_t)(off * 131u + (off >> 9) * 7u + 11u); }
+
+/* What fill_request puts at byte i (byte 0 is the opcode). */
+static uint8_t req_byte(size_t i, unsigned seed) { return (uint8_t)(i * 7u + seed); }
+
+/* The server's answer to N. */
+typedef struct {
+    uint32_t tally, tally_bad; /* T messages, and those with a wrong payload */
+    uint32_t zeros;            /* empty TEST_FLAG_ZERO messages */
+    uint32_t zero_inflight;    /* rendezvous receives listed when the last one came */
+    uint32_t inflight;         /* rendezvous receives listed now */
+    uint64_t rndv_bytes;       /* charged to the worker's budget now */
+} srv_stats_t;
 
 /* ------------------------------------------------------------------ server */
 
 typedef struct {
+    kvt_net_worker_t *w;
     kvt_net_mem_t *mem;
     uint8_t *region;
     bool quit;
+    srv_stats_t st;
 } srv_t;
+
+static uint32_t srv_rndv_listed(const srv_t *s)
+{
+    uint32_t n = 0;
+    for (const net_rndv_t *r = s->w->rndv; r; r = r->next)
+        n++;
+    return n;
+}
+
+static void srv_tally(srv_t *s, const uint8_t *data, size_t len)
+{
+    s->st.tally++;
+    for (size_t i = 1; i < len; i++) {
+        if (data[i] != req_byte(i, 1)) {
+            s->st.tally_bad++;
+            return;
+        }
+    }
+}
+
+static void srv_stats_reply(srv_t *s, kvt_net_ep_t *ep, uint64_t req_id)
+{
+    s->st.inflight = srv_rndv_listed(s);
+    s->st.rndv_bytes = s->w->rndv_bytes;
+    (void)kvt_net_send(ep, req_id, KVT_NET_FLAG_REPLY, &s->st, sizeof(s->st));
+}
 
 static void srv_rkey_reply(srv_t *s, kvt_net_ep_t *ep, uint64_t req_id)
 {
@@ -62,8 +109,19 @@ static void srv_on_msg(kvt_net_ep_t *ep, uint64_t req_id, uint32_t flags, const 
                        size_t len, void *arg)
 {
     srv_t *s = arg;
+    if (len == 0 && (flags & TEST_FLAG_ZERO)) {
+        s->st.zeros++;
+        s->st.zero_inflight = srv_rndv_listed(s);
+        return;
+    }
     char op = len ? ((const char *)data)[0] : 'E';
     switch (op) {
+    case 'T':
+        srv_tally(s, data, len);
+        return;
+    case 'N':
+        srv_stats_reply(s, ep, req_id);
+        return;
     case 'R':
         srv_rkey_reply(s, ep, req_id);
         return;
@@ -95,6 +153,7 @@ static int server_main(int fd)
     kvt_net_worker_params_t p = {.on_msg = srv_on_msg, .arg = &s};
     if (kvt_net_worker_create(&p, &w) != KVT_OK || kvt_net_listen(w, "127.0.0.1:0", &l) != KVT_OK)
         return 2;
+    s.w = w;
     s.region = malloc(REGION_LEN);
     for (uint64_t i = 0; i < REGION_LEN; i++)
         s.region[i] = pat(i);
@@ -215,7 +274,7 @@ static void server_quit(kvt_net_worker_t *w, server_t *s)
 static void fill_request(uint8_t *buf, size_t len, char op, unsigned seed)
 {
     for (size_t i = 0; i < len; i++)
-        buf[i] = (uint8_t)(i * 7u + seed);
+        buf[i] = req_byte(i, seed);
     buf[0] = (uint8_t)op;
 }
 
@@ -532,6 +591,138 @@ static void test_close_in_callback(void **state)
     kvt_net_worker_destroy(w);
 }
 
+/* --- rendezvous receives --- */
+
+/* A message sent with UCX directly, forced to rendezvous whatever its size
+ * (kvt_net_send leaves the protocol to UCX); hdr lives until completion. */
+typedef struct {
+    uint8_t hdr[16];
+    void *req;
+} raw_send_t;
+
+static void raw_send(kvt_net_ep_t *ep, raw_send_t *rs, uint32_t flags, const void *data,
+                     size_t len)
+{
+    kvt_le_put64(rs->hdr, 0);
+    kvt_le_put32(rs->hdr + 8, flags);
+    kvt_le_put32(rs->hdr + 12, (uint32_t)len);
+    ucp_request_param_t prm = {.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS,
+                               .flags = UCP_AM_SEND_FLAG_REPLY | UCP_AM_SEND_FLAG_RNDV};
+    rs->req = ucp_am_send_nbx(ep->uep, NET_AM_DATA, rs->hdr, NET_HDR_LEN, data, len, &prm);
+    assert_false(UCS_PTR_IS_ERR(rs->req));
+}
+
+/* Progress until every send completed (a dropped one completes too). */
+static void raw_wait(kvt_net_worker_t *w, raw_send_t *rs, size_t n)
+{
+    double end = kvt_time_s() + 10;
+    for (size_t i = 0; i < n; i++) {
+        if (!rs[i].req)
+            continue;
+        while (ucp_request_check_status(rs[i].req) == UCS_INPROGRESS && kvt_time_s() < end)
+            kvt_net_worker_wait(w, 10);
+        assert_int_equal(ucp_request_check_status(rs[i].req), UCS_OK);
+        ucp_request_free(rs[i].req);
+        rs[i].req = NULL;
+    }
+}
+
+static srv_stats_t srv_stats(kvt_net_ep_t *ep)
+{
+    void *reply;
+    size_t rl;
+    srv_stats_t st;
+    assert_int_equal(kvt_net_request(ep, "N", 1, 3000, &reply, &rl), KVT_OK);
+    assert_int_equal(rl, sizeof(st));
+    memcpy(&st, reply, sizeof(st));
+    kvt_free(reply);
+    return st;
+}
+
+/* Ask until the server has tallied want messages and holds no receive. */
+static srv_stats_t srv_settle(kvt_net_ep_t *ep, uint32_t want)
+{
+    srv_stats_t st = srv_stats(ep);
+    for (int i = 0; i < 500 && (st.tally < want || st.inflight); i++) {
+        usleep(10 * 1000);
+        st = srv_stats(ep);
+    }
+    return st;
+}
+
+/* An empty rendezvous message completes inside ucp_am_recv_data_nbx; that
+ * path once unlinked a receive that was never linked and emptied the list
+ * of those in flight (so closing their endpoint no longer orphaned them).
+ * The large one's RTS is ahead on the stream and its data needs us to
+ * progress, so it is in flight when the empty one arrives. */
+static void test_rndv_zero_length(void **state)
+{
+    server_t s;
+    server_start(&s);
+    kvt_net_worker_t *w = client_create(0);
+    kvt_net_ep_t *ep;
+    assert_int_equal(kvt_net_connect(w, s.addr, 3000, &ep), KVT_OK);
+    size_t len = 2u << 20;
+    uint8_t *buf = malloc(len);
+    fill_request(buf, len, 'T', 1);
+    raw_send_t rs[3];
+    raw_send(ep, &rs[0], 0, buf, len);
+    raw_send(ep, &rs[1], TEST_FLAG_ZERO, NULL, 0);
+    raw_send(ep, &rs[2], TEST_FLAG_ZERO, NULL, 0);
+    srv_stats_t st = srv_settle(ep, 1);
+    raw_wait(w, rs, 3);
+    assert_int_equal(st.zeros, 2);
+    assert_int_equal(st.zero_inflight, 1); /* the large one, still listed */
+    assert_int_equal(st.tally, 1);         /* ... and delivered intact */
+    assert_int_equal(st.tally_bad, 0);
+    assert_int_equal(st.inflight, 0);
+    assert_int_equal(st.rndv_bytes, 0);
+    echo_once(ep, buf, 4096, 2);
+    free(buf);
+    kvt_net_ep_close(ep);
+    server_quit(w, &s);
+    kvt_net_worker_destroy(w);
+}
+
+/* The server (max_msg 4 MiB) lets an endpoint hold 16 MiB of rendezvous
+ * receives: three of 4 MiB.  Announced without our progress (their data
+ * needs it), the 4th and 5th are over budget and dropped; the endpoint
+ * stays up, and the budget comes back once the data has arrived. */
+static void test_rndv_budget(void **state)
+{
+    server_t s;
+    server_start(&s);
+    kvt_net_worker_t *w = client_create(0);
+    kvt_net_ep_t *ep;
+    assert_int_equal(kvt_net_connect(w, s.addr, 3000, &ep), KVT_OK);
+    uint8_t *buf = malloc(MAX_MSG);
+    fill_request(buf, MAX_MSG, 'T', 1);
+    raw_send_t rs[5];
+    for (int i = 0; i < 5; i++)
+        raw_send(ep, &rs[i], 0, buf, MAX_MSG);
+    srv_stats_t st = srv_settle(ep, 3);
+    raw_wait(w, rs, 5);
+    usleep(100 * 1000); /* a 4th or 5th, wrongly accepted, would land now */
+    st = srv_settle(ep, 3);
+    assert_int_equal(st.tally, 3);
+    assert_int_equal(st.tally_bad, 0);
+    assert_int_equal(st.rndv_bytes, 0);
+    assert_true(kvt_net_ep_alive(ep));
+
+    for (int i = 0; i < 3; i++) /* a full budget again */
+        raw_send(ep, &rs[i], 0, buf, MAX_MSG);
+    st = srv_settle(ep, 6);
+    raw_wait(w, rs, 3);
+    assert_int_equal(st.tally, 6);
+    assert_int_equal(st.tally_bad, 0);
+    echo_once(ep, buf, MAX_MSG, 3);
+    free(buf);
+    kvt_net_ep_close(ep);
+    server_quit(w, &s);
+    assert_int_equal(g_ev.down, 0);
+    kvt_net_worker_destroy(w);
+}
+
 int main(int argc, char **argv)
 {
     kvt_log_level_t level;
@@ -548,6 +739,8 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_request_timeout),
         cmocka_unit_test(test_peer_killed),
         cmocka_unit_test(test_close_in_callback),
+        cmocka_unit_test(test_rndv_zero_length),
+        cmocka_unit_test(test_rndv_budget),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
