@@ -41,6 +41,8 @@
 #include "kvstore/block_client.h"
 #include "kvstore/tier.h"
 #include "net/net.h"
+#include "proto/msg.h"
+#include "proto/msg.h"
 
 #include <limits.h>
 #include <stdio.h>
@@ -76,6 +78,7 @@ typedef struct {
     char tls_buf[256];         /* "UCX_TLS=..." for the ucx_perftest pair */
     const char *perftest_env;  /* tls_buf, or NULL: this environment as is */
     bool have_perftest, have_redis;
+    bool rma;                  /* the server serves by RMA (kv serve --rma) */
     kvt_bench_child_t server, redis;
     kvt_resp_t *rc;
     kvt_bench_results_t res;
@@ -101,6 +104,8 @@ static const kvt_opt_t g_opts[] = {
      "(UCX then maps ucx_perftest's buffers in shared memory, a transport kvtier's pulls "
      "do not get)"},
     {"keep", KVT_OPT_BOOL, NULL, "keep DIR/pull/<size> (serve it later for --peer runs)"},
+    {"rma", KVT_OPT_BOOL, NULL,
+     "start the block server with --rma (RMA reads under leases) instead of inline replies"},
     KVT_CLI_OPT_JSON,
     KVT_CLI_OPT_LOG_LEVEL,
 };
@@ -175,7 +180,8 @@ static kvt_status_t server_start(pull_t *p, const char *path, char *peer, size_t
     exe[k] = '\0';
     snprintf(capacity, sizeof(capacity), "%llu", (unsigned long long)((p->m + 16) * p->c.n));
     char *argv[] = {exe, "kv", "serve", "--data", (char *)path, "--listen", "127.0.0.1:0",
-                    "--host-capacity", capacity, "--log-level", "warn", NULL};
+                    "--host-capacity", capacity, "--log-level", "warn",
+                    p->rma ? "--rma" : NULL, NULL};
     kvt_status_t st = kvt_bench_child_spawn(&p->server, argv, NULL, true, false);
     if (st == KVT_OK) /* other lines: UCX logs on stdout (UCX_LOG_LEVEL) */
         st = kvt_bench_child_find(&p->server, "listening ", line, sizeof(line), CHILD_START_MS);
@@ -249,7 +255,8 @@ static kvt_status_t pull_measure(pull_t *p, kvt_block_client_t *cl, figs_t *f)
 
 static kvt_status_t pull_run(pull_t *p, const char *peer, figs_t *f)
 {
-    kvt_net_worker_params_t wp = {0};
+    /* Inline replies carry payloads: accept the largest the protocol allows. */
+    kvt_net_worker_params_t wp = {.max_msg_bytes = KVT_PROTO_MAX_MSG};
     kvt_net_worker_t *w;
     kvt_status_t st = kvt_net_worker_create(&wp, &w);
     if (st != KVT_OK) {
@@ -528,6 +535,7 @@ static bool pull_config(pull_t *p, const kvt_config_t *cfg)
     p->batch = kvt_config_u64(cfg, "batch", 16);
     p->iters = kvt_config_u64(cfg, "iters", 5);
     p->seed = kvt_config_u64(cfg, "seed", 1);
+    p->rma = kvt_config_bool(cfg, "rma");
     if (!p->peer && !kvt_cli_require(cfg, "data"))
         return false;
     if (p->m == 0 || p->batch == 0 || p->batch > 4096 || p->iters < 1 ||
@@ -562,6 +570,7 @@ static cJSON *pull_machine(const pull_t *p)
         cJSON_AddStringToObject(m, "ucx_perftest_tls",
                                 p->perftest_env ? p->perftest_env + 8 : "inherit");
         cJSON_AddStringToObject(m, "peer", p->peer ? p->peer : "kv serve on 127.0.0.1");
+        cJSON_AddStringToObject(m, "pull_mode", p->rma ? "rma" : "inline");
     }
     return m;
 }
