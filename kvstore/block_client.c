@@ -75,15 +75,15 @@ static kvt_status_t exchange(kvt_block_client_t *c, kvt_msg_t *req, int timeout_
     return KVT_OK;
 }
 
-/* Fetch the keys of items[todo[0..n)]. */
-static kvt_status_t fetch(kvt_block_client_t *c, const kvt_pull_t *items, const size_t *todo,
+/* Fetch the keys of items[pending[0..n)]. */
+static kvt_status_t fetch(kvt_block_client_t *c, const kvt_pull_t *items, const size_t *pending,
                           size_t n, int timeout_ms, kvt_msg_t **reply_p)
 {
     ProtobufCBinaryData *keys = kvt_calloc("pull keys", n + 1, sizeof(*keys));
     if (!keys)
         return KVT_ERR_NOMEM;
     for (size_t k = 0; k < n; k++) {
-        keys[k].data = (uint8_t *)items[todo[k]].key.b;
+        keys[k].data = (uint8_t *)items[pending[k]].key.b;
         keys[k].len = KVT_KEY_LEN;
     }
     size_t max_reply = kvt_net_worker_max_msg(c->worker);
@@ -136,12 +136,12 @@ static void verify_payload(kvt_block_client_t *c, kvt_pull_t *item, size_t len)
 
 /* Inline reply: copy and check each payload; RETRY items are marked. */
 static void read_inline(kvt_block_client_t *c, const Kvtier__BlockFetchReply *rep,
-                        kvt_pull_t *items, const size_t *todo, size_t n,
+                        kvt_pull_t *items, const size_t *pending, size_t n,
                         const kvt_block_identity_t *expect, bool *retry)
 {
     for (size_t k = 0; k < n; k++) {
         const Kvtier__BlockDescriptor *d = rep->blocks[k];
-        kvt_pull_t *item = &items[todo[k]];
+        kvt_pull_t *item = &items[pending[k]];
         retry[k] = d->status == KVTIER__BLOCK_DESCRIPTOR__STATUS__RETRY;
         if (retry[k])
             continue;
@@ -156,7 +156,7 @@ static void read_inline(kvt_block_client_t *c, const Kvtier__BlockFetchReply *re
 
 /* RMA reply: read every described block; statuses land in items. */
 static kvt_status_t read_rma(kvt_block_client_t *c, const Kvtier__BlockFetchReply *rep,
-                             kvt_pull_t *items, const size_t *todo, size_t n,
+                             kvt_pull_t *items, const size_t *pending, size_t n,
                              const kvt_block_identity_t *expect, int timeout_ms)
 {
     kvt_net_get_t *ops = kvt_calloc("pull ops", n + 1, sizeof(*ops));
@@ -165,13 +165,13 @@ static kvt_status_t read_rma(kvt_block_client_t *c, const Kvtier__BlockFetchRepl
     kvt_status_t st = ops && which ? KVT_OK : KVT_ERR_NOMEM;
     size_t n_ops = 0;
     for (size_t k = 0; st == KVT_OK && k < n; k++) {
-        kvt_pull_t *item = &items[todo[k]];
+        kvt_pull_t *item = &items[pending[k]];
         item->status = describe(rep->blocks[k], item, expect);
         if (item->status != KVT_OK)
             continue;
         ops[n_ops] = (kvt_net_get_t){.local = item->dst, .remote_addr = rep->blocks[k]->addr,
                                      .len = rep->blocks[k]->length};
-        which[n_ops++] = todo[k];
+        which[n_ops++] = pending[k];
     }
     if (st == KVT_OK && n_ops > 0)
         st = kvt_net_rkey_unpack(c->ep, rep->rkey.data, rep->rkey.len, &rkey);
@@ -208,30 +208,30 @@ static void release(kvt_block_client_t *c, uint64_t lease_id)
     kvt_free(buf);
 }
 
-/* One fetch round over items[todo[0..*n_p)]; leaves in todo the items the
+/* One fetch round over items[pending[0..*n_p)]; leaves in pending the items the
  * server asked to be fetched again (inline reply full). */
-static kvt_status_t pull_round(kvt_block_client_t *c, kvt_pull_t *items, size_t *todo,
+static kvt_status_t pull_round(kvt_block_client_t *c, kvt_pull_t *items, size_t *pending,
                                size_t *n_p, bool *retry, const kvt_block_identity_t *expect,
                                int timeout_ms)
 {
     size_t n = *n_p;
     kvt_msg_t *reply = NULL;
-    kvt_status_t st = fetch(c, items, todo, n, timeout_ms, &reply);
+    kvt_status_t st = fetch(c, items, pending, n, timeout_ms, &reply);
     if (st != KVT_OK)
         return st;
     const Kvtier__BlockFetchReply *rep = reply->fetch_reply;
     memset(retry, 0, n * sizeof(*retry));
     if (rep->rkey.len > 0) {
-        st = read_rma(c, rep, items, todo, n, expect, timeout_ms);
+        st = read_rma(c, rep, items, pending, n, expect, timeout_ms);
         release(c, rep->lease_id);
     } else {
-        read_inline(c, rep, items, todo, n, expect, retry);
+        read_inline(c, rep, items, pending, n, expect, retry);
     }
     kvt_msg_free(reply);
     size_t left = 0;
     for (size_t k = 0; k < n; k++)
         if (retry[k])
-            todo[left++] = todo[k];
+            pending[left++] = pending[k];
     *n_p = left;
     return st;
 }
@@ -241,25 +241,25 @@ kvt_status_t kvt_block_client_pull(kvt_block_client_t *client, kvt_pull_t *items
 {
     if (n == 0)
         return KVT_OK;
-    size_t *todo = kvt_malloc("pull todo", n * sizeof(*todo));
+    size_t *pending = kvt_malloc("pull pending", n * sizeof(*pending));
     bool *retry = kvt_malloc("pull retry", n * sizeof(*retry));
-    kvt_status_t st = todo && retry ? KVT_OK : KVT_ERR_NOMEM;
+    kvt_status_t st = pending && retry ? KVT_OK : KVT_ERR_NOMEM;
     size_t n_todo = n;
     for (size_t i = 0; st == KVT_OK && i < n; i++)
-        todo[i] = i;
+        pending[i] = i;
     while (st == KVT_OK && n_todo > 0) {
         size_t before = n_todo;
-        st = pull_round(client, items, todo, &n_todo, retry, expect, timeout_ms);
+        st = pull_round(client, items, pending, &n_todo, retry, expect, timeout_ms);
         if (st == KVT_OK && n_todo == before) { /* not one fits in a reply */
             for (size_t k = 0; k < n_todo; k++)
-                items[todo[k]].status = KVT_ERR_TOO_LARGE;
+                items[pending[k]].status = KVT_ERR_TOO_LARGE;
             break;
         }
     }
     if (st != KVT_OK) /* nothing was read, or not all of it: none counts */
         for (size_t i = 0; i < n; i++)
             items[i].status = st;
-    kvt_free(todo);
+    kvt_free(pending);
     kvt_free(retry);
     return st;
 }
