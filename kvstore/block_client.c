@@ -244,14 +244,14 @@ kvt_status_t kvt_block_client_pull(kvt_block_client_t *client, kvt_pull_t *items
     size_t *pending = kvt_malloc("pull pending", n * sizeof(*pending));
     bool *retry = kvt_malloc("pull retry", n * sizeof(*retry));
     kvt_status_t st = pending && retry ? KVT_OK : KVT_ERR_NOMEM;
-    size_t n_todo = n;
+    size_t n_pending = n;
     for (size_t i = 0; st == KVT_OK && i < n; i++)
         pending[i] = i;
-    while (st == KVT_OK && n_todo > 0) {
-        size_t before = n_todo;
-        st = pull_round(client, items, pending, &n_todo, retry, expect, timeout_ms);
-        if (st == KVT_OK && n_todo == before) { /* not one fits in a reply */
-            for (size_t k = 0; k < n_todo; k++)
+    while (st == KVT_OK && n_pending > 0) {
+        size_t before = n_pending;
+        st = pull_round(client, items, pending, &n_pending, retry, expect, timeout_ms);
+        if (st == KVT_OK && n_pending == before) { /* not one fits in a reply */
+            for (size_t k = 0; k < n_pending; k++)
                 items[pending[k]].status = KVT_ERR_TOO_LARGE;
             break;
         }
