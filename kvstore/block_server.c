@@ -22,6 +22,8 @@
 #define DEFAULT_MAX_LEASE_MS 300000
 #define DEFAULT_MAX_LEASES 4096
 #define MAX_KEYS_PER_FETCH 4096
+#define MAX_LEASES_PER_CONN 64          /* one client cannot take every lease */
+#define MAX_LEASE_LIFETIME_NS (600ull * 1000000000ull) /* renewals stop here */
 #define LOOP_WAIT_MS 50
 #define CLIENT_DEFAULT_MAX_REPLY (4u << 20) /* what a client that names none accepts */
 #define REPLY_SLACK 4096                   /* envelope and reply fields */
@@ -34,6 +36,7 @@
 
 typedef struct lease {
     uint64_t id;
+    uint64_t created_ns;
     uint64_t expires_ns;
     kvt_net_ep_t *ep;
     kvt_block_view_t *views;
@@ -164,6 +167,14 @@ static lease_t *lease_find(kvt_block_server_t *srv, uint64_t id, const kvt_net_e
     return NULL;
 }
 
+static uint32_t leases_of(const kvt_block_server_t *srv, const kvt_net_ep_t *ep)
+{
+    uint32_t n = 0;
+    for (const lease_t *l = srv->leases; l; l = l->next)
+        n += l->ep == ep;
+    return n;
+}
+
 static uint64_t lease_id_new(void)
 {
     uint64_t id = 0;
@@ -285,7 +296,8 @@ static void handle_fetch(kvt_block_server_t *srv, kvt_net_ep_t *ep, uint64_t req
         reply_error(srv, ep, req_id, KVT_ERR_TOO_LARGE, "too many keys in one fetch");
         return;
     }
-    if (srv->n_leases >= srv->max_leases) {
+    if (srv->rma && (srv->n_leases >= srv->max_leases ||
+                     leases_of(srv, ep) >= MAX_LEASES_PER_CONN)) {
         reply_error(srv, ep, req_id, KVT_ERR_FULL, "too many leases held");
         return;
     }
@@ -305,7 +317,8 @@ static void handle_fetch(kvt_block_server_t *srv, kvt_net_ep_t *ep, uint64_t req
     }
     lease->ep = ep;
     lease->id = lease_id_new();
-    lease->expires_ns = kvt_time_ns() + (uint64_t)lease_ms_for(srv, req->lease_ms) * 1000000;
+    lease->created_ns = kvt_time_ns();
+    lease->expires_ns = lease->created_ns + (uint64_t)lease_ms_for(srv, req->lease_ms) * 1000000;
     size_t left = inline_budget(srv, req);
     fetch_pin(srv, req, lease, descs, ptrs, srv->rma ? NULL : &left);
     bool keep = srv->rma && lease->n_views > 0;
@@ -332,7 +345,12 @@ static void handle_renew(kvt_block_server_t *srv, kvt_net_ep_t *ep, uint64_t req
         reply_error(srv, ep, req_id, KVT_ERR_NOT_FOUND, "no such lease on this connection");
         return;
     }
-    lease->expires_ns = kvt_time_ns() + (uint64_t)lease_ms_for(srv, req->lease_ms) * 1000000;
+    uint64_t expires = kvt_time_ns() + (uint64_t)lease_ms_for(srv, req->lease_ms) * 1000000;
+    if (expires - lease->created_ns > MAX_LEASE_LIFETIME_NS) {
+        reply_error(srv, ep, req_id, KVT_ERR_BUSY, "lease renewed past its lifetime");
+        return;
+    }
+    lease->expires_ns = expires;
     reply_ack(srv, ep, req_id, lease->id);
 }
 

@@ -34,7 +34,9 @@ typedef struct {
     const char *listen;         /* "HOST:PORT" (port 0: any free port) */
     uint32_t lease_ms;          /* default lease; 0: 30000 */
     uint32_t max_lease_ms;      /* longest lease a client may ask for; 0: 300000 */
-    uint32_t max_leases;        /* leases held at once; 0: 4096 */
+    uint32_t max_leases;        /* leases held at once; 0: 4096 (and at most 64
+                                   per connection; a lease can be renewed up to
+                                   10 minutes after it was made) */
     bool rma;                   /* serve by RMA (see above); false: inline */
 } kvt_block_server_params_t;
 

@@ -483,6 +483,45 @@ static void test_server_killed_mid_pull(void **state)
     assert_true(worst_ns < 5000000000ull); /* no hang: bounded by the pull timeout */
 }
 
+/* One connection cannot hold more than its share of leases. */
+static void test_lease_quota_per_connection(void **state)
+{
+    fx_t *fx = *state;
+    fill_tier(fx, 64);
+    start_rma_server(fx, 0);
+    kvt_net_ep_t *ep;
+    fetch_and_keep(fx, fx->worker, 0, &ep); /* connects ep and holds lease 1 */
+    ProtobufCBinaryData key = {KVT_KEY_LEN, fx->a.hdr[0].key.b};
+    Kvtier__BlockFetchRequest fr = KVTIER__BLOCK_FETCH_REQUEST__INIT;
+    fr.n_keys = 1;
+    fr.keys = &key;
+    kvt_msg_t m = KVTIER__ENVELOPE__INIT;
+    m.body_case = KVTIER__ENVELOPE__BODY_FETCH_REQUEST;
+    m.fetch_request = &fr;
+    uint8_t *buf;
+    size_t len;
+    assert_int_equal(kvt_msg_encode(&m, &buf, &len), KVT_OK);
+    int held = 1, refused = 0;
+    for (int i = 0; i < 80; i++) {
+        void *rep;
+        size_t rep_len;
+        kvt_msg_t *r = NULL;
+        assert_int_equal(kvt_net_request(ep, buf, len, TIMEOUT_MS, &rep, &rep_len), KVT_OK);
+        assert_int_equal(kvt_msg_decode(rep, rep_len, &r), KVT_OK);
+        kvt_free(rep);
+        held += r->body_case == KVTIER__ENVELOPE__BODY_FETCH_REPLY;
+        refused += r->body_case == KVTIER__ENVELOPE__BODY_ERROR;
+        kvt_msg_free(r);
+    }
+    kvt_free(buf);
+    assert_int_equal(held, 64);
+    assert_int_equal(refused, 81 - 64);
+    /* Another connection still gets served. */
+    pull_chain_ok(fx);
+    kvt_net_ep_close(ep);
+    assert_true(leases_gone(fx, 5000));
+}
+
 int main(int argc, char **argv)
 {
     if (argc == 5 && strcmp(argv[1], "--hold-client") == 0)
@@ -498,6 +537,7 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup_teardown(test_bad_messages, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_lease_expires, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_client_killed_holding_pins, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_lease_quota_per_connection, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_server_killed_mid_pull, fx_setup, fx_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
