@@ -29,9 +29,9 @@
 #define REPLY_SLACK 4096                   /* envelope and reply fields */
 #define DESC_OVERHEAD 96                   /* key, tags, lengths of one descriptor */
 /* Inline replies aim at this size: on UCX 1.13 over TCP (loopback, this
- * project's VM), replies of 2 MiB and more ran ~10x slower per byte than
- * replies under 1 MiB; 768 KiB measured best.  A block larger than this
- * still goes alone, up to the client's cap. */
+ * project's VM) 768 KiB replies measured best, and multi-MiB replies of
+ * many blocks still ran far slower per byte (bench/RESULTS.md).  A block
+ * larger than this still goes alone, up to the client's cap. */
 #define INLINE_TARGET_BYTES (768u << 10)
 
 typedef struct lease {

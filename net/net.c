@@ -422,6 +422,12 @@ static void send_done(void *request, ucs_status_t status, void *user_data)
 }
 
 /* Copy and send; the copy belongs to UCX until send_done. */
+/* Messages from this size on go by rendezvous: the receiver then pulls the
+ * data when it has room (our rendezvous budget), and UCX 1.13's automatic
+ * choice on TCP ran 600 KiB-12 MiB messages ~10x slower per byte than
+ * either forced protocol (kvtier bench pull --batch sweeps). */
+#define NET_RNDV_FROM (64u << 10)
+
 kvt_status_t kvt_net_am_send(kvt_net_ep_t *ep, unsigned am_id, uint64_t req_id, uint32_t flags,
                             const void *data, size_t len)
 {
@@ -438,7 +444,7 @@ kvt_status_t kvt_net_am_send(kvt_net_ep_t *ep, unsigned am_id, uint64_t req_id, 
     ucp_request_param_t prm = {.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK |
                                                UCP_OP_ATTR_FIELD_USER_DATA |
                                                UCP_OP_ATTR_FIELD_FLAGS,
-                               .flags = UCP_AM_SEND_FLAG_REPLY,
+                               .flags = UCP_AM_SEND_FLAG_REPLY | (len >= NET_RNDV_FROM ? UCP_AM_SEND_FLAG_RNDV : 0),
                                .cb.send = send_done,
                                .user_data = s};
     void *req = ucp_am_send_nbx(ep->uep, am_id, s->hdr, NET_HDR_LEN, payload, len, &prm);
