@@ -243,7 +243,7 @@ static kvt_status_t verify_closure(vscan_t *vs)
 }
 
 /* Deletes every bad record with its descendants in the index.  Keys the
- * index does not hold get a DELETING placeholder, so a put of the same key
+ * index does not hold get a DELETING marker entry, so a put of the same key
  * waits for the delete instead of being overtaken by it.  Mutex held. */
 static kvt_status_t verify_repair_locked(kvt_disk_tier_t *tier, vscan_t *vs, idvec_t *dels,
                                          evbuf_t *evs, uint64_t *meta_only_p)

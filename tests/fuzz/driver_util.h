@@ -8,6 +8,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
@@ -41,6 +42,32 @@ static inline int fuzz_run_file(const char *path)
     fclose(f);
     LLVMFuzzerTestOneInput(buf, n);
     return 0;
+}
+
+/* The drivers' shared main: `DRIVER --write-seeds DIR` writes the corpus;
+ * `DRIVER [N] [FILE...]` checks the seeds, replays each FILE, then runs N
+ * deterministic mutations (default 200000). */
+static inline int fuzz_driver_main(int argc, char **argv, int (*write_seeds)(const char *),
+                                   int (*run_seeds)(void), int (*run_mutations)(long))
+{
+    long n = 200000;
+    int a = 1;
+    if (argc == 3 && strcmp(argv[1], "--write-seeds") == 0)
+        return write_seeds(argv[2]);
+    if (a < argc) {
+        char *end;
+        long v = strtol(argv[a], &end, 10);
+        if (*argv[a] && !*end && v >= 0) {
+            n = v;
+            a++;
+        }
+    }
+    if (run_seeds() != 0)
+        return 1;
+    for (; a < argc; a++)
+        if (fuzz_run_file(argv[a]) != 0)
+            return 1;
+    return run_mutations(n);
 }
 
 #endif

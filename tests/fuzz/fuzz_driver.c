@@ -216,26 +216,9 @@ static int run_mutations(long n)
 
 int main(int argc, char **argv)
 {
-    long n = 200000;
-    int a = 1;
     if (build_seeds() != 0) {
         fprintf(stderr, "cannot build seeds\n");
         return 1;
     }
-    if (argc == 3 && strcmp(argv[1], "--write-seeds") == 0)
-        return write_seeds(argv[2]);
-    if (a < argc) {
-        char *end;
-        long v = strtol(argv[a], &end, 10);
-        if (*argv[a] && !*end && v >= 0) {
-            n = v;
-            a++;
-        }
-    }
-    if (run_seeds() != 0)
-        return 1;
-    for (; a < argc; a++)
-        if (fuzz_run_file(argv[a]) != 0)
-            return 1;
-    return run_mutations(n);
+    return fuzz_driver_main(argc, argv, write_seeds, run_seeds, run_mutations);
 }

@@ -64,7 +64,8 @@ static void check_accepted(const kvt_msg_t *m)
     case KVTIER__ENVELOPE__BODY_FETCH_REPLY:
         for (size_t i = 0; i < m->fetch_reply->n_blocks; i++)
             if (m->fetch_reply->blocks[i]->key.len != 32 ||
-                (unsigned)m->fetch_reply->blocks[i]->status > 2)
+                (unsigned)m->fetch_reply->blocks[i]->status >
+                    KVTIER__BLOCK_DESCRIPTOR__STATUS__RETRY)
                 abort();
         break;
     default:

@@ -181,6 +181,8 @@ static void seeds_blocks(void)
     f.keys = g_keys;
     f.lease_ms = 250;
     add_body(KVTIER__ENVELOPE__BODY_FETCH_REQUEST, &f, KVT_OK);
+    /* Descriptors 0..2 carry statuses OK, MISSING, FAILED; an inline reply
+     * below carries a payload and RETRY. */
     Kvtier__BlockDescriptor d[3], *dp[3];
     for (int i = 0; i < 3; i++) {
         d[i] = (Kvtier__BlockDescriptor)KVTIER__BLOCK_DESCRIPTOR__INIT;
@@ -198,6 +200,12 @@ static void seeds_blocks(void)
     r.n_blocks = 3;
     r.blocks = dp;
     add_body(KVTIER__ENVELOPE__BODY_FETCH_REPLY, &r, KVT_OK);
+    d[0].payload = (ProtobufCBinaryData){64, g_blob};
+    d[1].status = KVTIER__BLOCK_DESCRIPTOR__STATUS__RETRY;
+    Kvtier__BlockFetchReply inl = KVTIER__BLOCK_FETCH_REPLY__INIT;
+    inl.n_blocks = 2;
+    inl.blocks = dp;
+    add_body(KVTIER__ENVELOPE__BODY_FETCH_REPLY, &inl, KVT_OK);
     Kvtier__LeaseRenew lr = KVTIER__LEASE_RENEW__INIT;
     lr.lease_id = 1234;
     lr.lease_ms = 5000;
@@ -374,23 +382,6 @@ static int run_mutations(long n)
 
 int main(int argc, char **argv)
 {
-    long n = 200000;
-    int a = 1;
     build_seeds();
-    if (argc == 3 && strcmp(argv[1], "--write-seeds") == 0)
-        return write_seeds(argv[2]);
-    if (a < argc) {
-        char *end;
-        long v = strtol(argv[a], &end, 10);
-        if (*argv[a] && !*end && v >= 0) {
-            n = v;
-            a++;
-        }
-    }
-    if (run_seeds() != 0)
-        return 1;
-    for (; a < argc; a++)
-        if (fuzz_run_file(argv[a]) != 0)
-            return 1;
-    return run_mutations(n);
+    return fuzz_driver_main(argc, argv, write_seeds, run_seeds, run_mutations);
 }
