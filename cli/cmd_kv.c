@@ -53,6 +53,16 @@ static int open_t2(const char *data, bool read_only, uint64_t capacity, kvt_disk
     return KVT_EXIT_OK;
 }
 
+/* The required --data flag, then its tier: KVT_EXIT_USAGE without it. */
+static int open_data_t2(const kvt_config_t *cfg, bool read_only, uint64_t capacity,
+                        const char **data_p, kvt_disk_tier_t **tier_p)
+{
+    *data_p = kvt_cli_require(cfg, "data");
+    if (!*data_p)
+        return KVT_EXIT_USAGE;
+    return open_t2(*data_p, read_only, capacity, tier_p);
+}
+
 /* ---- kv stats ---- */
 
 static const kvt_opt_t g_stats_opts[] = {
@@ -127,11 +137,9 @@ static int kv_stats(int argc, char **argv)
                            "Opens DIR/t2 read-only, so it is safe beside a running node.");
     if (rc != KVT_EXIT_CONTINUE)
         return rc;
-    const char *data = kvt_cli_require(&cfg, "data");
-    if (!data)
-        return KVT_EXIT_USAGE;
+    const char *data;
     kvt_disk_tier_t *t2;
-    rc = open_t2(data, true, kvt_config_u64(&cfg, "disk-capacity", 0), &t2);
+    rc = open_data_t2(&cfg, true, kvt_config_u64(&cfg, "disk-capacity", 0), &data, &t2);
     if (rc != KVT_EXIT_OK)
         return rc;
     kvt_tier_stats_t host = {.capacity_bytes = kvt_config_u64(&cfg, "host-capacity", 0)};
@@ -202,12 +210,10 @@ static int kv_verify(int argc, char **argv)
         "(run verify again to see a clean result); 2 on usage errors.");
     if (rc != KVT_EXIT_CONTINUE)
         return rc;
-    const char *data = kvt_cli_require(&cfg, "data");
-    if (!data)
-        return KVT_EXIT_USAGE;
     bool repair = kvt_config_bool(&cfg, "repair");
+    const char *data;
     kvt_disk_tier_t *t2;
-    rc = open_t2(data, !repair, 0, &t2);
+    rc = open_data_t2(&cfg, !repair, 0, &data, &t2);
     if (rc != KVT_EXIT_OK)
         return rc;
     kvt_disk_verify_report_t r;
@@ -304,11 +310,9 @@ static int kv_ls(int argc, char **argv)
                            "the tier read-only.  Text output starts with one header line.");
     if (rc != KVT_EXIT_CONTINUE)
         return rc;
-    const char *data = kvt_cli_require(&cfg, "data");
-    if (!data)
-        return KVT_EXIT_USAGE;
+    const char *data;
     kvt_disk_tier_t *t2;
-    rc = open_t2(data, true, 0, &t2);
+    rc = open_data_t2(&cfg, true, 0, &data, &t2);
     if (rc != KVT_EXIT_OK)
         return rc;
     ls_ctx_t ctx = {.limit = kvt_config_u64(&cfg, "limit", 0)};
