@@ -5,6 +5,7 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -70,6 +71,14 @@ static kvt_status_t check_value(const kvt_opt_t *opt, const char *value, const c
         if (kvt_config_parse_size(value, &v) != KVT_OK)
             st = KVT_ERR_USAGE;
         break;
+    case KVT_OPT_F64: {
+        char *end = NULL;
+        errno = 0;
+        double d = strtod(value, &end);
+        if (errno || end == value || *end || !isfinite(d))
+            st = KVT_ERR_USAGE;
+        break;
+    }
     case KVT_OPT_BOOL:
         if (strcmp(value, "1") && strcmp(value, "0") && strcmp(value, "true") &&
             strcmp(value, "false") && strcmp(value, "yes") && strcmp(value, "no"))
@@ -168,6 +177,16 @@ uint64_t kvt_config_u64(const kvt_config_t *cfg, const char *name, uint64_t fall
     if (!v || kvt_config_parse_size(v, &out) != KVT_OK)
         return fallback;
     return out;
+}
+
+double kvt_config_f64(const kvt_config_t *cfg, const char *name, double fallback)
+{
+    const char *v = kvt_config_str(cfg, name);
+    if (!v)
+        return fallback;
+    char *end = NULL;
+    double d = strtod(v, &end);
+    return (end == v || *end || !isfinite(d)) ? fallback : d;
 }
 
 bool kvt_config_bool(const kvt_config_t *cfg, const char *name)

@@ -24,6 +24,7 @@ typedef enum {
     KVT_OPT_U64,
     KVT_OPT_SIZE,
     KVT_OPT_BOOL,
+    KVT_OPT_F64, /* a finite decimal number: 0.7, 1e-3 */
 } kvt_opt_type_t;
 
 typedef struct {
@@ -53,6 +54,8 @@ kvt_status_t kvt_config_parse(kvt_config_t *cfg, const kvt_opt_t *opts, int n_op
 const char *kvt_config_str(const kvt_config_t *cfg, const char *name);
 /* Numeric value (U64 or SIZE); `fallback` when unset. */
 uint64_t kvt_config_u64(const kvt_config_t *cfg, const char *name, uint64_t fallback);
+/* F64 value; `fallback` when unset. */
+double kvt_config_f64(const kvt_config_t *cfg, const char *name, double fallback);
 bool kvt_config_bool(const kvt_config_t *cfg, const char *name);
 
 /* Parse "123", "64K", "1M", "2G", "1T" into bytes. */
