@@ -41,6 +41,12 @@ typedef enum {
     KVT_ARCH_QWEN2 = 2, /* Qwen2ForCausalLM: q/k/v bias */
 } kvt_arch_t;
 
+typedef enum {
+    KVT_ROPE_NONE = 0,
+    KVT_ROPE_LINEAR = 1, /* positions divided by factor (DeepSeek-Coder) */
+    KVT_ROPE_LLAMA3 = 2, /* Llama 3.1 frequency-dependent scaling */
+} kvt_rope_scaling_t;
+
 typedef struct {
     kvt_arch_t arch;
     uint32_t vocab_size;
@@ -55,12 +61,14 @@ typedef struct {
     float rope_theta;
     bool qkv_bias;         /* Qwen2 always; Llama: attention_bias */
     bool tie_embeddings;   /* tie_word_embeddings */
-    /* rope_scaling {"rope_type": "llama3", ...}; off when rope_llama3 false */
-    bool rope_llama3;
+    /* rope_scaling: null, {"rope_type"|"type": "linear", "factor"} or
+     * {"rope_type": "llama3", factor, low_freq_factor, high_freq_factor,
+     * original_max_position_embeddings}; anything else is rejected. */
+    kvt_rope_scaling_t rope_scaling;
     float rope_factor;
     float rope_low_freq_factor;
     float rope_high_freq_factor;
-    uint32_t rope_orig_max_pos; /* original_max_position_embeddings */
+    uint32_t rope_orig_max_pos;
     /* bos_token_id / eos_token_id (a number or a list); has_bos false if null */
     bool has_bos;
     uint32_t bos_id;

@@ -2,11 +2,13 @@
 """Expected token ids of the tokenizer fixtures, computed by Hugging Face
 `tokenizers`, so that CI checks the C tokenizer without Python.
 
-For every *.tokenizer.json in DIR and every file in DIR/samples, records
+For every tokenizer.json given and every file in SAMPLES, records
 `tok.encode(text, add_special_tokens=False).ids` (added tokens in the text
-are split out, as Hugging Face does by default).
+are split out, as Hugging Face does by default), keyed by file names.
 
-usage: tokenizer_fixture.py DIR > DIR/expected_ids.json
+usage: tokenizer_fixture.py SAMPLES TOKENIZER.json... > expected_ids.json
+  (as run: tools/tokenizer_fixture.py tests/fixtures/tokenizer/samples
+   engine/assets/code.tokenizer.json tests/fixtures/tokenizer/*.tokenizer.json)
 """
 import glob
 import json
@@ -17,10 +19,9 @@ from tokenizers import Tokenizer
 
 
 def main():
-    d = sys.argv[1]
-    samples = sorted(glob.glob(os.path.join(d, "samples", "*")))
+    samples = sorted(glob.glob(os.path.join(sys.argv[1], "*")))
     out = {}
-    for tj in sorted(glob.glob(os.path.join(d, "*.tokenizer.json"))):
+    for tj in sys.argv[2:]:
         tok = Tokenizer.from_file(tj)
         per = {}
         for s in samples:
