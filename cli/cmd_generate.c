@@ -1,0 +1,432 @@
+/* `kvtier generate`: one request in-process, no server -- the reference
+ * path (DESIGN.md section 5).
+ *
+ * Loads the model directory, builds the prompt (plain, FIM or EFIM with the
+ * model's FIM tokens), runs prefill and decode on the CPU engine and prints
+ * the text (or, with --json, text, token ids, prompt/cached token counts,
+ * TTFT and decode speed).  With --data DIR it uses the node's tier: the
+ * longest stored prefix of the prompt is loaded into the engine's pool
+ * before prefill (cached_tokens), and the prompt's new full blocks are
+ * stored after it, so a later run whose prompt shares the prefix resumes
+ * from them.
+ *
+ * TTFT runs from the start of tokenization (the model already loaded) to
+ * the first sampled token; decode tokens/s counts the tokens after it. */
+#include "cli/cli.h"
+#include "cli/json_out.h"
+
+#include "common/alloc.h"
+#include "common/log.h"
+#include "common/time.h"
+#include "engine/engine.h"
+#include "engine/model.h"
+#include "engine/prompt.h"
+#include "engine/sample.h"
+#include "engine/tier_io.h"
+#include "engine/tokenizer.h"
+
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const kvt_opt_t g_opts[] = {
+    {"model", KVT_OPT_STR, NULL, "model directory (config.json, safetensors, tokenizer.json)"},
+    {"prompt", KVT_OPT_STR, NULL, "the prompt (for infilling: the text before the cursor)"},
+    {"suffix", KVT_OPT_STR, NULL, "infilling: the text after the cursor"},
+    {"anchor", KVT_OPT_STR, NULL,
+     "efim: the prefix as first seen (prefix0; a prefix of --prompt); default all of it"},
+    {"format", KVT_OPT_STR, NULL, "efim|fim|plain (default efim with --suffix, else plain)"},
+    {"fim-tokens", KVT_OPT_STR, NULL, "PRE,SUF,MID token strings (default: the tokenizer's)"},
+    {"max-tokens", KVT_OPT_U64, "64", "tokens to generate at most"},
+    {"temperature", KVT_OPT_F64, "0", "sampling temperature (0 = greedy)"},
+    {"top-k", KVT_OPT_U64, "0", "sample from the k most likely tokens (0 = off)"},
+    {"top-p", KVT_OPT_F64, "1", "nucleus sampling mass (1 = off)"},
+    {"seed", KVT_OPT_U64, "0", "sampling seed"},
+    {"data", KVT_OPT_STR, NULL, "the node's tier (reuse and store the prompt's blocks)"},
+    {"host-capacity", KVT_OPT_SIZE, "256M", "with --data: host pool (T1) size"},
+    {"tenant", KVT_OPT_STR, "", "tenant salt of the key chain (invariant 6)"},
+    {"device", KVT_OPT_STR, "cpu", "cpu (cuda:N comes with the CUDA engine)"},
+    {"threads", KVT_OPT_U64, "0", "worker threads (0 = all cores)"},
+    {"kv-dtype", KVT_OPT_STR, "bf16", "KV cache dtype: bf16|f32"},
+    {"block-tokens", KVT_OPT_U64, "16", "tokens per KV block (B)"},
+    KVT_CLI_OPT_JSON,
+    KVT_CLI_OPT_LOG_LEVEL,
+};
+
+static const char g_usage[] =
+    "usage: kvtier generate --model DIR --prompt TEXT [--suffix TEXT --format efim|fim|plain]\n"
+    "                       [--max-tokens N] [--seed N] [--data DIR] [--json]";
+static const char g_about[] =
+    "Run one request in-process on the CPU engine and print the generated text.\n"
+    "With --data DIR, the prompt's blocks are reused from and stored into the node's tier.";
+
+#define MAX_STOP 16
+
+typedef struct {
+    kvt_model_t *model;
+    kvt_tokenizer_t *tok;
+    kvt_engine_t *engine;
+    kvt_tier_t *tier;
+    kvt_seq_t *seq;
+    kvt_sampler_t sampler;
+    bool sampler_ready;
+    float *logits;
+    uint32_t *ids;      /* prompt ids, then generated ones appended */
+    size_t n_prompt, n_gen, cap;
+    uint32_t stop[MAX_STOP];
+    size_t n_stop;
+    /* results */
+    size_t cached_tokens, stored_blocks;
+    kvt_tier_load_stats_t load;
+    uint64_t t_start, t_first, t_end;
+    const char *finish;
+} gen_t;
+
+static void gen_cleanup(gen_t *g)
+{
+    if (g->seq)
+        kvt_engine_seq_destroy(g->engine, g->seq);
+    if (g->engine)
+        kvt_engine_destroy(g->engine);
+    if (g->tier)
+        kvt_tier_close(g->tier);
+    if (g->sampler_ready)
+        kvt_sampler_cleanup(&g->sampler);
+    kvt_tokenizer_destroy(g->tok);
+    kvt_model_destroy(g->model);
+    kvt_free(g->logits);
+    kvt_free(g->ids);
+}
+
+static kvt_status_t load_tokenizer(const char *dir, kvt_tokenizer_t **tok_p)
+{
+    char json[PATH_MAX], cfg[PATH_MAX];
+    if ((size_t)snprintf(json, sizeof(json), "%s/tokenizer.json", dir) >= sizeof(json) ||
+        (size_t)snprintf(cfg, sizeof(cfg), "%s/tokenizer_config.json", dir) >= sizeof(cfg))
+        return KVT_ERR_INVALID;
+    return kvt_tokenizer_load(json, cfg, tok_p);
+}
+
+static void add_stop(gen_t *g, uint32_t id)
+{
+    for (size_t i = 0; i < g->n_stop; i++)
+        if (g->stop[i] == id)
+            return;
+    if (g->n_stop < MAX_STOP)
+        g->stop[g->n_stop++] = id;
+}
+
+/* Stop on the model's eos ids, the tokenizer's eos and the FIM end token. */
+static void collect_stops(gen_t *g, const kvt_fim_tokens_t *fim)
+{
+    for (uint32_t i = 0; i < g->model->cfg.n_eos; i++)
+        add_stop(g, g->model->cfg.eos_ids[i]);
+    uint32_t eos;
+    if (kvt_tokenizer_eos(g->tok, &eos))
+        add_stop(g, eos);
+    if (fim && fim->found && fim->has_eot)
+        add_stop(g, fim->eot);
+}
+
+static bool is_stop(const gen_t *g, uint32_t id)
+{
+    for (size_t i = 0; i < g->n_stop; i++)
+        if (g->stop[i] == id)
+            return true;
+    return false;
+}
+
+static kvt_status_t parse_kv_dtype(const char *name, kvt_dtype_t *dtype_p)
+{
+    if (strcmp(name, "bf16") == 0)
+        *dtype_p = KVT_DTYPE_BF16;
+    else if (strcmp(name, "f32") == 0)
+        *dtype_p = KVT_DTYPE_F32;
+    else
+        return KVT_ERR_INVALID;
+    return KVT_OK;
+}
+
+/* Everything the flags say, checked before any heavy work. */
+typedef struct {
+    const char *model_dir, *prompt, *suffix, *anchor, *data, *tenant, *fim_spec;
+    kvt_prompt_format_t format;
+    kvt_engine_opts_t eopts;
+    kvt_sample_params_t sp;
+    uint64_t max_tokens, host_capacity;
+    bool json;
+} gen_args_t;
+
+static int parse_args(const kvt_config_t *cfg, gen_args_t *a)
+{
+    memset(a, 0, sizeof(*a));
+    a->model_dir = kvt_cli_require(cfg, "model");
+    a->prompt = kvt_config_str(cfg, "prompt");
+    if (!a->model_dir || !a->prompt) {
+        if (!a->prompt)
+            kvt_log_error("missing required option option=--prompt");
+        return KVT_EXIT_USAGE;
+    }
+    a->suffix = kvt_config_str(cfg, "suffix");
+    a->anchor = kvt_config_str(cfg, "anchor");
+    a->data = kvt_config_str(cfg, "data");
+    a->tenant = kvt_config_str(cfg, "tenant");
+    a->fim_spec = kvt_config_str(cfg, "fim-tokens");
+    a->json = kvt_config_bool(cfg, "json");
+    const char *fmt = kvt_config_str(cfg, "format");
+    a->format = a->suffix ? KVT_FORMAT_EFIM : KVT_FORMAT_PLAIN;
+    if (fmt && kvt_prompt_format_parse(fmt, &a->format) != KVT_OK) {
+        kvt_log_error("bad format value=\"%s\" expected=efim|fim|plain", fmt);
+        return KVT_EXIT_USAGE;
+    }
+    if (a->anchor && (a->format != KVT_FORMAT_EFIM ||
+                      strncmp(a->anchor, a->prompt, strlen(a->anchor)) != 0)) {
+        kvt_log_error("--anchor needs --format efim and must be a prefix of --prompt");
+        return KVT_EXIT_USAGE;
+    }
+    const char *dev = kvt_config_str(cfg, "device");
+    if (strcmp(dev, "cpu") != 0) {
+        kvt_log_error("device not available in this build device=%s available=cpu", dev);
+        return KVT_EXIT_USAGE;
+    }
+    if (parse_kv_dtype(kvt_config_str(cfg, "kv-dtype"), &a->eopts.kv_dtype) != KVT_OK) {
+        kvt_log_error("bad kv dtype value=\"%s\" expected=bf16|f32",
+                      kvt_config_str(cfg, "kv-dtype"));
+        return KVT_EXIT_USAGE;
+    }
+    uint64_t b = kvt_config_u64(cfg, "block-tokens", 16);
+    uint64_t threads = kvt_config_u64(cfg, "threads", 0);
+    if (b == 0 || b > KVT_BLOCK_MAX_TOKENS || threads > 1024) {
+        kvt_log_error("bad --block-tokens or --threads block_tokens=%llu threads=%llu",
+                      (unsigned long long)b, (unsigned long long)threads);
+        return KVT_EXIT_USAGE;
+    }
+    a->eopts.block_tokens = (uint32_t)b;
+    a->eopts.n_threads = (uint32_t)threads;
+    a->max_tokens = kvt_config_u64(cfg, "max-tokens", 64);
+    a->host_capacity = kvt_config_u64(cfg, "host-capacity", 256u << 20);
+    a->sp.temperature = (float)kvt_config_f64(cfg, "temperature", 0);
+    a->sp.top_p = (float)kvt_config_f64(cfg, "top-p", 1);
+    a->sp.top_k = (uint32_t)kvt_config_u64(cfg, "top-k", 0);
+    a->sp.seed = kvt_config_u64(cfg, "seed", 0);
+    return KVT_EXIT_CONTINUE;
+}
+
+/* Tokenize the prompt into g->ids (room for max_tokens more). */
+static kvt_status_t build_prompt(gen_t *g, const gen_args_t *a)
+{
+    kvt_fim_tokens_t fim = {0};
+    bool have_fim = kvt_prompt_fim_tokens(g->tok, a->fim_spec, &fim) == KVT_OK;
+    if (a->format != KVT_FORMAT_PLAIN && !have_fim) {
+        kvt_log_error("the model's tokenizer has no fim tokens; give --fim-tokens PRE,SUF,MID "
+                      "or --format plain");
+        return KVT_ERR_INVALID;
+    }
+    kvt_prompt_t pr = {
+        .format = a->format,
+        .prefix = a->prompt,
+        .prefix_len = strlen(a->prompt),
+        .suffix = a->suffix,
+        .suffix_len = a->suffix ? strlen(a->suffix) : 0,
+    };
+    pr.anchor_len = a->anchor ? strlen(a->anchor) : pr.prefix_len;
+    pr.add_bos = kvt_tokenizer_add_bos(g->tok, &pr.bos);
+    collect_stops(g, have_fim ? &fim : NULL);
+    size_t need = 0;
+    kvt_status_t st = kvt_prompt_build(g->tok, &fim, &pr, NULL, 0, &need, NULL);
+    if (st != KVT_OK && st != KVT_ERR_TOO_LARGE)
+        return st;
+    size_t max_pos = g->model->cfg.max_pos;
+    if (need == 0 || need + a->max_tokens > max_pos) {
+        kvt_log_error("prompt does not fit the context prompt_tokens=%zu max_tokens=%llu "
+                      "max_position_embeddings=%zu",
+                      need, (unsigned long long)a->max_tokens, max_pos);
+        return KVT_ERR_TOO_LARGE;
+    }
+    g->cap = need + a->max_tokens;
+    g->ids = kvt_calloc("generate token ids", g->cap, sizeof(uint32_t));
+    if (!g->ids)
+        return KVT_ERR_NOMEM;
+    return kvt_prompt_build(g->tok, &fim, &pr, g->ids, g->cap, &g->n_prompt, NULL);
+}
+
+/* --data: open the tier and load the longest stored prefix into the pool. */
+static kvt_status_t load_cached(gen_t *g, const gen_args_t *a, const kvt_block_key_t *root)
+{
+    const kvt_block_identity_t *id = kvt_engine_identity(g->engine);
+    kvt_tier_params_t tp = {
+        .data_dir = a->data,
+        .identity = id,
+        .host_capacity_bytes = a->host_capacity,
+    };
+    kvt_status_t st = kvt_tier_open(&tp, &g->tier);
+    if (st != KVT_OK) {
+        kvt_log_error("cannot open the tier data=%s status=%s", a->data, kvt_status_str(st));
+        return st;
+    }
+    uint32_t b = id->layout.block_tokens;
+    size_t max_keys = g->n_prompt / b;
+    kvt_block_key_t *keys = kvt_calloc("generate key chain", max_keys + 1, sizeof(*keys));
+    if (!keys)
+        return KVT_ERR_NOMEM;
+    size_t n_keys = 0;
+    st = kvt_block_key_chain(root, b, g->ids, g->n_prompt, keys, max_keys, &n_keys);
+    if (st == KVT_OK)
+        st = kvt_engine_tier_load(g->engine, g->tier, keys, n_keys, &g->load);
+    kvt_free(keys);
+    return st;
+}
+
+static kvt_status_t prefill(gen_t *g)
+{
+    kvt_status_t st = kvt_engine_seq_reuse(g->engine, g->seq, g->ids, g->n_prompt,
+                                           &g->cached_tokens);
+    if (st != KVT_OK)
+        return st;
+    size_t todo = g->n_prompt - g->cached_tokens;
+    return kvt_engine_prefill(g->engine, g->seq, g->ids + g->cached_tokens, todo, g->logits, 0);
+}
+
+static kvt_status_t decode_loop(gen_t *g, uint64_t max_tokens)
+{
+    g->finish = "length";
+    while (g->n_gen < max_tokens) {
+        uint32_t next = kvt_sampler_next(&g->sampler, g->logits);
+        if (g->n_gen == 0)
+            g->t_first = kvt_time_ns();
+        if (is_stop(g, next)) {
+            g->finish = "stop";
+            break;
+        }
+        g->ids[g->n_prompt + g->n_gen++] = next;
+        if (g->n_gen == max_tokens)
+            break;
+        kvt_status_t st = kvt_engine_decode(g->engine, &g->seq, &next, 1, g->logits);
+        if (st != KVT_OK)
+            return st;
+    }
+    if (g->n_gen == 0 && max_tokens == 0)
+        g->t_first = kvt_time_ns();
+    g->t_end = kvt_time_ns();
+    return KVT_OK;
+}
+
+static kvt_status_t run(gen_t *g, const gen_args_t *a)
+{
+    kvt_status_t st = kvt_model_load(a->model_dir, &g->model);
+    if (st == KVT_OK)
+        st = load_tokenizer(a->model_dir, &g->tok);
+    if (st == KVT_OK)
+        st = kvt_engine_create(g->model, &a->eopts, &g->engine);
+    if (st != KVT_OK)
+        return st;
+    uint32_t vocab = g->model->cfg.vocab_size;
+    g->logits = kvt_malloc("generate logits", (size_t)vocab * sizeof(float));
+    if (!g->logits)
+        return KVT_ERR_NOMEM;
+    st = kvt_sampler_init(&g->sampler, &a->sp, vocab);
+    if (st != KVT_OK)
+        return st;
+    g->sampler_ready = true;
+    g->t_start = kvt_time_ns();
+    st = build_prompt(g, a);
+    if (st != KVT_OK)
+        return st;
+    kvt_block_key_t root;
+    const kvt_block_identity_t *id = kvt_engine_identity(g->engine);
+    st = kvt_block_key_root(id->fingerprint, a->tenant, strlen(a->tenant), &root);
+    if (st == KVT_OK && a->data)
+        st = load_cached(g, a, &root);
+    if (st == KVT_OK)
+        st = kvt_engine_seq_create(g->engine, &root, &g->seq);
+    if (st == KVT_OK)
+        st = prefill(g);
+    if (st == KVT_OK)
+        st = decode_loop(g, a->max_tokens);
+    if (st == KVT_OK && g->tier) {
+        size_t from = g->load.loaded_blocks, to = g->n_prompt / id->layout.block_tokens;
+        st = kvt_engine_tier_store(g->engine, g->tier, g->seq, from < to ? from : to, to,
+                                   &g->stored_blocks);
+    }
+    return st;
+}
+
+static char *decode_text(const gen_t *g, size_t *len_p)
+{
+    size_t need = 0;
+    const uint32_t *gen = g->ids + g->n_prompt;
+    kvt_status_t st = kvt_tokenizer_decode(g->tok, gen, g->n_gen, KVT_TOK_SKIP_SPECIAL, NULL, 0,
+                                           &need);
+    if (st != KVT_OK && st != KVT_ERR_TOO_LARGE)
+        return NULL;
+    char *text = kvt_malloc("generate text", need + 1);
+    if (!text)
+        return NULL;
+    if (kvt_tokenizer_decode(g->tok, gen, g->n_gen, KVT_TOK_SKIP_SPECIAL, text, need + 1,
+                             len_p) != KVT_OK) {
+        kvt_free(text);
+        return NULL;
+    }
+    text[*len_p] = '\0';
+    return text;
+}
+
+static int print_result(const gen_t *g, const gen_args_t *a)
+{
+    size_t len = 0;
+    char *text = decode_text(g, &len);
+    if (!text) {
+        kvt_log_error("cannot decode the generated tokens");
+        return KVT_EXIT_FAIL;
+    }
+    double ttft_ms = (double)(g->t_first - g->t_start) / 1e6;
+    double decode_s = (double)(g->t_end - g->t_first) / 1e9;
+    double tps = g->n_gen > 1 && decode_s > 0 ? (double)(g->n_gen - 1) / decode_s : 0;
+    if (!a->json) {
+        fwrite(text, 1, len, stdout);
+        fputc('\n', stdout);
+        kvt_free(text);
+        return KVT_EXIT_OK;
+    }
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "text", text);
+    cJSON *toks = cJSON_AddArrayToObject(o, "tokens");
+    for (size_t i = 0; toks && i < g->n_gen; i++)
+        cJSON_AddItemToArray(toks, cJSON_CreateNumber(g->ids[g->n_prompt + i]));
+    kvt_json_add_u64(o, "prompt_tokens", g->n_prompt);
+    kvt_json_add_u64(o, "completion_tokens", g->n_gen);
+    kvt_json_add_u64(o, "cached_tokens", g->cached_tokens);
+    cJSON_AddNumberToObject(o, "ttft_ms", ttft_ms);
+    cJSON_AddNumberToObject(o, "decode_tokens_per_s", tps);
+    cJSON_AddStringToObject(o, "finish_reason", g->finish);
+    cJSON_AddStringToObject(o, "format", kvt_prompt_format_name(a->format));
+    if (g->tier) {
+        kvt_json_add_u64(o, "tier_blocks_loaded", g->load.loaded_blocks);
+        kvt_json_add_u64(o, "tier_blocks_failed", g->load.failed_blocks);
+        kvt_json_add_u64(o, "tier_blocks_stored", g->stored_blocks);
+    }
+    kvt_free(text);
+    return kvt_json_print(o);
+}
+
+int kvt_cmd_generate(int argc, char **argv)
+{
+    kvt_config_t cfg;
+    int rc = kvt_cli_parse(&cfg, g_opts, (int)(sizeof(g_opts) / sizeof(g_opts[0])), argc, argv,
+                           g_usage, g_about);
+    if (rc != KVT_EXIT_CONTINUE)
+        return rc;
+    gen_args_t a;
+    rc = parse_args(&cfg, &a);
+    if (rc != KVT_EXIT_CONTINUE)
+        return rc;
+    gen_t g = {0};
+    kvt_status_t st = run(&g, &a);
+    if (st == KVT_OK)
+        rc = print_result(&g, &a);
+    else
+        kvt_log_error("generate failed status=%s", kvt_status_str(st));
+    gen_cleanup(&g);
+    return st == KVT_OK ? rc : KVT_EXIT_FAIL;
+}
