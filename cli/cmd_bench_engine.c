@@ -1,0 +1,351 @@
+/* `kvtier bench engine`: CPU engine prefill and decode throughput, each
+ * beside a same-run reference (STYLE.md: benchmarks are programs).
+ *
+ * The reference is this machine's achieved GFLOP/s on a plain matrix
+ * product of the model's largest decoder-layer weight shape ([intermediate]
+ * x [hidden]) with the same thread count and the same number of rows as the
+ * engine multiplies at once: the prefill chunk for prefill, the batch for
+ * decode (a product with few rows streams the weights, like decode does).
+ * The engine's figure is turned into GFLOP/s by counting its arithmetic:
+ * 2 x (the layer projections + MLP) per token, attention over the context,
+ * and the lm_head for the positions whose logits it computes.
+ *
+ * The plain product is C[M][N] = A[M][K] B[K][N], row-major, i-k-j loops
+ * over 64-wide column tiles (the innermost loop vectorizes), rows or column
+ * tiles split over threads: what a careful C programmer writes without a
+ * BLAS, not a tuned kernel. */
+#include "cli/bench_common.h"
+#include "cli/cli.h"
+
+#include "common/alloc.h"
+#include "common/log.h"
+#include "common/time.h"
+#include "engine/engine.h"
+#include "engine/model.h"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static const kvt_opt_t g_opts[] = {
+    {"model", KVT_OPT_STR, NULL, "model directory"},
+    {"device", KVT_OPT_STR, "cpu", "cpu (cuda:N comes with the CUDA engine)"},
+    {"threads", KVT_OPT_U64, "0", "worker threads (0 = all cores)"},
+    {"kv-dtype", KVT_OPT_STR, "bf16", "KV cache dtype: bf16|f32"},
+    {"prompt-tokens", KVT_OPT_U64, "512", "prefill length"},
+    {"decode-tokens", KVT_OPT_U64, "32", "decode steps per batch size"},
+    {"rounds", KVT_OPT_U64, "3", "prefill repetitions (the median is reported)"},
+    KVT_CLI_OPT_JSON,
+    KVT_CLI_OPT_LOG_LEVEL,
+};
+
+static const char g_usage[] = "usage: kvtier bench engine --model DIR [--threads N] [--json]";
+static const char g_about[] =
+    "CPU engine prefill and decode (batch 1 and 8) throughput, each beside this machine's\n"
+    "GFLOP/s on a plain matrix product of the model's largest layer shape.";
+
+#define BATCH_MAX 8
+#define DECODE_CONTEXT 64
+
+/* ---- the reference product ---- */
+
+typedef struct {
+    const float *a, *b;
+    float *c;
+    size_t m, k, n;
+    unsigned part, parts;
+} gemm_job_t;
+
+enum { TILE = 64 };
+
+static void gemm_tile(const gemm_job_t *j, size_t i, size_t j0, size_t j1)
+{
+    float *crow = j->c + i * j->n;
+    memset(crow + j0, 0, (j1 - j0) * sizeof(float));
+    for (size_t kk = 0; kk < j->k; kk++) {
+        float av = j->a[i * j->k + kk];
+        const float *brow = j->b + kk * j->n;
+        for (size_t jj = j0; jj < j1; jj++)
+            crow[jj] += av * brow[jj];
+    }
+}
+
+static void *gemm_worker(void *arg)
+{
+    const gemm_job_t *j = arg;
+    size_t tiles = (j->n + TILE - 1) / TILE;
+    /* Work items are (row, column tile) pairs dealt round-robin, so a
+     * product of one row still spreads over every thread. */
+    for (size_t w = j->part; w < j->m * tiles; w += j->parts) {
+        size_t i = w / tiles, t = w % tiles;
+        size_t j0 = t * TILE, j1 = j0 + TILE < j->n ? j0 + TILE : j->n;
+        gemm_tile(j, i, j0, j1);
+    }
+    return NULL;
+}
+
+static void gemm_run(const float *a, const float *b, float *c, size_t m, size_t k, size_t n,
+                     unsigned threads)
+{
+    pthread_t tid[256];
+    gemm_job_t jobs[256];
+    if (threads > 256)
+        threads = 256;
+    for (unsigned t = 0; t < threads; t++) {
+        jobs[t] = (gemm_job_t){a, b, c, m, k, n, t, threads};
+        if (t > 0 && pthread_create(&tid[t], NULL, gemm_worker, &jobs[t]) != 0)
+            jobs[t].parts = 0; /* not started: run it below */
+    }
+    gemm_worker(&jobs[0]);
+    for (unsigned t = 1; t < threads; t++) {
+        if (jobs[t].parts)
+            pthread_join(tid[t], NULL);
+        else
+            gemm_worker(&(gemm_job_t){a, b, c, m, k, n, t, threads});
+    }
+}
+
+/* GFLOP/s of the plain product with m rows, the best of a few runs lasting
+ * at least ~0.2 s each. */
+static double gemm_gflops(size_t m, size_t k, size_t n, unsigned threads)
+{
+    float *a = kvt_malloc("bench gemm a", m * k * sizeof(float));
+    float *b = kvt_malloc("bench gemm b", k * n * sizeof(float));
+    float *c = kvt_malloc("bench gemm c", m * n * sizeof(float));
+    double best = 0;
+    if (a && b && c) {
+        for (size_t i = 0; i < m * k; i++)
+            a[i] = (float)((i * 7919) % 1000) * 1e-3f;
+        for (size_t i = 0; i < k * n; i++)
+            b[i] = (float)((i * 104729) % 1000) * 1e-3f;
+        double flop = 2.0 * (double)m * (double)k * (double)n;
+        for (int round = 0; round < 3; round++) {
+            int reps = 0;
+            uint64_t t0 = kvt_time_ns(), dt;
+            do {
+                gemm_run(a, b, c, m, k, n, threads);
+                reps++;
+                dt = kvt_time_ns() - t0;
+            } while (dt < 200000000ull);
+            double g = flop * reps / (double)dt;
+            if (g > best)
+                best = g;
+        }
+    }
+    kvt_free(a);
+    kvt_free(b);
+    kvt_free(c);
+    return best;
+}
+
+/* ---- engine arithmetic ---- */
+
+/* FLOPs of one token through the decoder layers at context length ctx. */
+static double token_flops(const kvt_model_config_t *c, double ctx)
+{
+    double q = (double)c->n_heads * c->head_dim, kv = (double)c->n_kv_heads * c->head_dim;
+    double proj = 2.0 * c->hidden * (q + 2 * kv + q);
+    double mlp = 2.0 * 3.0 * c->hidden * c->intermediate;
+    double attn = 4.0 * q * ctx;
+    return (proj + mlp + attn) * c->n_layers;
+}
+
+static double lm_head_flops(const kvt_model_config_t *c)
+{
+    return 2.0 * c->hidden * c->vocab_size;
+}
+
+static void fill_tokens(uint32_t *ids, size_t n, uint32_t vocab, uint64_t seed)
+{
+    uint64_t x = seed * 0x9e3779b97f4a7c15ull + 1;
+    for (size_t i = 0; i < n; i++) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        ids[i] = (uint32_t)(x % vocab);
+    }
+}
+
+typedef struct {
+    kvt_engine_t *engine;
+    const kvt_model_config_t *cfg;
+    float *logits;
+    uint32_t *ids;
+} bench_ctx_t;
+
+/* Seconds for one prefill of n tokens into a fresh sequence. */
+static kvt_status_t time_prefill(bench_ctx_t *b, size_t n, uint64_t seed, double *sec_p)
+{
+    kvt_block_key_t root;
+    memset(&root, 0, sizeof(root));
+    root.b[0] = (uint8_t)seed; /* a fresh chain each round: nothing reused */
+    root.b[1] = (uint8_t)(seed >> 8);
+    kvt_seq_t *seq;
+    kvt_status_t st = kvt_engine_seq_create(b->engine, &root, &seq);
+    if (st != KVT_OK)
+        return st;
+    fill_tokens(b->ids, n, b->cfg->vocab_size, seed);
+    uint64_t t0 = kvt_time_ns();
+    st = kvt_engine_prefill(b->engine, seq, b->ids, n, b->logits, 0);
+    *sec_p = (double)(kvt_time_ns() - t0) / 1e9;
+    kvt_engine_seq_destroy(b->engine, seq);
+    return st;
+}
+
+/* Tokens/s of `steps` decode steps over `batch` sequences of DECODE_CONTEXT
+ * tokens each. */
+static kvt_status_t time_decode(bench_ctx_t *b, size_t batch, size_t steps, double *tps_p)
+{
+    kvt_seq_t *seqs[BATCH_MAX] = {0};
+    uint32_t next[BATCH_MAX];
+    kvt_status_t st = KVT_OK;
+    for (size_t s = 0; s < batch && st == KVT_OK; s++) {
+        kvt_block_key_t root = {{0}};
+        root.b[0] = 0xd0;
+        root.b[1] = (uint8_t)s;
+        st = kvt_engine_seq_create(b->engine, &root, &seqs[s]);
+        fill_tokens(b->ids, DECODE_CONTEXT, b->cfg->vocab_size, 1000 + s);
+        if (st == KVT_OK)
+            st = kvt_engine_prefill(b->engine, seqs[s], b->ids, DECODE_CONTEXT, NULL, 0);
+        next[s] = b->ids[0];
+    }
+    uint64_t t0 = kvt_time_ns();
+    for (size_t i = 0; i < steps && st == KVT_OK; i++)
+        st = kvt_engine_decode(b->engine, seqs, next, batch, b->logits);
+    double sec = (double)(kvt_time_ns() - t0) / 1e9;
+    *tps_p = sec > 0 ? (double)(batch * steps) / sec : 0;
+    for (size_t s = 0; s < batch; s++)
+        if (seqs[s])
+            kvt_engine_seq_destroy(b->engine, seqs[s]);
+    return st;
+}
+
+static int cmp_double(const void *x, const void *y)
+{
+    double a = *(const double *)x, b = *(const double *)y;
+    return a < b ? -1 : a > b;
+}
+
+/* Two rows: tokens/s beside the tokens/s the reference product's GFLOP/s
+ * would give at this arithmetic per token, and GFLOP/s beside it. */
+static void add_pair(kvt_bench_results_t *res, const char *what, size_t n, double tps,
+                     double flops_per_tok, size_t m, const kvt_model_config_t *c, double ref)
+{
+    char name[48], ref_name[48];
+    snprintf(name, sizeof(name), "%s %zu tok/s", what, n);
+    snprintf(ref_name, sizeof(ref_name), "gemm %zux%ux%u at same flop", m, c->hidden,
+             c->intermediate);
+    kvt_bench_add(res, name, tps, "tok/s", ref_name, ref * 1e9 / flops_per_tok, false);
+    snprintf(name, sizeof(name), "%s %zu GFLOP/s", what, n);
+    snprintf(ref_name, sizeof(ref_name), "gemm %zux%ux%u GFLOP/s", m, c->hidden,
+             c->intermediate);
+    kvt_bench_add(res, name, tps * flops_per_tok / 1e9, "GFLOP/s", ref_name, ref, false);
+}
+
+static kvt_status_t bench_prefill(bench_ctx_t *b, size_t n, unsigned rounds, unsigned threads,
+                                  uint32_t chunk, kvt_bench_results_t *res)
+{
+    double sec[16];
+    rounds = rounds < 1 ? 1 : rounds > 16 ? 16 : rounds;
+    for (unsigned r = 0; r < rounds; r++) {
+        kvt_status_t st = time_prefill(b, n, r + 1, &sec[r]);
+        if (st != KVT_OK)
+            return st;
+    }
+    qsort(sec, rounds, sizeof(double), cmp_double);
+    double s = sec[rounds / 2];
+    double flops = token_flops(b->cfg, (double)n / 2) * (double)n + lm_head_flops(b->cfg);
+    size_t m = n < chunk ? n : chunk;
+    double ref = gemm_gflops(m, b->cfg->hidden, b->cfg->intermediate, threads);
+    add_pair(res, "prefill", n, (double)n / s, flops / (double)n, m, b->cfg, ref);
+    return KVT_OK;
+}
+
+static kvt_status_t bench_decode(bench_ctx_t *b, size_t batch, size_t steps, unsigned threads,
+                                 kvt_bench_results_t *res)
+{
+    double tps;
+    kvt_status_t st = time_decode(b, batch, steps, &tps);
+    if (st != KVT_OK)
+        return st;
+    double ctx = DECODE_CONTEXT + (double)steps / 2;
+    double per_tok = token_flops(b->cfg, ctx) + lm_head_flops(b->cfg);
+    double ref = gemm_gflops(batch, b->cfg->hidden, b->cfg->intermediate, threads);
+    add_pair(res, "decode batch", batch, tps, per_tok, batch, b->cfg, ref);
+    return KVT_OK;
+}
+
+static int run_bench(const kvt_config_t *cfg, const char *dir)
+{
+    kvt_engine_opts_t eo = {
+        .n_threads = (uint32_t)kvt_config_u64(cfg, "threads", 0),
+        .kv_dtype = strcmp(kvt_config_str(cfg, "kv-dtype"), "f32") ? KVT_DTYPE_BF16
+                                                                     : KVT_DTYPE_F32,
+    };
+    unsigned threads = eo.n_threads ? eo.n_threads : (unsigned)sysconf(_SC_NPROCESSORS_ONLN);
+    size_t n = kvt_config_u64(cfg, "prompt-tokens", 512);
+    size_t steps = kvt_config_u64(cfg, "decode-tokens", 32);
+    kvt_model_t *model = NULL;
+    bench_ctx_t b = {0};
+    kvt_bench_results_t res = {0};
+    kvt_status_t st = kvt_model_load(dir, &model);
+    if (st == KVT_OK && (n == 0 || n + 1 > model->cfg.max_pos || steps == 0 ||
+                         DECODE_CONTEXT + steps > model->cfg.max_pos)) {
+        kvt_log_error("bad --prompt-tokens or --decode-tokens max_position_embeddings=%u",
+                      model->cfg.max_pos);
+        st = KVT_ERR_INVALID;
+    }
+    if (st == KVT_OK)
+        st = kvt_engine_create(model, &eo, &b.engine);
+    if (st == KVT_OK) {
+        b.cfg = &model->cfg;
+        b.logits = kvt_malloc("bench logits", (size_t)BATCH_MAX * model->cfg.vocab_size * 4);
+        b.ids = kvt_malloc("bench ids", (n > DECODE_CONTEXT ? n : DECODE_CONTEXT) * 4);
+        st = b.logits && b.ids ? KVT_OK : KVT_ERR_NOMEM;
+    }
+    uint32_t chunk = 256; /* the engine's default prefill chunk */
+    if (st == KVT_OK)
+        st = bench_prefill(&b, n, (unsigned)kvt_config_u64(cfg, "rounds", 3), threads, chunk,
+                           &res);
+    if (st == KVT_OK)
+        st = bench_decode(&b, 1, steps, threads, &res);
+    if (st == KVT_OK)
+        st = bench_decode(&b, BATCH_MAX, steps, threads, &res);
+    int rc = KVT_EXIT_FAIL;
+    if (st == KVT_OK) {
+        if (kvt_config_bool(cfg, "json"))
+            rc = kvt_bench_print_json(&res, "engine", dir, NULL);
+        else {
+            kvt_bench_print_table(&res);
+            rc = KVT_EXIT_OK;
+        }
+    } else {
+        kvt_log_error("bench engine failed status=%s", kvt_status_str(st));
+    }
+    if (b.engine)
+        kvt_engine_destroy(b.engine);
+    kvt_model_destroy(model);
+    kvt_free(b.logits);
+    kvt_free(b.ids);
+    return rc;
+}
+
+int kvt_cmd_bench_engine(int argc, char **argv)
+{
+    kvt_config_t cfg;
+    int rc = kvt_cli_parse(&cfg, g_opts, (int)(sizeof(g_opts) / sizeof(g_opts[0])), argc, argv,
+                           g_usage, g_about);
+    if (rc != KVT_EXIT_CONTINUE)
+        return rc;
+    const char *dir = kvt_cli_require(&cfg, "model");
+    if (!dir)
+        return KVT_EXIT_USAGE;
+    if (strcmp(kvt_config_str(&cfg, "device"), "cpu") != 0) {
+        kvt_log_error("device not available in this build device=%s available=cpu",
+                      kvt_config_str(&cfg, "device"));
+        return KVT_EXIT_USAGE;
+    }
+    return run_bench(&cfg, dir);
+}

@@ -1,0 +1,16 @@
+# Source on the GPU machine (Ubuntu, no package access) to build kvtier
+# there: unpacks the Debian .debs carried in .deps/ (fetched here with
+# `apt-get download`, see bench/RESULTS.md) into /opt/dep -- never into / --
+# and points pkg-config, the linker and the loader at them.
+#   . tools/device_env.sh && cmake -S . -B build-gpu && make -C build-gpu -j16
+DEP=/opt/dep
+if [ ! -d "$DEP/usr/lib/x86_64-linux-gnu" ]; then
+  mkdir -p "$DEP"
+  for f in .deps/*.deb; do dpkg -x "$f" "$DEP"; done
+fi
+LIB=$DEP/usr/lib/x86_64-linux-gnu
+export PKG_CONFIG_LIBDIR=$LIB/pkgconfig:$DEP/usr/share/pkgconfig
+export PKG_CONFIG_SYSROOT_DIR=$DEP
+export LD_LIBRARY_PATH=$LIB:$LIB/ucx${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+export LDFLAGS="-Wl,-rpath-link,$LIB:$LIB/ucx"
+export PATH=$DEP/usr/bin:$PATH
