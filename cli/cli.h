@@ -52,5 +52,7 @@ int kvt_cmd_kv_serve(int argc, char **argv);
 int kvt_cmd_bench(int argc, char **argv);
 /* `kvtier bench pull` (cmd_bench_pull.c); argv[0] is "pull". */
 int kvt_cmd_bench_pull(int argc, char **argv);
+/* `kvtier model init|info` (cmd_model.c). */
+int kvt_cmd_model(int argc, char **argv);
 
 #endif

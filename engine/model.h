@@ -105,6 +105,11 @@ typedef struct kvt_model {
 /* Load config.json, the weights and hash tokenizer.json of `dir`.  The
  * caller destroys *model_p.  Errors as in the file comment. */
 kvt_status_t kvt_model_load(const char *dir, kvt_model_t **model_p);
+/* Check a model directory as kvt_model_load does (config, tensor names,
+ * dtypes and shapes, tokenizer.json) and compute its digest, without
+ * converting or keeping the weights: memory stays small whatever the model
+ * size.  cfg_p and digest are written only on success. */
+kvt_status_t kvt_model_inspect(const char *dir, kvt_model_config_t *cfg_p, uint8_t digest[32]);
 /* Parse config.json text (bounded, checked).  `what` names the file in
  * error messages. */
 kvt_status_t kvt_model_config_parse(const char *json, size_t len, const char *what,
@@ -118,6 +123,11 @@ void kvt_model_destroy(kvt_model_t *model);
  *   SHA-256("kvtier-model-v1" || digest || u32le(kv_dtype) || u32le(B)). */
 void kvt_model_fingerprint(const kvt_model_t *model, kvt_dtype_t kv_dtype,
                            uint32_t block_tokens, uint8_t out[KVT_FINGERPRINT_LEN]);
+
+/* "LlamaForCausalLM" / "Qwen2ForCausalLM" (architectures), "llama" /
+ * "qwen2" (model_type). */
+const char *kvt_model_arch_class(kvt_arch_t arch);
+const char *kvt_model_arch_type(kvt_arch_t arch);
 
 /* Parameter count (embeddings counted once when tied). */
 uint64_t kvt_model_n_params(const kvt_model_config_t *cfg);
