@@ -33,6 +33,7 @@
 #define KVT_TOK_MAX_FILE (256u << 20) /* tokenizer.json size bound */
 #define KVT_TOK_MAX_VOCAB (1u << 22)
 #define KVT_TOK_MAX_TOKEN_BYTES 1024  /* one token's text */
+#define KVT_TOK_MAX_TEXT (256u << 20) /* encode: text size bound */
 
 typedef struct kvt_tokenizer kvt_tokenizer_t;
 
@@ -62,8 +63,11 @@ kvt_status_t kvt_tokenizer_load_mem(const char *json, size_t len, const char *co
 void kvt_tokenizer_destroy(kvt_tokenizer_t *tok);
 
 /* Encode len bytes of text into ids[cap]; *n_p = the number of ids.
- * KVT_ERR_TOO_LARGE if cap is short (*n_p then holds the count needed).
- * KVT_ERR_INVALID if the text is not valid UTF-8. */
+ * KVT_ERR_TOO_LARGE if cap is short (*n_p then holds the count needed, and
+ * ids[] the first cap ids), or if len exceeds KVT_TOK_MAX_TEXT (*n_p = 0).
+ * KVT_ERR_INVALID if the text is not valid UTF-8.  KVT_ERR_FULL if a
+ * pre-tokenizer regex ran out of PCRE2's match limits (a pathological
+ * pattern from the file); KVT_ERR_NOMEM. */
 kvt_status_t kvt_tokenizer_encode(const kvt_tokenizer_t *tok, const char *text, size_t len,
                                   unsigned flags, uint32_t *ids, size_t cap, size_t *n_p);
 /* Decode ids into out[cap] (bytes, not NUL-terminated); *len_p = bytes
