@@ -22,6 +22,7 @@
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define MAX_POS (1u << 24)
@@ -332,10 +333,37 @@ static kvt_status_t parse_ids(const pctx_t *c, const cJSON *root, const char *fi
     return KVT_OK;
 }
 
+static int cmp_key(const void *a, const void *b)
+{
+    return strcmp((*(const cJSON *const *)a)->string, (*(const cJSON *const *)b)->string);
+}
+
+/* cJSON finds the first of two equal keys and Python's json keeps the last:
+ * a file with both would load as two different models, so refuse it. */
+static kvt_status_t check_unique_keys(const pctx_t *c, const cJSON *obj)
+{
+    size_t n = (size_t)cJSON_GetArraySize(obj), i = 0;
+    const cJSON **keys = kvt_malloc("config keys", (n ? n : 1) * sizeof(*keys));
+    if (!keys)
+        return KVT_ERR_NOMEM;
+    for (const cJSON *e = obj->child; e; e = e->next)
+        keys[i++] = e;
+    qsort(keys, n, sizeof(*keys), cmp_key);
+    kvt_status_t st = KVT_OK;
+    for (i = 1; i < n && st == KVT_OK; i++)
+        if (!strcmp(keys[i - 1]->string, keys[i]->string))
+            st = field_err(c, keys[i]->string, KVT_ERR_INVALID, "given twice");
+    for (i = 0; i < n && st == KVT_OK; i++)
+        if (cJSON_IsObject(keys[i]))
+            st = check_unique_keys(c, keys[i]);
+    kvt_free(keys);
+    return st;
+}
+
 static kvt_status_t parse_root(const pctx_t *c, const cJSON *root, kvt_model_config_t *cfg)
 {
     kvt_status_t st;
-    if ((st = parse_arch(c, root, cfg)) != KVT_OK || (st = parse_dims(c, root, cfg)) != KVT_OK ||
+    if ((st = check_unique_keys(c, root)) != KVT_OK || (st = parse_arch(c, root, cfg)) != KVT_OK || (st = parse_dims(c, root, cfg)) != KVT_OK ||
         (st = parse_flags(c, root, cfg)) != KVT_OK || (st = parse_rope(c, root, cfg)) != KVT_OK)
         return st;
     bool llama = cfg->arch == KVT_ARCH_LLAMA;
