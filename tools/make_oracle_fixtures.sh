@@ -7,7 +7,7 @@
 set -euo pipefail
 out=$1
 . tools/device_env.sh
-cmake -S . -B /tmp/kvt-build -DKVT_FUZZ=OFF -DCMAKE_BUILD_TYPE=Release >/dev/null
+cmake -S . -B /tmp/kvt-build -DKVT_FUZZ=OFF -DKVT_WERROR=OFF -DCMAKE_BUILD_TYPE=Release >/dev/null
 make -C /tmp/kvt-build -j"$(nproc)" kvtier >/dev/null
 bin=/tmp/kvt-build/cli/kvtier
 while read -r preset dtype prompts; do
