@@ -15,6 +15,7 @@
 #include "engine/model_init.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 static const char *const g_kv_dtypes[] = {[KVT_DTYPE_F32] = "f32", [KVT_DTYPE_BF16] = "bf16",
@@ -175,6 +176,19 @@ static cJSON *shape_json(uint64_t d0, uint64_t d1)
     return a;
 }
 
+/* A float config value as JSON: the shortest decimal that reads back as
+ * the same float (1e-05, not the double 9.99999974737875e-06). */
+static void add_float(cJSON *o, const char *name, float v)
+{
+    char buf[32];
+    for (int p = 1; p <= 9; p++) {
+        snprintf(buf, sizeof(buf), "%.*g", p, (double)v);
+        if (strtof(buf, NULL) == v)
+            break;
+    }
+    cJSON_AddNumberToObject(o, name, strtod(buf, NULL));
+}
+
 static cJSON *config_obj(const kvt_model_config_t *c)
 {
     cJSON *o = cJSON_CreateObject();
@@ -187,10 +201,15 @@ static cJSON *config_obj(const kvt_model_config_t *c)
     kvt_json_add_u64(o, "num_key_value_heads", c->n_kv_heads);
     kvt_json_add_u64(o, "head_dim", c->head_dim);
     kvt_json_add_u64(o, "max_position_embeddings", c->max_pos);
-    cJSON_AddNumberToObject(o, "rms_norm_eps", c->rms_eps);
-    cJSON_AddNumberToObject(o, "rope_theta", c->rope_theta);
+    add_float(o, "rms_norm_eps", c->rms_eps);
+    add_float(o, "rope_theta", c->rope_theta);
     cJSON_AddStringToObject(o, "rope_scaling", rope_name(c->rope_scaling));
-    cJSON_AddNumberToObject(o, "rope_factor", c->rope_factor);
+    add_float(o, "rope_factor", c->rope_factor);
+    if (c->rope_scaling == KVT_ROPE_LLAMA3) {
+        add_float(o, "rope_low_freq_factor", c->rope_low_freq_factor);
+        add_float(o, "rope_high_freq_factor", c->rope_high_freq_factor);
+        kvt_json_add_u64(o, "rope_original_max_position_embeddings", c->rope_orig_max_pos);
+    }
     cJSON_AddBoolToObject(o, "qkv_bias", c->qkv_bias);
     cJSON_AddBoolToObject(o, "tie_word_embeddings", c->tie_embeddings);
     if (c->has_bos)

@@ -36,6 +36,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <xxhash.h>
@@ -169,6 +170,13 @@ kvt_status_t kvt_model_alloc(const kvt_model_config_t *cfg, kvt_model_t **model_
     for (size_t i = 0; i < n; i++)
         bytes += (specs[i].n_elems * sizeof(float) + ARENA_ALIGN - 1) / ARENA_ALIGN * ARENA_ALIGN;
     void *arena = m && priv && layers ? kvt_alloc_large("model weights", bytes) : NULL;
+#ifdef MADV_HUGEPAGE
+    /* Gigabytes of f32 in 4 KiB pages cost a page fault each on first
+     * touch; huge pages, where the system grants them on request, cut that
+     * 512-fold.  Advice only: failure changes nothing. */
+    if (arena)
+        madvise(arena, bytes, MADV_HUGEPAGE);
+#endif
     if (!arena) {
         kvt_free(m);
         kvt_free(priv);

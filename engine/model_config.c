@@ -363,7 +363,8 @@ static kvt_status_t check_unique_keys(const pctx_t *c, const cJSON *obj)
 static kvt_status_t parse_root(const pctx_t *c, const cJSON *root, kvt_model_config_t *cfg)
 {
     kvt_status_t st;
-    if ((st = check_unique_keys(c, root)) != KVT_OK || (st = parse_arch(c, root, cfg)) != KVT_OK || (st = parse_dims(c, root, cfg)) != KVT_OK ||
+    if ((st = check_unique_keys(c, root)) != KVT_OK || (st = parse_arch(c, root, cfg)) != KVT_OK ||
+        (st = parse_dims(c, root, cfg)) != KVT_OK ||
         (st = parse_flags(c, root, cfg)) != KVT_OK || (st = parse_rope(c, root, cfg)) != KVT_OK)
         return st;
     bool llama = cfg->arch == KVT_ARCH_LLAMA;

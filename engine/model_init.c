@@ -196,8 +196,8 @@ static void plan_files(gen_t *g, uint64_t max_bytes)
         g->file_of[i] = file;
         g->index_in_file[i] = idx++;
         in_file += b;
-        g->job_start[i + 1] =
-            g->job_start[i] + (g->specs[i].n_elems + KVT_MODEL_INIT_CHUNK - 1) / KVT_MODEL_INIT_CHUNK;
+        g->job_start[i + 1] = g->job_start[i] + (g->specs[i].n_elems + KVT_MODEL_INIT_CHUNK - 1) /
+                                                    KVT_MODEL_INIT_CHUNK;
     }
     g->n_files = file + 1;
 }
@@ -429,7 +429,8 @@ static cJSON *rope_json(const kvt_model_config_t *c)
     if (c->rope_scaling == KVT_ROPE_NONE)
         return cJSON_CreateNull();
     cJSON *r = cJSON_CreateObject();
-    cJSON_AddStringToObject(r, "rope_type", c->rope_scaling == KVT_ROPE_LINEAR ? "linear" : "llama3");
+    cJSON_AddStringToObject(r, "rope_type",
+                            c->rope_scaling == KVT_ROPE_LINEAR ? "linear" : "llama3");
     cJSON_AddItemToObject(r, "factor", jfloat(c->rope_factor, true));
     if (c->rope_scaling == KVT_ROPE_LLAMA3) {
         cJSON_AddItemToObject(r, "low_freq_factor", jfloat(c->rope_low_freq_factor, true));

@@ -491,7 +491,8 @@ static void sb_add(sbuf_t *b, const char *s, size_t len)
         size_t cap = b->cap ? b->cap : 4096;
         while (cap < b->len + len + 1)
             cap *= 2;
-        char *p = cap > KVT_ST_MAX_HEADER + 16 ? NULL : kvt_realloc("safetensors header", b->p, cap);
+        char *p = cap > KVT_ST_MAX_HEADER + 16 ? NULL
+                                               : kvt_realloc("safetensors header", b->p, cap);
         if (!p) {
             b->failed = true;
             return;
@@ -536,8 +537,9 @@ static void sb_json_str(sbuf_t *b, const char *s)
 
 static kvt_status_t check_spec(const kvt_st_spec_t *s, uint64_t *nbytes_p)
 {
-    if (!s->name || !*s->name || strlen(s->name) > KVT_ST_MAX_NAME || !strcmp(s->name, "__metadata__") ||
-        !kvt_st_dtype_name(s->dtype) || s->rank > KVT_ST_MAX_RANK) {
+    if (!s->name || !*s->name || strlen(s->name) > KVT_ST_MAX_NAME ||
+        !strcmp(s->name, "__metadata__") || !kvt_st_dtype_name(s->dtype) ||
+        s->rank > KVT_ST_MAX_RANK) {
         kvt_log_error("bad tensor spec tensor=%s", s->name ? s->name : "(null)");
         return KVT_ERR_INVALID;
     }

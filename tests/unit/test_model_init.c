@@ -187,8 +187,8 @@ static void test_init_deterministic(void **state)
     char *text = read_all(idx, &li);
     cJSON *j = cJSON_Parse(text);
     assert_non_null(j);
-    assert_true(cJSON_GetObjectItem(cJSON_GetObjectItem(j, "metadata"), "total_size")->valuedouble ==
-                2.0 * (double)a.n_params);
+    const cJSON *meta = cJSON_GetObjectItem(j, "metadata");
+    assert_true(cJSON_GetObjectItem(meta, "total_size")->valuedouble == 2.0 * (double)a.n_params);
     assert_string_equal(
         cJSON_GetObjectItem(cJSON_GetObjectItem(j, "weight_map"), "lm_head.weight")->valuestring,
         "model-00003-of-00003.safetensors");
