@@ -123,6 +123,7 @@ struct kvt_tokenizer {
     /* Added tokens, in file order; contents in added_text. */
     tok_added_t *added;
     uint32_t n_added;
+    uint32_t n_new_added; /* added tokens not in the model vocabulary */
     tok_buf_t added_text;
     uint32_t *added_off;
     uint16_t *added_len;

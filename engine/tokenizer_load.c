@@ -21,9 +21,11 @@
  * concatenation is in the vocabulary.  Each rejection logs one line naming
  * the field and returns KVT_ERR_INVALID (KVT_ERR_TOO_LARGE for sizes).
  *
- * Added-token ids follow HF: a content already in the model vocabulary
- * takes the model's id (with a warning if the file says otherwise);
- * otherwise the file's id is used and must not name another token. */
+ * Added-token ids follow HF, whatever the file's "id" says (HF only warns
+ * when they differ, and so do we): a content already in the model
+ * vocabulary takes the model's id; the others take, in file order, the ids
+ * after the model vocabulary's count of tokens.  For files that HF wrote
+ * these are the file's ids. */
 #include "engine/tokenizerInt.h"
 
 #include "common/alloc.h"
@@ -43,6 +45,38 @@ static const cJSON *get(const cJSON *obj, const char *key)
 static bool absent(const cJSON *item)
 {
     return !item || cJSON_IsNull(item);
+}
+
+/* An escaped NUL (\u0000) in a string: cJSON would cut the string there,
+ * silently making another token of it. */
+static bool has_escaped_nul(const char *s, size_t len)
+{
+    for (size_t i = 0; i < len; i++) {
+        if (s[i] != '\\')
+            continue;
+        size_t run = 0;
+        while (i < len && s[i] == '\\')
+            run++, i++;
+        if (run % 2 == 1 && len - i >= 5 && memcmp(s + i, "u0000", 5) == 0)
+            return true;
+    }
+    return false;
+}
+
+/* cJSON accepts text after the value; serde (HF) does not, nor do we. */
+static cJSON *parse_whole(const char *json, size_t len)
+{
+    const char *end = NULL;
+    if (has_escaped_nul(json, len))
+        return NULL;
+    cJSON *root = cJSON_ParseWithLengthOpts(json, len, &end, false);
+    while (root && end && end < json + len && strchr(" \t\r\n", *end) && *end)
+        end++;
+    if (root && end != json + len) {
+        cJSON_Delete(root);
+        return NULL;
+    }
+    return root;
 }
 
 static kvt_status_t bad(const char *field, const char *why)
@@ -162,7 +196,7 @@ static kvt_status_t check_added(const cJSON *e, int i, uint32_t *id_p)
     return KVT_OK;
 }
 
-static kvt_status_t scan_added(const cJSON *added, uint32_t *n_p, uint32_t *max_p)
+static kvt_status_t scan_added(const cJSON *added, uint32_t *n_p)
 {
     const cJSON *e;
     int i = 0;
@@ -177,7 +211,6 @@ static kvt_status_t scan_added(const cJSON *added, uint32_t *n_p, uint32_t *max_
         kvt_status_t st = check_added(e, i++, &id);
         if (st != KVT_OK)
             return st;
-        *max_p = id > *max_p ? id : *max_p;
     }
     *n_p = (uint32_t)i;
     return KVT_OK;
@@ -197,22 +230,23 @@ static kvt_status_t added_flags(const cJSON *e, const char *field, tok_added_t *
     return st;
 }
 
-/* The id HF gives the token (see the file comment). */
+/* The id HF gives the token (see the file comment): the vocabulary's, or
+ * the next one after the vocabulary and the added tokens so far. */
 static kvt_status_t added_id(kvt_tokenizer_t *tok, const char *content, uint32_t file_id,
                              const char *field, uint32_t *id_p)
 {
     uint32_t id = tok_strmap_get(&tok->vocab_map, content, strlen(content));
-    if (id != TOK_NONE) {
-        if (id != file_id)
-            kvt_log_warn("tokenizer: added token is in the vocabulary under another id, "
-                         "using the vocabulary's field=%s id=%u file_id=%u",
-                         field, id, file_id);
-        *id_p = id;
-        return KVT_OK;
+    if (id == TOK_NONE) {
+        id = tok->vocab_map.n + tok->n_new_added++;
+        if (tok->flags[id] & TOK_F_PRESENT)
+            return bad(field, "the id HF gives this token names a vocabulary token "
+                              "(vocabulary ids with holes)");
     }
-    if (tok->flags[file_id] & TOK_F_PRESENT)
-        return bad(field, "id already names another token");
-    *id_p = file_id;
+    if (id != file_id)
+        kvt_log_warn("tokenizer: added token gets another id than the file says, as in HF "
+                     "field=%s id=%u file_id=%u",
+                     field, id, file_id);
+    *id_p = id;
     return KVT_OK;
 }
 
@@ -600,15 +634,16 @@ static kvt_status_t parse_pipeline(kvt_tokenizer_t *tok, const cJSON *root)
 static kvt_status_t load_model(kvt_tokenizer_t *tok, const cJSON *root)
 {
     const cJSON *model = get(root, "model"), *added = get(root, "added_tokens");
-    uint32_t n_vocab = 0, max_id = 0;
+    uint32_t n_vocab = 0, max_id = 0, last = 0;
     if (!cJSON_IsObject(model))
         return bad("model", "missing or not an object");
     kvt_status_t st = scan_vocab(get(model, "vocab"), &n_vocab, &max_id);
     if (st == KVT_OK)
-        st = scan_added(added, &tok->n_added, &max_id);
+        st = scan_added(added, &tok->n_added);
     if (st != KVT_OK)
         return st;
-    tok->vocab_size = max_id + 1;
+    /* Room for every id HF may give: see added_id. */
+    tok->vocab_size = max_id + 1 > n_vocab + tok->n_added ? max_id + 1 : n_vocab + tok->n_added;
     st = alloc_ids(tok);
     if (st == KVT_OK)
         st = fill_vocab(tok, get(model, "vocab"), n_vocab);
@@ -616,6 +651,9 @@ static kvt_status_t load_model(kvt_tokenizer_t *tok, const cJSON *root)
         st = model_options(tok, model);
     if (st == KVT_OK)
         st = fill_added(tok, added);
+    for (uint32_t id = 0; st == KVT_OK && id < tok->vocab_size; id++)
+        last = tok->flags[id] & TOK_F_PRESENT ? id : last;
+    tok->vocab_size = last + 1; /* the arrays may be longer */
     if (st == KVT_OK)
         st = fill_decoded(tok);
     if (st == KVT_OK)
@@ -632,7 +670,7 @@ kvt_status_t tok_load_json(kvt_tokenizer_t *tok, const char *json, size_t len)
 {
     if (!tok_utf8_valid(json, len))
         return bad("(file)", "tokenizer.json is not valid utf-8");
-    cJSON *root = cJSON_ParseWithLength(json, len);
+    cJSON *root = parse_whole(json, len);
     if (!root)
         return bad("(file)", "invalid json");
     kvt_status_t st = cJSON_IsObject(root) ? KVT_OK : bad("(file)", "not a json object");
@@ -673,7 +711,7 @@ static kvt_status_t config_token(const kvt_tokenizer_t *tok, const cJSON *root, 
 
 kvt_status_t tok_load_config(kvt_tokenizer_t *tok, const char *json, size_t len)
 {
-    cJSON *root = cJSON_ParseWithLength(json, len);
+    cJSON *root = parse_whole(json, len);
     if (!root || !cJSON_IsObject(root)) {
         cJSON_Delete(root);
         return bad("config", "invalid json or not an object");

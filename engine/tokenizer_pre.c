@@ -141,22 +141,116 @@ int tok_cp_to_byte(uint32_t cp)
 
 /* --- regexes --- */
 
-/* Oniguruma's \uHHHH -> PCRE2's \x{HHHH}; every other escape is copied. */
+/* Oniguruma (HF's regex engine) and PCRE2 read some escapes differently;
+ * these are rewritten to what Oniguruma means (checked against HF
+ * tokenizers 0.23.2): \s/\S are White_Space (PCRE2 adds U+180E), \w/\W are
+ * letters, marks, numbers and connectors (PCRE2 10.42 leaves out marks and
+ * connectors other than _), \b/\B are boundaries of that \w, \h/\H are hex digits
+ * (horizontal space in PCRE2); NULL where a class cannot hold the rewrite
+ * (copied as is: \b in a class is a backspace in both). */
+#define ONIG_W_CLASS "\\p{L}\\p{M}\\p{N}\\p{Pc}"
+#define ONIG_W "[" ONIG_W_CLASS "]"
+static const struct {
+    char c;
+    const char *out, *in_class;
+} g_escapes[] = {
+    {'s', "\\p{White_Space}", "\\p{White_Space}"},
+    {'S', "\\P{White_Space}", "\\P{White_Space}"},
+    {'w', ONIG_W, ONIG_W_CLASS},
+    {'W', "[^" ONIG_W_CLASS "]", NULL},
+    {'h', "[0-9a-fA-F]", "0-9a-fA-F"},
+    {'H', "[^0-9a-fA-F]", NULL},
+    {'b', "(?:(?<=" ONIG_W ")(?!" ONIG_W ")|(?<!" ONIG_W ")(?=" ONIG_W "))", NULL},
+    {'B', "(?:(?<=" ONIG_W ")(?=" ONIG_W ")|(?<!" ONIG_W ")(?!" ONIG_W "))", NULL},
+};
+#define TRANSLATE_GROWTH 64 /* longest rewrite per source byte (\\b) */
+
+static size_t emit(char *out, size_t o, const char *s)
+{
+    size_t n = strlen(s);
+    memcpy(out + o, s, n);
+    return o + n;
+}
+
+static bool hex4(const char *p, size_t n)
+{
+    if (n < 4)
+        return false;
+    for (int i = 0; i < 4; i++)
+        if (!strchr("0123456789abcdefABCDEF", p[i]) || p[i] == 0)
+            return false;
+    return true;
+}
+
+/* One escape at p[0] == '\\'; returns the bytes consumed. */
+static size_t translate_escape(const char *p, size_t n, bool in_class, char *out, size_t *o_p)
+{
+    if (n < 2) {
+        out[(*o_p)++] = p[0];
+        return 1;
+    }
+    if (p[1] == 'u' && hex4(p + 2, n - 2)) { /* \uHHHH -> \x{HHHH} */
+        *o_p = emit(out, *o_p, "\\x{");
+        memcpy(out + *o_p, p + 2, 4);
+        *o_p = emit(out, *o_p + 4, "}");
+        return 6;
+    }
+    for (size_t i = 0; i < sizeof(g_escapes) / sizeof(g_escapes[0]); i++) {
+        const char *r = in_class ? g_escapes[i].in_class : g_escapes[i].out;
+        if (p[1] == g_escapes[i].c && r) {
+            *o_p = emit(out, *o_p, r);
+            return 2;
+        }
+    }
+    out[(*o_p)++] = p[0];
+    out[(*o_p)++] = p[1];
+    return 2;
+}
+
+/* Inline options "(?imx-imx" + ':' or ')': Oniguruma's m is PCRE2's s (dot
+ * matches newline).  Returns the bytes copied, 0 if p is no such group. */
+static size_t translate_options(const char *p, size_t n, char *out, size_t *o_p)
+{
+    size_t k = 2;
+    if (n < 3 || p[0] != '(' || p[1] != '?')
+        return 0;
+    while (k < n && strchr("imx-", p[k]) && p[k])
+        k++;
+    if (k == 2 || k == n || (p[k] != ':' && p[k] != ')'))
+        return 0;
+    for (size_t i = 0; i < k; i++)
+        out[(*o_p)++] = i >= 2 && p[i] == 'm' ? 's' : p[i];
+    return k;
+}
+
+/* Oniguruma syntax -> PCRE2: the escapes above, inline options, and ^ and $
+ * outside a class are line anchors (Oniguruma's always are; lines end at \n
+ * only). */
 static size_t translate_pattern(const char *p, size_t n, char *out)
 {
     size_t o = 0;
+    bool in_class = false;
     for (size_t i = 0; i < n;) {
-        if (p[i] == '\\' && i + 1 < n && p[i + 1] == 'u' && i + 6 <= n &&
-            strspn(p + i + 2, "0123456789abcdefABCDEF") >= 4) {
-            memcpy(out + o, "\\x{", 3);
-            memcpy(out + o + 3, p + i + 2, 4);
-            out[o + 7] = '}';
-            o += 8;
-            i += 6;
-        } else if (p[i] == '\\' && i + 1 < n) {
+        size_t k;
+        if (p[i] == '\\') {
+            i += translate_escape(p + i, n - i, in_class, out, &o);
+        } else if (!in_class && (k = translate_options(p + i, n - i, out, &o)) > 0) {
+            i += k;
+        } else if (!in_class && p[i] == '^') {
+            o = emit(out, o, "(?<![^\\n])");
+            i++;
+        } else if (!in_class && p[i] == '$') {
+            o = emit(out, o, "(?=\\n|\\z)");
+            i++;
+        } else if (!in_class && p[i] == '[') {
+            in_class = true;
             out[o++] = p[i++];
-            out[o++] = p[i++];
+            if (i < n && p[i] == '^')
+                out[o++] = p[i++];
+            if (i < n && p[i] == ']') /* a leading ] is literal */
+                out[o++] = p[i++];
         } else {
+            in_class = in_class && p[i] != ']';
             out[o++] = p[i++];
         }
     }
@@ -171,7 +265,7 @@ kvt_status_t tok_regex_compile(const char *pat, size_t len, bool literal, const 
                       field, len);
         return KVT_ERR_INVALID;
     }
-    char *buf = kvt_malloc("tokenizer pattern", 2 * len + 1);
+    char *buf = kvt_malloc("tokenizer pattern", TRANSLATE_GROWTH * len + 1);
     if (!buf)
         return KVT_ERR_NOMEM;
     size_t n = literal ? len : translate_pattern(pat, len, buf);
