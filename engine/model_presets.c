@@ -19,7 +19,7 @@ static const kvt_model_preset_t g_presets[] = {
       .n_layers = 2, .n_heads = 4, .n_kv_heads = 2, .head_dim = 16, .max_pos = 4096,
       .rms_eps = 1e-6f, .rope_theta = 1000000.0f, .qkv_bias = true, .tie_embeddings = true,
       .rope_factor = 1.0f, EOS}},
-    {"small", "Llama, 6 layers, hidden 384, tied (about 16M parameters)",
+    {"small", "Llama, 6 layers, hidden 384, tied",
      {.arch = KVT_ARCH_LLAMA, .vocab_size = 16384, .hidden = 384, .intermediate = 1024,
       .n_layers = 6, .n_heads = 6, .n_kv_heads = 2, .head_dim = 64, .max_pos = 8192,
       .rms_eps = 1e-5f, .rope_theta = 500000.0f, .tie_embeddings = true, .rope_factor = 1.0f,
