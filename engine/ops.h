@@ -1,0 +1,104 @@
+/* Numeric kernels of the CPU forward pass (engine-internal).
+ *
+ * Determinism contract: every output element is computed by one fixed
+ * sequence of floating-point operations that depends only on its own
+ * inputs -- never on how many rows are in the call, where a tile boundary
+ * falls, or which thread runs it.  A dot product of length n is always
+ * accumulated in 16 lanes over k = 0, 16, 32, ... (the last chunk
+ * zero-padded), then reduced by one fixed tree.  So a position's logits and
+ * KV are bitwise the same in one-shot prefill, chunked prefill and batched
+ * decode.  The kernel set (AVX-512 + FMA where the CPU has it, portable C
+ * otherwise) is chosen once per process, so results are deterministic on a
+ * given machine; two machines with different kernel sets may differ in the
+ * last bits.
+ *
+ * Nothing here allocates or fails. */
+#ifndef KVT_ENGINE_OPS_H
+#define KVT_ENGINE_OPS_H
+
+#include "engine/model.h"
+#include "engine/threads.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Rows and columns of one dot-product tile. */
+#define KVT_OPS_TILE 4
+
+/* Name of the kernel set in use ("avx512" or "generic"). */
+const char *kvt_ops_isa(void);
+
+/* y[r*ldy + c] = dot(xr[r][0..n), w[c*ldw + 0..n)) for r < R, c < C
+ * (R, C in 1..KVT_OPS_TILE).  Exactly the value kvt_ops_matmul computes
+ * for the same row and weight vector. */
+void kvt_ops_dot_tile(const float *const *xr, uint32_t R, const float *w, size_t ldw, uint32_t C,
+                      size_t n, float *y, size_t ldy);
+
+/* One weight matrix of a matmul: y [rows][out] = x w^T (+ bias). */
+typedef struct {
+    const float *w;    /* [out][in] (nn.Linear) */
+    size_t out;
+    const float *bias; /* [out] or NULL */
+    float *y;          /* [rows][out] */
+} kvt_ops_mat_t;
+
+/* y[r][o] = dot(x[r], w[o]) (+ bias[o]) for x [rows][in], for each of
+ * n_mats matrices sharing the input (q/k/v, gate/up) in one parallel pass
+ * over their output features. */
+void kvt_ops_matmul_multi(kvt_threads_t *threads, const float *x, size_t rows, size_t in,
+                          const kvt_ops_mat_t *mats, size_t n_mats);
+/* The same for one matrix. */
+void kvt_ops_matmul(kvt_threads_t *threads, const float *x, size_t rows, size_t in,
+                    const float *w, size_t out, const float *bias, float *y);
+
+/* Attention's P.V step for one query row:
+ * acc[i] = acc[i] * c + sum_j p[j] * v[j*ldv + i], j ascending, i < d. */
+void kvt_ops_attn_pv(float *acc, float c, const float *p, const float *v, size_t ldv,
+                     size_t n_keys, size_t d);
+
+/* y = x / sqrt(mean(x^2) + eps) * w, n elements (y may alias x). */
+void kvt_ops_rmsnorm(float *y, const float *x, const float *w, size_t n, float eps);
+
+/* inv_freq[head_dim/2] with the config's rope scaling applied (Hugging
+ * Face _compute_default / linear / llama3 parameters). */
+void kvt_ops_rope_inv_freq(const kvt_model_config_t *cfg, float *inv_freq);
+/* cos/sin of pos * inv_freq[i], i < half: the product rounded to f32 as
+ * Hugging Face does, the cosine and sine computed in double. */
+void kvt_ops_rope_cos_sin(const float *inv_freq, size_t half, uint32_t pos, float *cos_out,
+                          float *sin_out);
+/* Rotate n_heads vectors of head_dim in place, "rotate_half" pairing
+ * (i, i + head_dim/2). */
+void kvt_ops_rope(float *v, size_t n_heads, size_t head_dim, const float *cos_t,
+                  const float *sin_t);
+
+/* g[i] = silu(g[i]) * u[i]. */
+void kvt_ops_silu_mul(float *g, const float *u, size_t n);
+/* In-place softmax of x[n] (max-subtracted, f32). */
+void kvt_ops_softmax(float *x, size_t n);
+
+/* bf16 <-> f32: round to nearest even; NaN stays NaN. */
+static inline uint16_t kvt_ops_f32_to_bf16(float f)
+{
+    union {
+        float f;
+        uint32_t u;
+    } v = {.f = f};
+    if ((v.u & 0x7fffffffu) > 0x7f800000u)
+        return (uint16_t)((v.u >> 16) | 0x40u);
+    v.u += 0x7fffu + ((v.u >> 16) & 1u);
+    return (uint16_t)(v.u >> 16);
+}
+
+static inline float kvt_ops_bf16_to_f32(uint16_t h)
+{
+    union {
+        uint32_t u;
+        float f;
+    } v = {.u = (uint32_t)h << 16};
+    return v.f;
+}
+
+void kvt_ops_f32_to_bf16_n(uint16_t *dst, const float *src, size_t n);
+void kvt_ops_bf16_to_f32_n(float *dst, const uint16_t *src, size_t n);
+
+#endif
