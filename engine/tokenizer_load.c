@@ -130,7 +130,8 @@ static kvt_status_t scan_vocab(const cJSON *vocab, uint32_t *n_p, uint32_t *max_
     cJSON_ArrayForEach(e, vocab)
     {
         if (!get_id(e, &id)) {
-            kvt_log_error("tokenizer: id not an integer in [0, %u) field=model.vocab token=\"%.64s\"",
+            kvt_log_error("tokenizer: id not an integer in [0, %u) field=model.vocab "
+                          "token=\"%.64s\"",
                           KVT_TOK_MAX_VOCAB, e->string);
             return KVT_ERR_INVALID;
         }

@@ -167,6 +167,423 @@ static void test_fixture_ids(void **state)
     free(json);
 }
 
+/* --- (1b) pre-tokenizer shapes and added-token flags, against HF ---
+ *
+ * Ids from Hugging Face tokenizers 0.23.2 for the fixtures with another
+ * pre-tokenizer, model option or added tokens patched in (every Split
+ * behaviour, invert, empty matches, literal patterns, Oniguruma's ^ $ \w \b
+ * and inline options, Digits contiguous, the prefix space, ignore_merges,
+ * lstrip/rstrip/single_word/normalized/special added tokens with and
+ * without special-token parsing).  Produced with the same patches applied in
+ * Python on the machine that has HF (a one-off, as for expected_ids.json),
+ * where 39 such variants agreed with this code on 870 texts each. */
+
+static const char *const HF_TEXTS[] = {
+    "hello world",
+    "  leading",
+    "trailing  \n",
+    "a\n\nb\n x",
+    "don't I'll WE'RE 123456789 \xd9\xa3\xc2\xbd",
+    "foo word words sword <tag> x </tag>y",
+    "  <tag>  </tag>  <|sp|>  ",
+    "<fim_pre<fim_prefix>x",
+    "a::b.c..d",
+    "caf\xc3\xa9 \xe6\x97\xa5\xe6\x9c\xac\xf0\x9f\x9a\x80 \xc2\xa0\xe2\x80\x83x\xe1\xa0\x8e",
+    "q\xc2\xbd_\xe2\x80\xbfx a\nb c\n",
+};
+
+/* name, fixture, patch (pre_tokenizer/normalizer replace the fixture's, model
+ * keys are merged into its model, added_tokens are appended), and whether the
+ * texts were encoded both with and without special-token parsing. */
+static const struct {
+    const char *name, *base, *patch;
+    bool both;
+} HF_VARIANTS[] = {
+    {"gpt2_prefix", GPT2_JSON,
+     "{\"pre_tokenizer\":{\"type\":\"ByteLevel\",\"add_prefix_space\":true,\"trim_offsets\":"
+     "true,\"use_regex\":true}}",
+     false},
+    {"digits_contig", GPT2_JSON,
+     "{\"pre_tokenizer\":{\"type\":\"Sequence\",\"pretokenizers\":[{\"type\":\"Digits\",\"in"
+     "dividual_digits\":false},{\"type\":\"ByteLevel\",\"add_prefix_space\":false,\"trim_off"
+     "sets\":true,\"use_regex\":true}]}}",
+     false},
+    {"ws_MergedWithPrevious", GPT2_JSON,
+     "{\"pre_tokenizer\":{\"type\":\"Sequence\",\"pretokenizers\":[{\"type\":\"Split\",\"pat"
+     "tern\":{\"Regex\":\"\\\\s+\"},\"behavior\":\"MergedWithPrevious\",\"invert\":false},{"
+     "\"type\":\"ByteLevel\",\"add_prefix_space\":false,\"trim_offsets\":true,\"use_regex\":"
+     "false}]}}",
+     false},
+    {"ws_MergedWithNext", GPT2_JSON,
+     "{\"pre_tokenizer\":{\"type\":\"Sequence\",\"pretokenizers\":[{\"type\":\"Split\",\"pat"
+     "tern\":{\"Regex\":\"\\\\s+\"},\"behavior\":\"MergedWithNext\",\"invert\":false},{\"typ"
+     "e\":\"ByteLevel\",\"add_prefix_space\":false,\"trim_offsets\":true,\"use_regex\":false"
+     "}]}}",
+     false},
+    {"ws_Contiguous", GPT2_JSON,
+     "{\"pre_tokenizer\":{\"type\":\"Sequence\",\"pretokenizers\":[{\"type\":\"Split\",\"pat"
+     "tern\":{\"Regex\":\"\\\\s+\"},\"behavior\":\"Contiguous\",\"invert\":false},{\"type\":"
+     "\"ByteLevel\",\"add_prefix_space\":false,\"trim_offsets\":true,\"use_regex\":false}]}}",
+     false},
+    {"ws_Removed", GPT2_JSON,
+     "{\"pre_tokenizer\":{\"type\":\"Sequence\",\"pretokenizers\":[{\"type\":\"Split\",\"pat"
+     "tern\":{\"Regex\":\"\\\\s+\"},\"behavior\":\"Removed\",\"invert\":false},{\"type\":\"B"
+     "yteLevel\",\"add_prefix_space\":false,\"trim_offsets\":true,\"use_regex\":false}]}}",
+     false},
+    {"inv_Isolated", GPT2_JSON,
+     "{\"pre_tokenizer\":{\"type\":\"Sequence\",\"pretokenizers\":[{\"type\":\"Split\",\"pat"
+     "tern\":{\"Regex\":\"\\\\p{L}+\"},\"behavior\":\"Isolated\",\"invert\":true},{\"type\":"
+     "\"ByteLevel\",\"add_prefix_space\":false,\"trim_offsets\":true,\"use_regex\":false}]}}",
+     false},
+    {"empty_matches", GPT2_JSON,
+     "{\"pre_tokenizer\":{\"type\":\"Sequence\",\"pretokenizers\":[{\"type\":\"Split\",\"pat"
+     "tern\":{\"Regex\":\"[a-z]*\"},\"behavior\":\"Isolated\",\"invert\":false},{\"type\":\""
+     "ByteLevel\",\"add_prefix_space\":false,\"trim_offsets\":true,\"use_regex\":false}]}}",
+     false},
+    {"lit_colons", GPT2_JSON,
+     "{\"pre_tokenizer\":{\"type\":\"Sequence\",\"pretokenizers\":[{\"type\":\"Split\",\"pat"
+     "tern\":{\"String\":\"::\"},\"behavior\":\"Isolated\",\"invert\":false},{\"type\":\"Spl"
+     "it\",\"pattern\":{\"String\":\".\"},\"behavior\":\"MergedWithNext\",\"invert\":false},"
+     "{\"type\":\"ByteLevel\",\"add_prefix_space\":false,\"trim_offsets\":true,\"use_regex\""
+     ":false}]}}",
+     false},
+    {"anchors_start", GPT2_JSON,
+     "{\"pre_tokenizer\":{\"type\":\"Sequence\",\"pretokenizers\":[{\"type\":\"Split\",\"pat"
+     "tern\":{\"Regex\":\"^\\\\s+|^x\"},\"behavior\":\"Isolated\",\"invert\":false},{\"type"
+     "\":\"ByteLevel\",\"add_prefix_space\":false,\"trim_offsets\":true,\"use_regex\":false}"
+     "]}}",
+     false},
+    {"dollar", GPT2_JSON,
+     "{\"pre_tokenizer\":{\"type\":\"Sequence\",\"pretokenizers\":[{\"type\":\"Split\",\"pat"
+     "tern\":{\"Regex\":\"a$|b\\\\Z|c\\\\z\"},\"behavior\":\"Isolated\",\"invert\":false},{"
+     "\"type\":\"ByteLevel\",\"add_prefix_space\":false,\"trim_offsets\":true,\"use_regex\":"
+     "false}]}}",
+     false},
+    {"word_num", GPT2_JSON,
+     "{\"pre_tokenizer\":{\"type\":\"Sequence\",\"pretokenizers\":[{\"type\":\"Split\",\"pat"
+     "tern\":{\"Regex\":\"\\\\w+\"},\"behavior\":\"Contiguous\",\"invert\":false},{\"type\":"
+     "\"ByteLevel\",\"add_prefix_space\":false,\"trim_offsets\":true,\"use_regex\":false}]}}",
+     false},
+    {"bound_b", GPT2_JSON,
+     "{\"pre_tokenizer\":{\"type\":\"Sequence\",\"pretokenizers\":[{\"type\":\"Split\",\"pat"
+     "tern\":{\"Regex\":\"\\\\b\\\\S\"},\"behavior\":\"Isolated\",\"invert\":false},{\"type"
+     "\":\"ByteLevel\",\"add_prefix_space\":false,\"trim_offsets\":true,\"use_regex\":false}"
+     "]}}",
+     false},
+    {"options", GPT2_JSON,
+     "{\"pre_tokenizer\":{\"type\":\"Sequence\",\"pretokenizers\":[{\"type\":\"Split\",\"pat"
+     "tern\":{\"Regex\":\"(?m:a.b)|(?i:X)[a-z]|(?mi)C.\"},\"behavior\":\"Isolated\",\"invert"
+     "\":false},{\"type\":\"ByteLevel\",\"add_prefix_space\":false,\"trim_offsets\":true,\"u"
+     "se_regex\":false}]}}",
+     false},
+    {"gpt4o_like", GPT2_JSON,
+     "{\"pre_tokenizer\":{\"type\":\"Sequence\",\"pretokenizers\":[{\"type\":\"Split\",\"pat"
+     "tern\":{\"Regex\":\"[^\\\\r\\\\n\\\\p{L}\\\\p{N}]?[\\\\p{Lu}\\\\p{Lt}\\\\p{Lm}\\\\p{Lo"
+     "}\\\\p{M}]*[\\\\p{Ll}\\\\p{Lm}\\\\p{Lo}\\\\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?|[^\\\\r"
+     "\\\\n\\\\p{L}\\\\p{N}]?[\\\\p{Lu}\\\\p{Lt}\\\\p{Lm}\\\\p{Lo}\\\\p{M}]+[\\\\p{Ll}\\\\p{"
+     "Lm}\\\\p{Lo}\\\\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?|\\\\p{N}{1,3}| ?[^\\\\s\\\\p{L}\\"
+     "\\p{N}]+[\\\\r\\\\n/]*|\\\\s*[\\\\r\\\\n]+|\\\\s+(?!\\\\S)|\\\\s+\"},\"behavior\":\"Is"
+     "olated\",\"invert\":false},{\"type\":\"ByteLevel\",\"add_prefix_space\":false,\"trim_o"
+     "ffsets\":true,\"use_regex\":false}]}}",
+     false},
+    {"ignore_merges_code", CODE_JSON,
+     "{\"model\":{\"ignore_merges\":true}}",
+     false},
+    {"added", GPT2_JSON,
+     "{\"added_tokens\":[{\"id\":1024,\"content\":\"foo\",\"single_word\":false,\"lstrip\":f"
+     "alse,\"rstrip\":false,\"normalized\":true,\"special\":false},{\"id\":1025,\"content\":"
+     "\"<tag>\",\"single_word\":false,\"lstrip\":true,\"rstrip\":false,\"normalized\":true,"
+     "\"special\":false},{\"id\":1026,\"content\":\"</tag>\",\"single_word\":false,\"lstrip"
+     "\":false,\"rstrip\":true,\"normalized\":true,\"special\":false},{\"id\":1027,\"content"
+     "\":\"word\",\"single_word\":true,\"lstrip\":false,\"rstrip\":false,\"normalized\":true"
+     ",\"special\":false},{\"id\":1028,\"content\":\"<|sp|>\",\"single_word\":false,\"lstrip"
+     "\":true,\"rstrip\":true,\"normalized\":false,\"special\":true},{\"id\":1029,\"content"
+     "\":\"<fim_pre\",\"single_word\":false,\"lstrip\":false,\"rstrip\":false,\"normalized\""
+     ":true,\"special\":false},{\"id\":1030,\"content\":\"ab\",\"single_word\":false,\"lstri"
+     "p\":false,\"rstrip\":false,\"normalized\":false,\"special\":false},{\"id\":1031,\"cont"
+     "ent\":\"\\u00e9\",\"single_word\":false,\"lstrip\":false,\"rstrip\":false,\"normalized"
+     "\":false,\"special\":true},{\"id\":1032,\"content\":\" x \",\"single_word\":false,\"ls"
+     "trip\":false,\"rstrip\":false,\"normalized\":true,\"special\":false}]}",
+     true},
+    {"added_code", CODE_JSON,
+     "{\"added_tokens\":[{\"id\":16384,\"content\":\"foo\",\"single_word\":false,\"lstrip\":"
+     "false,\"rstrip\":false,\"normalized\":true,\"special\":false},{\"id\":16385,\"content"
+     "\":\"<tag>\",\"single_word\":false,\"lstrip\":true,\"rstrip\":false,\"normalized\":tru"
+     "e,\"special\":false},{\"id\":16386,\"content\":\"</tag>\",\"single_word\":false,\"lstr"
+     "ip\":false,\"rstrip\":true,\"normalized\":true,\"special\":false},{\"id\":16387,\"cont"
+     "ent\":\"word\",\"single_word\":true,\"lstrip\":false,\"rstrip\":false,\"normalized\":t"
+     "rue,\"special\":false},{\"id\":16388,\"content\":\"<|sp|>\",\"single_word\":false,\"ls"
+     "trip\":true,\"rstrip\":true,\"normalized\":false,\"special\":true},{\"id\":16389,\"con"
+     "tent\":\"<fim_pre\",\"single_word\":false,\"lstrip\":false,\"rstrip\":false,\"normaliz"
+     "ed\":true,\"special\":false},{\"id\":16390,\"content\":\"ab\",\"single_word\":false,\""
+     "lstrip\":false,\"rstrip\":false,\"normalized\":false,\"special\":false},{\"id\":16391,"
+     "\"content\":\"\\u00e9\",\"single_word\":false,\"lstrip\":false,\"rstrip\":false,\"norm"
+     "alized\":false,\"special\":true},{\"id\":16392,\"content\":\" x \",\"single_word\":fal"
+     "se,\"lstrip\":false,\"rstrip\":false,\"normalized\":true,\"special\":false}]}",
+     true},
+};
+
+/* Each variant's ids for each text in order (with special-token parsing,
+ * then without where `both`): HF_COUNTS[k] ids each. */
+static const uint32_t HF_IDS[] = {
+    641, 79, 346, 331, 278, 79, 71, 224, 805, 68, 452, 274, 352, 411, 314,
+    260, 202, 277, 202, 202, 69, 202, 224, 91, 375, 272, 939, 412, 10, 79,
+    79, 377, 40, 10, 401, 431, 21, 22, 23, 24, 25, 26, 27, 28, 224,
+    153, 100, 130, 125, 300, 82, 82, 331, 278, 71, 331, 278, 664, 329, 90,
+    278, 71, 526, 688, 74, 33, 224, 91, 526, 18, 688, 74, 33, 92, 224,
+    526, 688, 74, 33, 224, 526, 18, 688, 74, 33, 224, 526, 95, 511, 95,
+    33, 260, 526, 615, 80, 66, 680, 1, 224, 91, 277, 29, 29, 69, 17,
+    70, 737, 71, 291, 68, 73, 131, 106, 224, 166, 249, 102, 166, 254, 109,
+    176, 257, 252, 226, 224, 130, 258, 162, 226, 229, 91, 161, 258, 240, 224,
+    84, 130, 125, 66, 162, 226, 127, 91, 277, 202, 69, 291, 202, 282, 79,
+    346, 331, 278, 79, 71, 224, 805, 68, 452, 87, 352, 411, 314, 260, 202,
+    68, 202, 202, 69, 202, 224, 91, 71, 272, 939, 412, 10, 79, 79, 377,
+    40, 10, 401, 224, 913, 22, 23, 24, 25, 26, 27, 28, 224, 153, 100,
+    130, 125, 614, 82, 331, 278, 71, 331, 278, 664, 329, 90, 278, 71, 526,
+    688, 74, 33, 224, 91, 526, 18, 688, 74, 33, 92, 224, 526, 688, 74,
+    33, 224, 526, 18, 688, 74, 33, 224, 526, 95, 511, 95, 33, 260, 31,
+    615, 80, 66, 680, 1, 91, 68, 29, 29, 69, 17, 70, 737, 71, 70,
+    68, 73, 131, 106, 224, 166, 249, 102, 166, 254, 109, 176, 257, 252, 226,
+    224, 130, 258, 162, 226, 229, 91, 161, 258, 240, 84, 130, 125, 66, 162,
+    226, 127, 91, 277, 202, 69, 291, 202, 282, 79, 346, 224, 90, 278, 79,
+    71, 260, 295, 68, 452, 87, 352, 411, 314, 260, 202, 68, 202, 202, 69,
+    202, 224, 91, 71, 272, 939, 224, 44, 10, 79, 79, 224, 58, 40, 10,
+    401, 224, 913, 22, 23, 24, 25, 26, 27, 28, 224, 153, 100, 130, 125,
+    614, 82, 224, 90, 278, 71, 224, 90, 278, 664, 224, 86, 90, 278, 71,
+    224, 31, 688, 74, 33, 224, 91, 224, 31, 18, 688, 74, 33, 92, 260,
+    31, 688, 74, 33, 260, 31, 18, 688, 74, 33, 260, 31, 95, 511, 95,
+    33, 260, 31, 615, 80, 66, 680, 1, 91, 68, 29, 29, 69, 17, 70,
+    737, 71, 70, 68, 73, 131, 106, 224, 166, 249, 102, 166, 254, 109, 176,
+    257, 252, 226, 224, 130, 258, 162, 226, 229, 91, 161, 258, 240, 84, 130,
+    125, 66, 162, 226, 127, 91, 224, 68, 202, 69, 224, 70, 202, 282, 79,
+    346, 331, 278, 79, 71, 260, 295, 68, 452, 87, 352, 411, 314, 260, 202,
+    68, 202, 202, 69, 202, 224, 91, 71, 272, 939, 412, 10, 79, 79, 377,
+    40, 10, 401, 431, 21, 22, 23, 24, 25, 26, 27, 28, 224, 153, 100,
+    130, 125, 614, 82, 331, 278, 71, 331, 278, 664, 329, 90, 278, 71, 526,
+    688, 74, 33, 224, 91, 526, 18, 688, 74, 33, 92, 260, 31, 688, 74,
+    33, 260, 31, 18, 688, 74, 33, 260, 31, 95, 511, 95, 33, 260, 31,
+    615, 80, 66, 680, 1, 91, 68, 29, 29, 69, 17, 70, 737, 71, 70,
+    68, 73, 131, 106, 224, 166, 249, 102, 166, 254, 109, 176, 257, 252, 226,
+    224, 130, 258, 162, 226, 229, 91, 161, 258, 240, 84, 130, 125, 66, 162,
+    226, 127, 91, 277, 202, 69, 291, 202, 282, 79, 346, 224, 90, 278, 79,
+    71, 260, 295, 68, 452, 87, 352, 411, 314, 260, 202, 68, 202, 202, 69,
+    202, 224, 91, 71, 272, 939, 224, 44, 10, 79, 79, 224, 58, 40, 10,
+    401, 224, 913, 22, 23, 24, 25, 26, 27, 28, 224, 153, 100, 130, 125,
+    614, 82, 224, 90, 278, 71, 224, 90, 278, 664, 224, 86, 90, 278, 71,
+    224, 31, 688, 74, 33, 224, 91, 224, 31, 18, 688, 74, 33, 92, 260,
+    31, 688, 74, 33, 260, 31, 18, 688, 74, 33, 260, 31, 95, 511, 95,
+    33, 260, 31, 615, 80, 66, 680, 1, 91, 68, 29, 29, 69, 17, 70,
+    737, 71, 70, 68, 73, 131, 106, 224, 166, 249, 102, 166, 254, 109, 176,
+    257, 252, 226, 224, 130, 258, 162, 226, 229, 91, 161, 258, 240, 84, 130,
+    125, 66, 162, 226, 127, 91, 224, 68, 202, 69, 224, 70, 202, 282, 79,
+    346, 90, 278, 79, 71, 295, 68, 452, 87, 352, 411, 314, 68, 69, 91,
+    71, 272, 939, 44, 10, 79, 79, 58, 40, 10, 401, 913, 22, 23, 24,
+    25, 26, 27, 28, 153, 100, 130, 125, 614, 82, 90, 278, 71, 90, 278,
+    664, 86, 90, 278, 71, 31, 688, 74, 33, 91, 31, 18, 688, 74, 33,
+    92, 31, 688, 74, 33, 31, 18, 688, 74, 33, 31, 95, 511, 95, 33,
+    31, 615, 80, 66, 680, 1, 91, 68, 29, 29, 69, 17, 70, 737, 71,
+    70, 68, 73, 131, 106, 166, 249, 102, 166, 254, 109, 176, 257, 252, 226,
+    91, 161, 258, 240, 84, 130, 125, 66, 162, 226, 127, 91, 68, 69, 70,
+    282, 79, 346, 224, 90, 278, 79, 71, 260, 295, 68, 452, 87, 352, 411,
+    314, 260, 202, 68, 202, 202, 69, 202, 224, 91, 71, 272, 10, 87, 224,
+    44, 10, 79, 79, 224, 58, 40, 10, 401, 431, 21, 22, 23, 24, 25,
+    26, 27, 28, 224, 153, 100, 130, 125, 614, 82, 224, 90, 278, 71, 224,
+    90, 278, 664, 224, 86, 90, 278, 71, 526, 688, 74, 33, 224, 91, 526,
+    18, 688, 74, 33, 92, 260, 31, 688, 74, 33, 260, 31, 18, 688, 74,
+    33, 260, 31, 95, 511, 95, 33, 260, 31, 615, 80, 66, 680, 1, 91,
+    68, 29, 29, 69, 17, 70, 737, 71, 70, 68, 73, 131, 106, 224, 166,
+    249, 102, 166, 254, 109, 176, 257, 252, 226, 224, 130, 258, 162, 226, 229,
+    91, 161, 258, 240, 84, 130, 125, 66, 162, 226, 127, 91, 224, 68, 202,
+    69, 224, 70, 202, 282, 79, 346, 224, 90, 278, 79, 71, 224, 224, 295,
+    68, 452, 87, 352, 411, 314, 224, 224, 202, 68, 202, 202, 69, 202, 224,
+    91, 71, 272, 10, 87, 224, 44, 10, 79, 79, 224, 58, 40, 10, 53,
+    40, 224, 20, 21, 22, 23, 24, 25, 26, 27, 28, 224, 153, 100, 130,
+    125, 614, 82, 224, 90, 278, 71, 224, 90, 278, 664, 224, 86, 90, 278,
+    71, 224, 31, 688, 74, 33, 224, 91, 224, 31, 18, 688, 74, 33, 92,
+    224, 224, 31, 688, 74, 33, 224, 224, 31, 18, 688, 74, 33, 224, 224,
+    31, 95, 511, 95, 33, 224, 224, 31, 615, 80, 66, 680, 1, 91, 68,
+    29, 29, 69, 17, 70, 17, 17, 71, 70, 68, 73, 131, 106, 224, 166,
+    249, 102, 166, 254, 109, 176, 257, 252, 226, 224, 130, 258, 162, 226, 229,
+    91, 161, 258, 240, 84, 130, 125, 66, 162, 226, 127, 91, 224, 68, 202,
+    69, 224, 70, 202, 282, 79, 346, 331, 278, 79, 71, 260, 295, 68, 452,
+    87, 352, 411, 314, 260, 202, 68, 202, 202, 69, 202, 224, 91, 71, 272,
+    939, 412, 10, 79, 79, 377, 40, 10, 401, 431, 21, 22, 23, 24, 25,
+    26, 27, 28, 224, 153, 100, 130, 125, 614, 82, 331, 278, 71, 331, 278,
+    664, 329, 90, 278, 71, 526, 688, 74, 33, 224, 91, 526, 18, 688, 74,
+    33, 92, 260, 31, 688, 74, 33, 260, 31, 18, 688, 74, 33, 260, 31,
+    95, 511, 95, 33, 260, 31, 615, 80, 66, 680, 1, 91, 68, 29, 29,
+    69, 17, 70, 17, 17, 71, 70, 68, 73, 131, 106, 224, 166, 249, 102,
+    166, 254, 109, 176, 257, 252, 226, 224, 130, 258, 162, 226, 229, 91, 161,
+    258, 240, 84, 130, 125, 66, 162, 226, 127, 91, 277, 202, 69, 291, 202,
+    282, 79, 346, 331, 278, 79, 71, 260, 295, 68, 452, 87, 352, 411, 314,
+    260, 202, 68, 202, 202, 69, 202, 224, 91, 71, 272, 939, 412, 10, 79,
+    79, 377, 40, 10, 401, 431, 21, 22, 23, 24, 25, 26, 27, 28, 224,
+    153, 100, 130, 125, 614, 82, 331, 278, 71, 331, 278, 664, 329, 90, 278,
+    71, 526, 688, 74, 33, 224, 91, 526, 18, 688, 74, 33, 92, 260, 31,
+    688, 74, 33, 260, 31, 18, 688, 74, 33, 260, 31, 95, 511, 95, 33,
+    260, 31, 615, 80, 66, 680, 1, 91, 68, 29, 29, 69, 17, 70, 737,
+    71, 70, 68, 73, 131, 106, 224, 166, 249, 102, 166, 254, 109, 176, 257,
+    252, 226, 224, 130, 258, 162, 226, 229, 91, 161, 258, 240, 84, 130, 125,
+    66, 162, 226, 127, 91, 277, 202, 69, 291, 202, 282, 79, 346, 331, 278,
+    79, 71, 260, 295, 68, 452, 87, 352, 411, 314, 260, 202, 68, 202, 202,
+    69, 202, 224, 91, 71, 272, 939, 412, 10, 79, 79, 377, 40, 10, 401,
+    431, 21, 22, 23, 24, 25, 26, 27, 28, 224, 153, 100, 130, 125, 614,
+    82, 331, 278, 71, 331, 278, 664, 329, 90, 278, 71, 526, 688, 74, 33,
+    224, 91, 526, 18, 688, 74, 33, 92, 260, 31, 688, 74, 33, 260, 31,
+    18, 688, 74, 33, 260, 31, 95, 511, 95, 33, 260, 31, 615, 80, 66,
+    680, 1, 91, 68, 29, 29, 69, 17, 70, 737, 71, 70, 68, 73, 131,
+    106, 224, 166, 249, 102, 166, 254, 109, 176, 257, 252, 226, 224, 130, 258,
+    162, 226, 229, 91, 161, 258, 240, 84, 130, 125, 66, 162, 226, 127, 91,
+    224, 68, 202, 69, 291, 202, 282, 79, 346, 224, 90, 278, 79, 71, 260,
+    295, 68, 452, 87, 352, 411, 314, 260, 202, 68, 202, 202, 69, 202, 224,
+    91, 71, 272, 10, 87, 224, 44, 10, 79, 79, 224, 58, 40, 10, 401,
+    224, 913, 22, 23, 24, 25, 26, 27, 28, 224, 153, 100, 130, 125, 614,
+    82, 224, 90, 278, 71, 224, 90, 278, 664, 224, 86, 90, 278, 71, 526,
+    688, 74, 33, 224, 91, 526, 18, 688, 74, 33, 92, 260, 31, 688, 74,
+    33, 260, 31, 18, 688, 74, 33, 260, 31, 95, 511, 95, 33, 260, 31,
+    615, 80, 66, 680, 1, 91, 68, 29, 29, 69, 17, 70, 737, 71, 70,
+    68, 73, 131, 106, 224, 166, 249, 102, 166, 254, 109, 176, 257, 252, 226,
+    224, 130, 258, 162, 226, 229, 91, 161, 258, 240, 84, 130, 125, 66, 162,
+    226, 127, 91, 224, 68, 202, 69, 224, 70, 202, 75, 575, 346, 224, 90,
+    278, 79, 71, 260, 79, 72, 68, 452, 87, 352, 411, 314, 260, 202, 68,
+    202, 202, 69, 202, 224, 91, 71, 272, 10, 87, 224, 44, 10, 79, 79,
+    224, 58, 40, 10, 53, 40, 224, 20, 21, 22, 23, 24, 25, 26, 27,
+    28, 224, 153, 100, 130, 125, 73, 82, 82, 224, 90, 278, 71, 224, 90,
+    278, 664, 224, 86, 90, 278, 71, 526, 87, 68, 74, 33, 224, 91, 526,
+    18, 87, 68, 74, 33, 92, 260, 31, 87, 68, 74, 33, 260, 31, 18,
+    87, 68, 74, 33, 260, 31, 95, 86, 83, 95, 33, 260, 31, 73, 76,
+    80, 66, 680, 1, 91, 68, 29, 29, 69, 17, 70, 17, 17, 71, 70,
+    68, 73, 131, 106, 224, 166, 249, 102, 166, 254, 109, 176, 257, 252, 226,
+    224, 130, 258, 162, 226, 229, 91, 161, 258, 240, 84, 130, 125, 66, 162,
+    226, 127, 91, 224, 68, 202, 69, 224, 70, 202, 282, 79, 346, 331, 278,
+    79, 71, 260, 295, 68, 452, 87, 352, 411, 314, 260, 202, 68, 202, 202,
+    69, 202, 224, 91, 71, 272, 939, 412, 10, 79, 79, 377, 40, 10, 401,
+    431, 21, 22, 23, 24, 25, 26, 27, 28, 224, 153, 100, 130, 125, 614,
+    82, 331, 278, 71, 331, 278, 664, 329, 90, 278, 71, 526, 688, 74, 33,
+    224, 91, 526, 18, 688, 74, 33, 92, 260, 31, 688, 74, 33, 260, 31,
+    18, 688, 74, 33, 260, 31, 95, 511, 95, 33, 260, 31, 615, 80, 66,
+    680, 1, 91, 68, 29, 29, 69, 17, 70, 17, 17, 71, 70, 68, 73,
+    131, 106, 224, 166, 249, 102, 166, 254, 109, 176, 257, 252, 226, 224, 130,
+    258, 162, 226, 229, 91, 161, 258, 240, 84, 130, 125, 66, 162, 226, 127,
+    91, 224, 68, 202, 69, 224, 70, 202, 282, 79, 346, 331, 278, 79, 71,
+    224, 805, 68, 452, 87, 352, 411, 314, 260, 202, 68, 202, 202, 69, 202,
+    224, 91, 71, 272, 939, 412, 10, 79, 79, 377, 40, 10, 401, 224, 913,
+    22, 23, 24, 25, 26, 27, 28, 224, 153, 100, 130, 125, 614, 82, 331,
+    278, 71, 331, 278, 664, 329, 90, 278, 71, 526, 688, 74, 33, 224, 91,
+    526, 18, 688, 74, 33, 92, 224, 526, 688, 74, 33, 224, 526, 18, 688,
+    74, 33, 224, 526, 95, 511, 95, 33, 260, 31, 615, 80, 66, 680, 1,
+    91, 68, 29, 29, 69, 17, 70, 737, 71, 70, 68, 73, 131, 106, 224,
+    166, 249, 102, 166, 254, 109, 176, 257, 252, 226, 224, 130, 258, 162, 226,
+    229, 91, 161, 258, 240, 84, 130, 125, 66, 162, 226, 127, 91, 277, 202,
+    69, 291, 202, 1980, 319, 10786, 2173, 225, 11729, 1427, 5577, 4374, 69, 203, 203,
+    70, 203, 835, 72, 271, 1528, 406, 10927, 640, 41, 11, 439, 225, 10086, 4619,
+    26, 27, 5326, 225, 154, 101, 131, 126, 7494, 6813, 7759, 303, 3002, 420, 5580,
+    34, 835, 2418, 5580, 34, 93, 225, 420, 5580, 34, 225, 2418, 5580, 34, 225,
+    420, 96, 794, 96, 34, 261, 32, 74, 560, 2916, 32, 74, 560, 6873, 34,
+    92, 69, 339, 70, 993, 729, 72, 977, 74, 132, 107, 225, 167, 250, 103,
+    167, 255, 110, 177, 258, 253, 227, 225, 131, 259, 8276, 230, 92, 162, 259,
+    241, 85, 131, 126, 67, 8276, 128, 92, 289, 203, 70, 282, 203, 282, 79,
+    346, 331, 278, 79, 71, 224, 805, 68, 452, 87, 352, 411, 314, 260, 202,
+    68, 202, 202, 69, 202, 224, 91, 71, 272, 939, 412, 10, 79, 79, 377,
+    40, 10, 401, 431, 21, 22, 23, 24, 25, 26, 27, 28, 224, 153, 100,
+    130, 125, 1024, 224, 1027, 331, 278, 664, 329, 90, 278, 71, 1025, 1030, 1026,
+    92, 1025, 260, 1026, 1028, 1029, 1, 91, 68, 29, 29, 69, 17, 70, 737,
+    71, 70, 68, 73, 169, 224, 166, 249, 102, 166, 254, 109, 176, 257, 252,
+    226, 224, 130, 258, 162, 226, 229, 91, 161, 258, 240, 84, 130, 125, 66,
+    162, 226, 127, 91, 277, 202, 69, 291, 202, 282, 79, 346, 331, 278, 79,
+    71, 224, 805, 68, 452, 87, 352, 411, 314, 260, 202, 68, 202, 202, 69,
+    202, 224, 91, 71, 272, 939, 412, 10, 79, 79, 377, 40, 10, 401, 431,
+    21, 22, 23, 24, 25, 26, 27, 28, 224, 153, 100, 130, 125, 1024, 224,
+    1027, 331, 278, 664, 329, 90, 278, 71, 1025, 1030, 1026, 92, 1025, 260, 1026,
+    31, 95, 511, 95, 33, 260, 1029, 1029, 615, 91, 33, 91, 68, 29, 29,
+    69, 17, 70, 737, 71, 70, 68, 73, 131, 106, 224, 166, 249, 102, 166,
+    254, 109, 176, 257, 252, 226, 224, 130, 258, 162, 226, 229, 91, 161, 258,
+    240, 84, 130, 125, 66, 162, 226, 127, 91, 277, 202, 69, 291, 202, 1980,
+    319, 10786, 2173, 225, 11729, 1427, 5577, 4374, 69, 203, 203, 70, 203, 835, 72,
+    271, 1528, 406, 10927, 640, 41, 11, 439, 225, 10086, 4619, 26, 27, 5326, 225,
+    154, 101, 131, 126, 7494, 225, 3002, 7759, 303, 3002, 16384, 16388, 16385, 93, 16384,
+    261, 16385, 16386, 16387, 16387, 2364, 34, 92, 69, 339, 70, 993, 729, 72, 977,
+    74, 170, 225, 167, 250, 103, 167, 255, 110, 177, 258, 253, 227, 225, 131,
+    259, 8276, 230, 92, 162, 259, 241, 85, 131, 126, 67, 8276, 128, 92, 289,
+    203, 70, 282, 203, 1980, 319, 10786, 2173, 225, 11729, 1427, 5577, 4374, 69, 203,
+    203, 70, 203, 835, 72, 271, 1528, 406, 10927, 640, 41, 11, 439, 225, 10086,
+    4619, 26, 27, 5326, 225, 154, 101, 131, 126, 7494, 225, 3002, 7759, 303, 3002,
+    16384, 16388, 16385, 93, 16384, 261, 16385, 32, 96, 794, 96, 34, 261, 16387, 16387,
+    2364, 34, 92, 69, 339, 70, 993, 729, 72, 977, 74, 132, 107, 225, 167,
+    250, 103, 167, 255, 110, 177, 258, 253, 227, 225, 131, 259, 8276, 230, 92,
+    162, 259, 241, 85, 131, 126, 67, 8276, 128, 92, 289, 203, 70, 282, 203,
+};
+
+static const uint8_t HF_COUNTS[] = {
+    7, 4, 6, 7, 25, 25, 18, 8, 8, 26, 14, 7, 4, 6, 7, 25, 24, 18, 7, 8, 26, 13,
+    8, 4, 6, 7, 27, 29, 18, 7, 8, 26, 15, 7, 4, 6, 7, 25, 24, 18, 7, 8, 26, 13,
+    8, 4, 6, 7, 27, 29, 18, 7, 8, 26, 15, 7, 3, 4, 3, 23, 23, 14, 7, 8, 19, 11,
+    8, 4, 6, 7, 28, 27, 18, 7, 8, 26, 15, 8, 5, 7, 7, 30, 29, 22, 7, 9, 26, 15,
+    7, 4, 6, 7, 25, 24, 18, 7, 9, 26, 13, 7, 4, 6, 7, 25, 24, 18, 7, 8, 26, 13,
+    7, 4, 6, 7, 25, 24, 18, 7, 8, 26, 14, 8, 4, 6, 7, 28, 27, 18, 7, 8, 26, 15,
+    8, 5, 6, 7, 30, 30, 21, 8, 9, 26, 15, 7, 4, 6, 7, 25, 24, 18, 7, 9, 26, 15,
+    7, 4, 6, 7, 25, 24, 18, 7, 8, 26, 13, 4, 2, 3, 6, 20, 13, 15, 10, 6, 24, 12,
+    7, 4, 6, 7, 25, 14, 4, 3, 8, 25, 13, 7, 4, 6, 7, 25, 14, 9, 6, 8, 26, 13,
+    4, 2, 3, 6, 20, 10, 4, 5, 6, 23, 12, 4, 2, 3, 6, 20, 10, 9, 5, 6, 24, 12,
+};
+
+static kvt_tokenizer_t *load_variant(size_t v)
+{
+    size_t len;
+    char *json = read_all(HF_VARIANTS[v].base, &len);
+    assert_non_null(json);
+    cJSON *doc = cJSON_ParseWithLength(json, len);
+    cJSON *patch = cJSON_Parse(HF_VARIANTS[v].patch), *e, *f;
+    assert_non_null(doc);
+    assert_non_null(patch);
+    cJSON_ArrayForEach(e, patch)
+    {
+        cJSON *into = cJSON_GetObjectItemCaseSensitive(doc, e->string);
+        if (strcmp(e->string, "model") == 0) {
+            cJSON_ArrayForEach(f, e)
+            cJSON_ReplaceItemInObjectCaseSensitive(into, f->string, cJSON_Duplicate(f, 1));
+        } else if (strcmp(e->string, "added_tokens") == 0) {
+            cJSON_ArrayForEach(f, e)
+            cJSON_AddItemToArray(into, cJSON_Duplicate(f, 1));
+        } else {
+            cJSON_ReplaceItemInObjectCaseSensitive(doc, e->string, cJSON_Duplicate(e, 1));
+        }
+    }
+    char *text = cJSON_PrintUnformatted(doc);
+    kvt_tokenizer_t *tok = NULL;
+    assert_int_equal(kvt_tokenizer_load_mem(text, strlen(text), NULL, 0, &tok), KVT_OK);
+    free(text);
+    cJSON_Delete(patch);
+    cJSON_Delete(doc);
+    free(json);
+    return tok;
+}
+
+static void test_hf_vectors(void **state)
+{
+    (void)state;
+    size_t k = 0, off = 0;
+    for (size_t v = 0; v < sizeof(HF_VARIANTS) / sizeof(HF_VARIANTS[0]); v++) {
+        kvt_tokenizer_t *tok = load_variant(v);
+        for (int mode = 0; mode < (HF_VARIANTS[v].both ? 2 : 1); mode++) {
+            for (size_t t = 0; t < sizeof(HF_TEXTS) / sizeof(HF_TEXTS[0]); t++, k++) {
+                size_t n;
+                uint32_t *ids = encode(tok, HF_TEXTS[t], strlen(HF_TEXTS[t]),
+                                       mode == 0 ? KVT_TOK_PARSE_SPECIAL : 0, &n);
+                assert_true(k < sizeof(HF_COUNTS));
+                if (n != HF_COUNTS[k] || memcmp(ids, HF_IDS + off, n * sizeof(uint32_t)) != 0)
+                    fail_msg("%s, text %zu, special %d: ids differ from HF", HF_VARIANTS[v].name,
+                             t, mode == 0);
+                off += HF_COUNTS[k];
+                free(ids);
+            }
+        }
+        kvt_tokenizer_destroy(tok);
+    }
+    assert_int_equal(k, sizeof(HF_COUNTS));
+    assert_int_equal(off, sizeof(HF_IDS) / sizeof(HF_IDS[0]));
+}
+
 /* --- (2) lossless round trips on real source files --- */
 
 #define CORPUS_MAX_FILES 300
@@ -310,7 +727,8 @@ static size_t random_text(char *buf, size_t max_chars)
         uint32_t cp;
         switch (r % 5) {
         case 0:
-            n += (size_t)sprintf(buf + n, "%s", pieces[(r >> 8) % (sizeof(pieces) / sizeof(pieces[0]))]);
+            size_t k = (r >> 8) % (sizeof(pieces) / sizeof(pieces[0]));
+            n += (size_t)sprintf(buf + n, "%s", pieces[k]);
             continue;
         case 1:
             cp = 0x20 + (uint32_t)((r >> 8) % 0x5f);
@@ -369,8 +787,8 @@ static void test_special_tokens(void **state)
     assert_true(round_trips(tok, with, n, text, strlen(text)));
     assert_true(round_trips(tok, without, m, text, strlen(text)));
     char out[64];
-    assert_int_equal(kvt_tokenizer_decode(tok, with, n, KVT_TOK_SKIP_SPECIAL, out, sizeof(out), &len),
-                     KVT_OK);
+    assert_int_equal(
+        kvt_tokenizer_decode(tok, with, n, KVT_TOK_SKIP_SPECIAL, out, sizeof(out), &len), KVT_OK);
     assert_int_equal(len, 2);
     assert_memory_equal(out, "ab", 2);
     size_t blen;
@@ -398,6 +816,15 @@ static void test_special_tokens(void **state)
 #define OKMODEL MODEL(VOCAB "," MERGES)
 #define SEQ(...) "{\"type\":\"Sequence\",\"pretokenizers\":[" __VA_ARGS__ "]}"
 #define SPLIT(pat, beh) "{\"type\":\"Split\",\"pattern\":" pat ",\"behavior\":\"" beh "\"}"
+/* A document that differs from the valid one only in its model, in one
+ * more top-level field, or in its pre-tokenizer. */
+#define D_MODEL(m) DOC(MODEL(m) "," PRE(BL) "," DEC)
+#define D_WITH(x) DOC(OKMODEL "," x "," PRE(BL) "," DEC)
+#define D_PRE(p) DOC(OKMODEL "," PRE(p) "," DEC)
+#define D_SPLIT(pat, beh) D_PRE(SEQ(SPLIT(pat, beh) "," BL))
+#define ADDED(...) "\"added_tokens\":[" __VA_ARGS__ "]"
+#define NFC "{\"type\":\"NFC\"}"
+#define NORM_SEQ(...) "\"normalizer\":{\"type\":\"Sequence\",\"normalizers\":[" __VA_ARGS__ "]}"
 
 typedef struct {
     const char *json;
@@ -406,85 +833,93 @@ typedef struct {
 
 static const load_case_t LOAD_CASES[] = {
     /* valid: the base document and accepted variants */
-    {DOC(OKMODEL "," PRE(BL) "," DEC), KVT_OK},
-    {DOC(MODEL(VOCAB ",\"merges\":[[\"a\",\"b\"]]") "," PRE(BL) "," DEC), KVT_OK},
-    {DOC(MODEL(VOCAB "," MERGES ",\"dropout\":null,\"unk_token\":\"a\",\"fuse_unk\":true") "," PRE(BL) "," DEC), KVT_OK},
-    {DOC(MODEL(VOCAB "," MERGES ",\"dropout\":0,\"continuing_subword_prefix\":\"\"") "," PRE(BL) "," DEC), KVT_OK},
-    {DOC(OKMODEL ",\"normalizer\":{\"type\":\"NFC\"}," PRE(BL) "," DEC), KVT_OK},
-    {DOC(OKMODEL ",\"normalizer\":{\"type\":\"Sequence\",\"normalizers\":[{\"type\":\"NFC\"}]}," PRE(BL) "," DEC), KVT_OK},
-    {DOC(OKMODEL "," PRE(SEQ(SPLIT("{\"String\":\"::\"}", "Removed") "," BL)) "," DEC), KVT_OK},
-    {DOC(OKMODEL "," PRE(SEQ("{\"type\":\"Digits\"}," SEQ(BL))) "," DEC), KVT_OK},
-    {DOC(OKMODEL ",\"added_tokens\":[{\"id\":3,\"content\":\"<s>\",\"special\":true,\"lstrip\":true,\"rstrip\":true,\"single_word\":true}]," PRE(BL) "," DEC), KVT_OK},
+    {D_MODEL(VOCAB "," MERGES), KVT_OK},
+    {D_MODEL(VOCAB ",\"merges\":[[\"a\",\"b\"]]"), KVT_OK},
+    {D_MODEL(VOCAB "," MERGES ",\"dropout\":null,\"unk_token\":\"a\",\"fuse_unk\":true"), KVT_OK},
+    {D_MODEL(VOCAB "," MERGES ",\"dropout\":0,\"continuing_subword_prefix\":\"\""), KVT_OK},
+    {D_WITH("\"normalizer\":" NFC), KVT_OK},
+    {D_WITH(NORM_SEQ(NFC)), KVT_OK},
+    {D_SPLIT("{\"String\":\"::\"}", "Removed"), KVT_OK},
+    {D_PRE(SEQ("{\"type\":\"Digits\"}," SEQ(BL))), KVT_OK},
+    {D_WITH(ADDED("{\"id\":3,\"content\":\"<s>\",\"special\":true,\"lstrip\":true,"
+                  "\"rstrip\":true,\"single_word\":true}")),
+     KVT_OK},
     /* not json, not an object, not utf-8 */
     {"", KVT_ERR_INVALID},
     {"{", KVT_ERR_INVALID},
     {"[]", KVT_ERR_INVALID},
     {"null", KVT_ERR_INVALID},
     {"{\"model\":1}", KVT_ERR_INVALID},
-    {DOC(OKMODEL "," PRE(BL) "," DEC) "x", KVT_ERR_INVALID},
-    {DOC(MODEL("\"vocab\":{\"a\xff\":0}") "," PRE(BL) "," DEC), KVT_ERR_INVALID},
+    {D_MODEL(VOCAB "," MERGES) "x", KVT_ERR_INVALID},
+    {D_MODEL("\"vocab\":{\"a\xff\":0}"), KVT_ERR_INVALID},
     /* vocab: types, ranges, duplicates */
-    {DOC(MODEL("\"vocab\":[\"a\"]") "," PRE(BL) "," DEC), KVT_ERR_INVALID},
-    {DOC(MODEL("\"vocab\":{\"a\":\"0\"}") "," PRE(BL) "," DEC), KVT_ERR_INVALID},
-    {DOC(MODEL("\"vocab\":{\"a\":-1}") "," PRE(BL) "," DEC), KVT_ERR_INVALID},
-    {DOC(MODEL("\"vocab\":{\"a\":4194304}") "," PRE(BL) "," DEC), KVT_ERR_INVALID},
-    {DOC(MODEL("\"vocab\":{\"a\":1.5}") "," PRE(BL) "," DEC), KVT_ERR_INVALID},
-    {DOC(MODEL("\"vocab\":{\"a\":1e300}") "," PRE(BL) "," DEC), KVT_ERR_INVALID},
-    {DOC(MODEL("\"vocab\":{}") "," PRE(BL) "," DEC), KVT_ERR_INVALID},
-    {DOC(MODEL("\"vocab\":{\"a\":0,\"b\":0}") "," PRE(BL) "," DEC), KVT_ERR_INVALID},
-    {DOC(MODEL("\"vocab\":{\"a\":0,\"a\":1}") "," PRE(BL) "," DEC), KVT_ERR_INVALID},
-    {DOC(MODEL("\"vocab\":{\"\":0}") "," PRE(BL) "," DEC), KVT_ERR_INVALID},
-    {DOC(MODEL("\"vocab\":{\"a\\u0000\":0}") "," PRE(BL) "," DEC), KVT_ERR_INVALID},
-    {DOC("\"model\":{\"type\":\"BPE\"}," PRE(BL) "," DEC), KVT_ERR_INVALID},
+    {D_MODEL("\"vocab\":[\"a\"]"), KVT_ERR_INVALID},
+    {D_MODEL("\"vocab\":{\"a\":\"0\"}"), KVT_ERR_INVALID},
+    {D_MODEL("\"vocab\":{\"a\":-1}"), KVT_ERR_INVALID},
+    {D_MODEL("\"vocab\":{\"a\":4194304}"), KVT_ERR_INVALID},
+    {D_MODEL("\"vocab\":{\"a\":1.5}"), KVT_ERR_INVALID},
+    {D_MODEL("\"vocab\":{\"a\":1e300}"), KVT_ERR_INVALID},
+    {D_MODEL("\"vocab\":{}"), KVT_ERR_INVALID},
+    {D_MODEL("\"vocab\":{\"a\":0,\"b\":0}"), KVT_ERR_INVALID},
+    {D_MODEL("\"vocab\":{\"a\":0,\"a\":1}"), KVT_ERR_INVALID},
+    {D_MODEL("\"vocab\":{\"\":0}"), KVT_ERR_INVALID},
+    {D_MODEL("\"vocab\":{\"a\\u0000\":0}"), KVT_ERR_INVALID},
+    {D_MODEL("\"merges\":[]"), KVT_ERR_INVALID},
     /* merges */
-    {DOC(MODEL(VOCAB ",\"merges\":{}") "," PRE(BL) "," DEC), KVT_ERR_INVALID},
-    {DOC(MODEL(VOCAB ",\"merges\":[1]") "," PRE(BL) "," DEC), KVT_ERR_INVALID},
-    {DOC(MODEL(VOCAB ",\"merges\":[\"ab\"]") "," PRE(BL) "," DEC), KVT_ERR_INVALID},
-    {DOC(MODEL(VOCAB ",\"merges\":[\"a c\"]") "," PRE(BL) "," DEC), KVT_ERR_INVALID},
-    {DOC(MODEL(VOCAB ",\"merges\":[\"b a\"]") "," PRE(BL) "," DEC), KVT_ERR_INVALID},
-    {DOC(MODEL(VOCAB ",\"merges\":[[\"a\"]]") "," PRE(BL) "," DEC), KVT_ERR_INVALID},
-    {DOC(MODEL(VOCAB ",\"merges\":[[\"a\",1]]") "," PRE(BL) "," DEC), KVT_ERR_INVALID},
-    {DOC(MODEL(VOCAB ",\"merges\":[[\"a\",\"b\",\"c\"]]") "," PRE(BL) "," DEC), KVT_ERR_INVALID},
+    {D_MODEL(VOCAB ",\"merges\":{}"), KVT_ERR_INVALID},
+    {D_MODEL(VOCAB ",\"merges\":[1]"), KVT_ERR_INVALID},
+    {D_MODEL(VOCAB ",\"merges\":[\"ab\"]"), KVT_ERR_INVALID},
+    {D_MODEL(VOCAB ",\"merges\":[\"a c\"]"), KVT_ERR_INVALID},
+    {D_MODEL(VOCAB ",\"merges\":[\"b a\"]"), KVT_ERR_INVALID},
+    {D_MODEL(VOCAB ",\"merges\":[[\"a\"]]"), KVT_ERR_INVALID},
+    {D_MODEL(VOCAB ",\"merges\":[[\"a\",1]]"), KVT_ERR_INVALID},
+    {D_MODEL(VOCAB ",\"merges\":[[\"a\",\"b\",\"c\"]]"), KVT_ERR_INVALID},
     /* model options */
     {DOC("\"model\":{\"type\":\"WordPiece\"," VOCAB "}," PRE(BL) "," DEC), KVT_ERR_INVALID},
-    {DOC(MODEL(VOCAB ",\"byte_fallback\":true") "," PRE(BL) "," DEC), KVT_ERR_INVALID},
-    {DOC(MODEL(VOCAB ",\"continuing_subword_prefix\":\"##\"") "," PRE(BL) "," DEC), KVT_ERR_INVALID},
-    {DOC(MODEL(VOCAB ",\"end_of_word_suffix\":\"</w>\"") "," PRE(BL) "," DEC), KVT_ERR_INVALID},
-    {DOC(MODEL(VOCAB ",\"dropout\":0.1") "," PRE(BL) "," DEC), KVT_ERR_INVALID},
-    {DOC(MODEL(VOCAB ",\"unk_token\":\"zz\"") "," PRE(BL) "," DEC), KVT_ERR_INVALID},
-    {DOC(MODEL(VOCAB ",\"ignore_merges\":\"yes\"") "," PRE(BL) "," DEC), KVT_ERR_INVALID},
+    {D_MODEL(VOCAB ",\"byte_fallback\":true"), KVT_ERR_INVALID},
+    {D_MODEL(VOCAB ",\"continuing_subword_prefix\":\"##\""), KVT_ERR_INVALID},
+    {D_MODEL(VOCAB ",\"end_of_word_suffix\":\"</w>\""), KVT_ERR_INVALID},
+    {D_MODEL(VOCAB ",\"dropout\":0.1"), KVT_ERR_INVALID},
+    {D_MODEL(VOCAB ",\"unk_token\":\"zz\""), KVT_ERR_INVALID},
+    {D_MODEL(VOCAB ",\"ignore_merges\":\"yes\""), KVT_ERR_INVALID},
     /* added tokens */
-    {DOC(OKMODEL ",\"added_tokens\":{}," PRE(BL) "," DEC), KVT_ERR_INVALID},
-    {DOC(OKMODEL ",\"added_tokens\":[{\"id\":\"x\",\"content\":\"<s>\"}]," PRE(BL) "," DEC), KVT_ERR_INVALID},
-    {DOC(OKMODEL ",\"added_tokens\":[{\"id\":3,\"content\":\"\"}]," PRE(BL) "," DEC), KVT_ERR_INVALID},
-    {DOC(OKMODEL ",\"added_tokens\":[{\"id\":3}]," PRE(BL) "," DEC), KVT_ERR_INVALID},
-    {DOC(OKMODEL ",\"added_tokens\":[{\"id\":3,\"content\":\"<s>\",\"special\":\"yes\"}]," PRE(BL) "," DEC), KVT_ERR_INVALID},
-    {DOC(OKMODEL ",\"added_tokens\":[{\"id\":3,\"content\":\"<s>\"},{\"id\":4,\"content\":\"<s>\"}]," PRE(BL) "," DEC), KVT_ERR_INVALID},
-    {DOC(MODEL("\"vocab\":{\"a\":0,\"b\":5}") ",\"added_tokens\":[{\"id\":2,\"content\":\"<s>\"},{\"id\":3,\"content\":\"<t>\"},{\"id\":4,\"content\":\"<u>\"},{\"id\":5,\"content\":\"<v>\"}]," PRE(BL) "," DEC), KVT_ERR_INVALID},
+    {D_WITH("\"added_tokens\":{}"), KVT_ERR_INVALID},
+    {D_WITH(ADDED("{\"id\":\"x\",\"content\":\"<s>\"}")), KVT_ERR_INVALID},
+    {D_WITH(ADDED("{\"id\":3,\"content\":\"\"}")), KVT_ERR_INVALID},
+    {D_WITH(ADDED("{\"id\":3}")), KVT_ERR_INVALID},
+    {D_WITH(ADDED("{\"id\":3,\"content\":\"<s>\",\"special\":\"yes\"}")), KVT_ERR_INVALID},
+    {D_WITH(ADDED("{\"id\":3,\"content\":\"<s>\"},{\"id\":4,\"content\":\"<s>\"}")),
+     KVT_ERR_INVALID},
+    /* ids with a hole: HF would give the 4th added token id 5, a vocabulary id */
+    {DOC(MODEL("\"vocab\":{\"a\":0,\"b\":5}") ","
+         ADDED("{\"id\":2,\"content\":\"<s>\"},{\"id\":3,\"content\":\"<t>\"},"
+               "{\"id\":4,\"content\":\"<u>\"},{\"id\":6,\"content\":\"<v>\"}") ","
+         PRE(BL) "," DEC),
+     KVT_ERR_INVALID},
     /* normalizer, pre-tokenizer, decoder */
     {DOC(OKMODEL "," DEC), KVT_ERR_INVALID},
     {DOC(OKMODEL "," PRE(BL)), KVT_ERR_INVALID},
     {DOC(OKMODEL "," PRE(BL) ",\"decoder\":{\"type\":\"WordPiece\"}"), KVT_ERR_INVALID},
-    {DOC(OKMODEL ",\"normalizer\":{\"type\":\"Lowercase\"}," PRE(BL) "," DEC), KVT_ERR_INVALID},
-    {DOC(OKMODEL ",\"normalizer\":{\"type\":\"Sequence\",\"normalizers\":[{\"type\":\"NFC\"},{\"type\":\"NFKC\"}]}," PRE(BL) "," DEC), KVT_ERR_INVALID},
-    {DOC(OKMODEL "," PRE("{\"type\":\"Whitespace\"}") "," DEC), KVT_ERR_INVALID},
-    {DOC(OKMODEL "," PRE("{\"type\":\"Metaspace\"}") "," DEC), KVT_ERR_INVALID},
-    {DOC(OKMODEL "," PRE("{\"type\":7}") "," DEC), KVT_ERR_INVALID},
-    {DOC(OKMODEL "," PRE(SEQ(BL ",{\"type\":\"Digits\"}")) "," DEC), KVT_ERR_INVALID},
-    {DOC(OKMODEL "," PRE(SEQ(BL "," BL)) "," DEC), KVT_ERR_INVALID},
-    {DOC(OKMODEL "," PRE(SEQ(SPLIT("{\"Regex\":\"a\"}", "Isolated"))) "," DEC), KVT_ERR_INVALID},
-    {DOC(OKMODEL "," PRE(SEQ()) "," DEC), KVT_ERR_INVALID},
-    {DOC(OKMODEL "," PRE("{\"type\":\"Sequence\"}") "," DEC), KVT_ERR_INVALID},
-    {DOC(OKMODEL "," PRE(SEQ(SEQ(SEQ(SEQ(SEQ(SEQ(SEQ(SEQ(SEQ(BL)))))))))) "," DEC), KVT_ERR_INVALID},
-    {DOC(OKMODEL "," PRE(SEQ(SPLIT("{\"Regex\":\"(\"}", "Isolated") "," BL)) "," DEC), KVT_ERR_INVALID},
-    {DOC(OKMODEL "," PRE(SEQ(SPLIT("{\"Regex\":\"a{2,1}\"}", "Isolated") "," BL)) "," DEC), KVT_ERR_INVALID},
-    {DOC(OKMODEL "," PRE(SEQ(SPLIT("{\"Regex\":\"\\\\C\"}", "Isolated") "," BL)) "," DEC), KVT_ERR_INVALID},
-    {DOC(OKMODEL "," PRE(SEQ(SPLIT("{\"Regex\":\"\"}", "Isolated") "," BL)) "," DEC), KVT_ERR_INVALID},
-    {DOC(OKMODEL "," PRE(SEQ(SPLIT("{\"String\":\"\"}", "Isolated") "," BL)) "," DEC), KVT_ERR_INVALID},
-    {DOC(OKMODEL "," PRE(SEQ(SPLIT("{\"Regex\":\"a\"}", "Foo") "," BL)) "," DEC), KVT_ERR_INVALID},
-    {DOC(OKMODEL "," PRE(SEQ(SPLIT("{\"Foo\":\"a\"}", "Isolated") "," BL)) "," DEC), KVT_ERR_INVALID},
-    {DOC(OKMODEL "," PRE(SEQ(SPLIT("\"a\"", "Isolated") "," BL)) "," DEC), KVT_ERR_INVALID},
-    {DOC(OKMODEL "," PRE("{\"type\":\"ByteLevel\",\"use_regex\":1}") "," DEC), KVT_ERR_INVALID},
+    {D_WITH("\"normalizer\":{\"type\":\"Lowercase\"}"), KVT_ERR_INVALID},
+    {D_WITH(NORM_SEQ(NFC ",{\"type\":\"NFKC\"}")), KVT_ERR_INVALID},
+    {D_PRE("{\"type\":\"Whitespace\"}"), KVT_ERR_INVALID},
+    {D_PRE("{\"type\":\"Metaspace\"}"), KVT_ERR_INVALID},
+    {D_PRE("{\"type\":7}"), KVT_ERR_INVALID},
+    {D_PRE(SEQ(BL ",{\"type\":\"Digits\"}")), KVT_ERR_INVALID},
+    {D_PRE(SEQ(BL "," BL)), KVT_ERR_INVALID},
+    {D_PRE(SEQ(SPLIT("{\"Regex\":\"a\"}", "Isolated"))), KVT_ERR_INVALID},
+    {D_PRE(SEQ()), KVT_ERR_INVALID},
+    {D_PRE("{\"type\":\"Sequence\"}"), KVT_ERR_INVALID},
+    {D_PRE(SEQ(SEQ(SEQ(SEQ(SEQ(SEQ(SEQ(SEQ(SEQ(BL)))))))))), KVT_ERR_INVALID},
+    {D_SPLIT("{\"Regex\":\"(\"}", "Isolated"), KVT_ERR_INVALID},
+    {D_SPLIT("{\"Regex\":\"a{2,1}\"}", "Isolated"), KVT_ERR_INVALID},
+    {D_SPLIT("{\"Regex\":\"\\\\C\"}", "Isolated"), KVT_ERR_INVALID},
+    {D_SPLIT("{\"Regex\":\"\"}", "Isolated"), KVT_ERR_INVALID},
+    {D_SPLIT("{\"String\":\"\"}", "Isolated"), KVT_ERR_INVALID},
+    {D_SPLIT("{\"Regex\":\"a\"}", "Foo"), KVT_ERR_INVALID},
+    {D_SPLIT("{\"Foo\":\"a\"}", "Isolated"), KVT_ERR_INVALID},
+    {D_SPLIT("\"a\"", "Isolated"), KVT_ERR_INVALID},
+    {D_PRE("{\"type\":\"ByteLevel\",\"use_regex\":1}"), KVT_ERR_INVALID},
 };
 
 static void test_malformed(void **state)
@@ -783,15 +1218,17 @@ static void test_long_pretokens(void **state)
         timed_round_trip(toks[k], text, len, k ? "code: 200 KB of 'a'" : "gpt2: 200 KB of 'a'",
                          5.0);
         memset(text, ' ', len);
-        timed_round_trip(toks[k], text, len, k ? "code: 200 KB of spaces" : "gpt2: 200 KB of spaces",
-                         5.0);
+        timed_round_trip(toks[k], text, len,
+                         k ? "code: 200 KB of spaces" : "gpt2: 200 KB of spaces", 5.0);
         for (size_t i = 0; i < len; i++)
             text[i] = (char)('a' + rnd() % 26);
         timed_round_trip(toks[k], text, len,
                          k ? "code: 200 KB of random letters" : "gpt2: 200 KB of random letters",
                          5.0);
+        static const char b64[] =
+            "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
         for (size_t i = 0; i < len; i++) /* base64-like */
-            text[i] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"[rnd() % 64];
+            text[i] = b64[rnd() % 64];
         timed_round_trip(toks[k], text, len, k ? "code: 200 KB base64" : "gpt2: 200 KB base64",
                          5.0);
     }
@@ -824,6 +1261,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_fixture_ids),
+        cmocka_unit_test(test_hf_vectors),
         cmocka_unit_test(test_special_tokens),
         cmocka_unit_test(test_round_trip_corpus),
         cmocka_unit_test(test_round_trip_random),
