@@ -545,13 +545,13 @@ typedef struct {
     wref_t *refs;
     size_t n_refs;
     size_t *chunk_start; /* [n_refs + 1]: first conversion job of each ref */
-    bool drop;           /* hashing only: let go of each tensor's pages */
 } work_t;
 
-/* Unmap the pages of a hashed tensor from this process (they stay in the
- * page cache), so inspecting a 16 GB model does not show 16 GB resident.
- * The mapping is private and never written: a neighbour tensor sharing an
- * edge page simply faults it back in. */
+/* Unmap file pages already hashed or converted from this process (they
+ * stay in the page cache), so a 16 GB model does not add 16 GB resident to
+ * its f32 copy.  The mapping is private and never written: a job still
+ * reading a dropped page (the hash of a tensor whose chunks are converted
+ * meanwhile, a neighbour sharing an edge page) faults it back in. */
 static void drop_pages(const void *p, uint64_t len)
 {
     uintptr_t ps = (uintptr_t)sysconf(_SC_PAGESIZE);
@@ -568,8 +568,7 @@ static void work_job(void *arg, size_t job)
         XXH128_canonical_t c;
         XXH128_canonicalFromHash(&c, XXH3_128bits(r->t->data, r->t->nbytes));
         memcpy(r->xxh, c.digest, 16);
-        if (w->drop)
-            drop_pages(r->t->data, r->t->nbytes);
+        drop_pages(r->t->data, r->t->nbytes);
         return;
     }
     size_t j = job - w->n_refs, lo = 0, hi = w->n_refs;
@@ -584,12 +583,14 @@ static void work_job(void *arg, size_t job)
     uint64_t first = (uint64_t)(j - w->chunk_start[lo]) * CONVERT_CHUNK;
     uint64_t count = r->t->n_elems - first < CONVERT_CHUNK ? r->t->n_elems - first : CONVERT_CHUNK;
     kvt_st_to_f32(r->t, first, count, r->dst + first);
+    size_t es = r->t->dtype == KVT_DTYPE_F32 ? 4 : 2;
+    drop_pages(r->t->data + first * es, count * es);
 }
 
 /* Hash every tensor; with dst set, convert it too. */
 static kvt_status_t run_work(wref_t *refs, size_t n, bool convert)
 {
-    work_t w = {.refs = refs, .n_refs = n, .drop = !convert};
+    work_t w = {.refs = refs, .n_refs = n};
     if (!(w.chunk_start = kvt_calloc("convert jobs", n + 1, sizeof(size_t))))
         return KVT_ERR_NOMEM;
     for (size_t i = 0; i < n; i++)
