@@ -211,7 +211,7 @@ static kvt_status_t parse_flags(const pctx_t *c, const cJSON *root, kvt_model_co
     const cJSON *act = get(root, "hidden_act");
     if (act && (!cJSON_IsString(act) || strcmp(act->valuestring, "silu") != 0))
         return field_err(c, "hidden_act", KVT_ERR_INVALID, "only \"silu\" is supported");
-    bool b;
+    bool b = false; /* gcc 13 cannot see that get_bool sets it on success */
     kvt_status_t st = get_bool(c, root, "mlp_bias", false, &b);
     if (st == KVT_OK && b)
         st = field_err(c, "mlp_bias", KVT_ERR_INVALID, "true is not supported");
