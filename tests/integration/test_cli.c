@@ -17,6 +17,7 @@
 #include <stddef.h>
 #include <cmocka.h>
 // clang-format on
+#include "tests/support/runbin.h"
 
 #include <stdint.h>
 #include <stdio.h>
@@ -26,110 +27,43 @@
 #include <unistd.h>
 
 #define N_BLOCKS 5
-#define OUT_CAP (256 * 1024)
-
-static const char *g_bin;
-static char g_out[OUT_CAP];
-
-/* Run the binary with args (NULL-terminated); env is "NAME=VALUE" or NULL.
- * Captures stdout into g_out; returns the exit status (-1 if killed). */
-static int run_env(const char *env, const char *const *args)
-{
-    const char *argv[32] = {g_bin};
-    int argc = 1;
-    while (args[argc - 1] && argc < 31) {
-        argv[argc] = args[argc - 1];
-        argc++;
-    }
-    argv[argc] = NULL;
-    int pfd[2];
-    assert_int_equal(pipe(pfd), 0);
-    fflush(NULL);
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        dup2(pfd[1], STDOUT_FILENO);
-        close(pfd[0]);
-        close(pfd[1]);
-        if (env)
-            putenv((char *)env);
-        execv(g_bin, (char *const *)argv);
-        _exit(127);
-    }
-    close(pfd[1]);
-    size_t len = 0;
-    ssize_t k;
-    char sink[4096];
-    while ((k = read(pfd[0], len < OUT_CAP - 1 ? g_out + len : sink,
-                     len < OUT_CAP - 1 ? OUT_CAP - 1 - len : sizeof(sink))) > 0)
-        if (len < OUT_CAP - 1)
-            len += (size_t)k;
-    g_out[len] = '\0';
-    close(pfd[0]);
-    int status;
-    assert_int_equal(waitpid(pid, &status, 0), pid);
-    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-}
-
-#define RUN(...) run_env(NULL, (const char *const[]){__VA_ARGS__, NULL})
-#define RUN_ENV(env, ...) run_env(env, (const char *const[]){__VA_ARGS__, NULL})
-
-/* The number after "key": in json, searching from the first `anchor`. */
-static long long json_num(const char *json, const char *anchor, const char *key)
-{
-    const char *p = anchor ? strstr(json, anchor) : json;
-    assert_non_null(p);
-    char pat[64];
-    snprintf(pat, sizeof(pat), "\"%s\":", key);
-    p = strstr(p, pat);
-    assert_non_null(p);
-    return strtoll(p + strlen(pat), NULL, 10);
-}
-
-static int count_of(const char *s, const char *what)
-{
-    int n = 0;
-    for (const char *p = s; (p = strstr(p, what)); p += strlen(what))
-        n++;
-    return n;
-}
 
 /* ---- without a DB ---- */
 
 static void test_help_and_version(void **state)
 {
-    assert_int_equal(RUN("help"), 0);
-    assert_non_null(strstr(g_out, "kv stats"));
-    assert_non_null(strstr(g_out, "bench kv"));
-    assert_int_equal(RUN("version"), 0);
-    assert_non_null(strstr(g_out, "kvtier 0."));
-    assert_int_equal(RUN("kv", "stats", "--help"), 0);
-    assert_non_null(strstr(g_out, "--data"));
-    assert_non_null(strstr(g_out, "KVT_"));
-    assert_int_equal(RUN("bench", "kv", "--help"), 0);
-    assert_non_null(strstr(g_out, "--block-bytes"));
+    assert_int_equal(TU_RUN("help"), 0);
+    assert_non_null(strstr(tu_out, "kv stats"));
+    assert_non_null(strstr(tu_out, "bench kv"));
+    assert_int_equal(TU_RUN("version"), 0);
+    assert_non_null(strstr(tu_out, "kvtier 0."));
+    assert_int_equal(TU_RUN("kv", "stats", "--help"), 0);
+    assert_non_null(strstr(tu_out, "--data"));
+    assert_non_null(strstr(tu_out, "KVT_"));
+    assert_int_equal(TU_RUN("bench", "kv", "--help"), 0);
+    assert_non_null(strstr(tu_out, "--block-bytes"));
 }
 
 static void test_usage_errors(void **state)
 {
-    assert_int_equal(RUN("no-such-command"), 2);
-    assert_int_equal(RUN("kv"), 2);
-    assert_int_equal(RUN("kv", "bogus"), 2);
-    assert_int_equal(RUN("kv", "stats"), 2);
-    assert_int_equal(RUN("kv", "verify", "--data", "/tmp", "--no-such-flag"), 2);
-    assert_int_equal(RUN("kv", "ls", "--data", "/tmp", "--limit", "abc"), 2);
-    assert_int_equal(RUN("kv", "stats", "--data", "/tmp", "--log-level", "loud"), 2);
-    assert_int_equal(RUN("bench", "kv", "--data", "/tmp", "--block-bytes", "1000"), 2);
-    assert_string_equal(g_out, "");
+    assert_int_equal(TU_RUN("no-such-command"), 2);
+    assert_int_equal(TU_RUN("kv"), 2);
+    assert_int_equal(TU_RUN("kv", "bogus"), 2);
+    assert_int_equal(TU_RUN("kv", "stats"), 2);
+    assert_int_equal(TU_RUN("kv", "verify", "--data", "/tmp", "--no-such-flag"), 2);
+    assert_int_equal(TU_RUN("kv", "ls", "--data", "/tmp", "--limit", "abc"), 2);
+    assert_int_equal(TU_RUN("kv", "stats", "--data", "/tmp", "--log-level", "loud"), 2);
+    assert_int_equal(TU_RUN("bench", "kv", "--data", "/tmp", "--block-bytes", "1000"), 2);
+    assert_string_equal(tu_out, "");
 }
 
 static void test_no_db(void **state)
 {
-    assert_int_equal(RUN("kv", "stats", "--data", "/nonexistent/kvtier-data"), 1);
+    assert_int_equal(TU_RUN("kv", "stats", "--data", "/nonexistent/kvtier-data"), 1);
     char *empty = tu_tmpdir("cli-empty");
-    assert_int_equal(RUN("kv", "stats", "--data", empty), 1);
-    assert_int_equal(RUN("kv", "verify", "--data", empty), 1);
-    assert_int_equal(RUN("kv", "ls", "--data", empty), 1);
+    assert_int_equal(TU_RUN("kv", "stats", "--data", empty), 1);
+    assert_int_equal(TU_RUN("kv", "verify", "--data", empty), 1);
+    assert_int_equal(TU_RUN("kv", "ls", "--data", empty), 1);
     tu_rmtree(empty);
     free(empty);
 }
@@ -205,55 +139,55 @@ static void corrupt_block(const char *db, const kvt_block_key_t *key)
 static void test_kv_commands(void **state)
 {
     db_fixture_t *f = *state;
-    assert_int_equal(RUN("kv", "verify", "--data", f->data, "--json"), 0);
-    assert_int_equal(json_num(g_out, NULL, "blocks"), N_BLOCKS);
-    assert_int_equal(json_num(g_out, NULL, "ok"), N_BLOCKS);
-    assert_int_equal(json_num(g_out, NULL, "corrupt"), 0);
-    assert_true(json_num(g_out, NULL, "bytes") >= N_BLOCKS * 1024);
-    assert_int_equal(count_of(g_out, "\n"), 1); /* one JSON object, one line */
+    assert_int_equal(TU_RUN("kv", "verify", "--data", f->data, "--json"), 0);
+    assert_int_equal(tu_json_num(tu_out, NULL, "blocks"), N_BLOCKS);
+    assert_int_equal(tu_json_num(tu_out, NULL, "ok"), N_BLOCKS);
+    assert_int_equal(tu_json_num(tu_out, NULL, "corrupt"), 0);
+    assert_true(tu_json_num(tu_out, NULL, "bytes") >= N_BLOCKS * 1024);
+    assert_int_equal(tu_count_of(tu_out, "\n"), 1); /* one JSON object, one line */
 
-    assert_int_equal(RUN("kv", "ls", "--data", f->data, "--limit", "2"), 0);
+    assert_int_equal(TU_RUN("kv", "ls", "--data", f->data, "--limit", "2"), 0);
     char hex[2 * KVT_KEY_LEN + 1];
     int keys = 0;
     for (int i = 0; i < N_BLOCKS; i++) {
         kvt_block_key_hex(&f->chain.hdr[i].key, hex);
-        keys += strstr(g_out, hex) != NULL;
+        keys += strstr(tu_out, hex) != NULL;
     }
     assert_int_equal(keys, 2);
-    assert_int_equal(count_of(g_out, "\n"), 3); /* header + 2 */
+    assert_int_equal(tu_count_of(tu_out, "\n"), 3); /* header + 2 */
 
-    assert_int_equal(RUN("kv", "stats", "--data", f->data, "--json"), 0);
-    assert_int_equal(json_num(g_out, "\"disk\":", "blocks"), N_BLOCKS);
-    assert_int_equal(json_num(g_out, "\"host\":", "blocks"), 0);
-    assert_int_equal(json_num(g_out, "\"identity\":", "block_tokens"), 4);
-    assert_int_equal(RUN("kv", "stats", "--data", f->data), 0);
-    assert_non_null(strstr(g_out, "f32"));
+    assert_int_equal(TU_RUN("kv", "stats", "--data", f->data, "--json"), 0);
+    assert_int_equal(tu_json_num(tu_out, "\"disk\":", "blocks"), N_BLOCKS);
+    assert_int_equal(tu_json_num(tu_out, "\"host\":", "blocks"), 0);
+    assert_int_equal(tu_json_num(tu_out, "\"identity\":", "block_tokens"), 4);
+    assert_int_equal(TU_RUN("kv", "stats", "--data", f->data), 0);
+    assert_non_null(strstr(tu_out, "f32"));
 
     /* --data from the environment, as KVT_DATA */
     char env[4200];
     snprintf(env, sizeof(env), "KVT_DATA=%s", f->data);
-    assert_int_equal(RUN_ENV(env, "kv", "verify", "--json"), 0);
-    assert_int_equal(json_num(g_out, NULL, "blocks"), N_BLOCKS);
+    assert_int_equal(TU_RUN_ENV(env, "kv", "verify", "--json"), 0);
+    assert_int_equal(tu_json_num(tu_out, NULL, "blocks"), N_BLOCKS);
 }
 
 static void test_corruption_and_repair(void **state)
 {
     db_fixture_t *f = *state;
     corrupt_block(f->db, &f->chain.hdr[N_BLOCKS - 1].key);
-    assert_int_equal(RUN("kv", "verify", "--data", f->data, "--json"), 1);
-    assert_int_equal(json_num(g_out, NULL, "blocks"), N_BLOCKS);
-    assert_int_equal(json_num(g_out, NULL, "corrupt"), 1);
-    assert_int_equal(json_num(g_out, NULL, "ok"), N_BLOCKS - 1);
+    assert_int_equal(TU_RUN("kv", "verify", "--data", f->data, "--json"), 1);
+    assert_int_equal(tu_json_num(tu_out, NULL, "blocks"), N_BLOCKS);
+    assert_int_equal(tu_json_num(tu_out, NULL, "corrupt"), 1);
+    assert_int_equal(tu_json_num(tu_out, NULL, "ok"), N_BLOCKS - 1);
     /* read-only verify changed nothing: still there and still bad */
-    assert_int_equal(RUN("kv", "verify", "--data", f->data), 1);
-    assert_non_null(strstr(g_out, "--repair"));
+    assert_int_equal(TU_RUN("kv", "verify", "--data", f->data), 1);
+    assert_non_null(strstr(tu_out, "--repair"));
 
-    assert_int_equal(RUN("kv", "verify", "--data", f->data, "--repair", "--json"), 1);
-    assert_int_equal(json_num(g_out, NULL, "corrupt"), 1);
-    assert_int_equal(json_num(g_out, NULL, "repaired"), 1);
-    assert_int_equal(RUN("kv", "verify", "--data", f->data, "--json"), 0);
-    assert_int_equal(json_num(g_out, NULL, "blocks"), N_BLOCKS - 1);
-    assert_int_equal(json_num(g_out, NULL, "corrupt"), 0);
+    assert_int_equal(TU_RUN("kv", "verify", "--data", f->data, "--repair", "--json"), 1);
+    assert_int_equal(tu_json_num(tu_out, NULL, "corrupt"), 1);
+    assert_int_equal(tu_json_num(tu_out, NULL, "repaired"), 1);
+    assert_int_equal(TU_RUN("kv", "verify", "--data", f->data, "--json"), 0);
+    assert_int_equal(tu_json_num(tu_out, NULL, "blocks"), N_BLOCKS - 1);
+    assert_int_equal(tu_json_num(tu_out, NULL, "corrupt"), 0);
 }
 
 /* ---- bench ---- */
@@ -261,20 +195,20 @@ static void test_corruption_and_repair(void **state)
 static void test_bench_json(void **state)
 {
     char *dir = tu_tmpdir("cli-bench");
-    assert_int_equal(RUN("bench", "kv", "--data", dir, "--block-bytes", "64K", "--blocks", "8",
+    assert_int_equal(TU_RUN("bench", "kv", "--data", dir, "--block-bytes", "64K", "--blocks", "8",
                          "--json"),
                      0);
-    assert_non_null(strstr(g_out, "\"bench\":\"kv\""));
-    assert_non_null(strstr(g_out, "\"machine\":{"));
-    assert_non_null(strstr(g_out, "\"results\":["));
-    assert_int_equal(count_of(g_out, "\n"), 1);
-    int n = count_of(g_out, "{\"name\":");
+    assert_non_null(strstr(tu_out, "\"bench\":\"kv\""));
+    assert_non_null(strstr(tu_out, "\"machine\":{"));
+    assert_non_null(strstr(tu_out, "\"results\":["));
+    assert_int_equal(tu_count_of(tu_out, "\n"), 1);
+    int n = tu_count_of(tu_out, "{\"name\":");
     assert_true(n >= 16);
     static const char *const fields[] = {"\"value\":", "\"unit\":", "\"ref_name\":",
                                          "\"ref_value\":", "\"ratio\":"};
     for (size_t i = 0; i < sizeof(fields) / sizeof(fields[0]); i++)
-        assert_int_equal(count_of(g_out, fields[i]), n);
-    assert_null(strstr(g_out, "null")); /* no NaN/inf figures */
+        assert_int_equal(tu_count_of(tu_out, fields[i]), n);
+    assert_null(strstr(tu_out, "null")); /* no NaN/inf figures */
     /* scratch space removed without --keep */
     char path[4200];
     snprintf(path, sizeof(path), "%s/bench", dir);
@@ -285,8 +219,8 @@ static void test_bench_json(void **state)
 
 int main(void)
 {
-    g_bin = getenv("KVTIER_BIN");
-    if (!g_bin || access(g_bin, X_OK) != 0) {
+    tu_bin = getenv("KVTIER_BIN");
+    if (!tu_bin || access(tu_bin, X_OK) != 0) {
         fprintf(stderr, "KVTIER_BIN not set or not executable\n");
         return 1;
     }
