@@ -10,6 +10,11 @@
  * content), which makes decode(encode(x)) == x for any valid UTF-8 x under
  * a tokenizer whose vocabulary holds the 256 byte characters.
  *
+ * NFC normalizer: there is no Unicode normalization library among our
+ * dependencies, so kvtier's NFC is exact only for input already in NFC
+ * (what editors send) and otherwise passes text through unchanged, logging
+ * that once at debug level (tokenizer_pre.c says how it is detected).
+ *
  * Files are read whole, bounded by KVT_TOK_MAX_FILE before any allocation. */
 #include "engine/tokenizerInt.h"
 
