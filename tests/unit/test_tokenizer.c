@@ -13,6 +13,7 @@
 #include <cjson/cJSON.h>
 #include <dirent.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -1257,6 +1258,53 @@ static void test_speed_source(void **state)
     free(a);
 }
 
+/* One tokenizer, many threads: every thread gets the single-threaded ids. */
+typedef struct {
+    const kvt_tokenizer_t *tok;
+    const char *text;
+    size_t len, n_want;
+    const uint32_t *want;
+    int ok;
+} thread_arg_t;
+
+static void *encode_thread(void *p)
+{
+    thread_arg_t *a = p;
+    uint32_t *ids = malloc((a->n_want + 1) * sizeof(*ids));
+    a->ok = 1;
+    for (int r = 0; r < 20 && a->ok; r++) {
+        size_t n = 0;
+        a->ok = kvt_tokenizer_encode(a->tok, a->text, a->len, KVT_TOK_PARSE_SPECIAL, ids,
+                                     a->n_want + 1, &n) == KVT_OK &&
+                n == a->n_want && memcmp(ids, a->want, n * sizeof(*ids)) == 0;
+    }
+    free(ids);
+    return NULL;
+}
+
+static void test_threads(void **state)
+{
+    (void)state;
+    size_t len, n;
+    char *text = read_all(SAMPLES "/block.c.txt", &len);
+    assert_non_null(text);
+    kvt_tokenizer_t *tok = load(CODE_JSON);
+    uint32_t *want = encode(tok, text, len, KVT_TOK_PARSE_SPECIAL, &n);
+    pthread_t th[4];
+    thread_arg_t args[4];
+    for (int i = 0; i < 4; i++) {
+        args[i] = (thread_arg_t){tok, text, len, n, want, 0};
+        assert_int_equal(pthread_create(&th[i], NULL, encode_thread, &args[i]), 0);
+    }
+    for (int i = 0; i < 4; i++) {
+        pthread_join(th[i], NULL);
+        assert_true(args[i].ok);
+    }
+    free(want);
+    free(text);
+    kvt_tokenizer_destroy(tok);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1275,6 +1323,7 @@ int main(void)
         cmocka_unit_test(test_fim_tokens),
         cmocka_unit_test(test_long_pretokens),
         cmocka_unit_test(test_speed_source),
+        cmocka_unit_test(test_threads),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
