@@ -76,10 +76,10 @@ static kvt_status_t alloc_scratch(kvt_engine_t *e)
     e->row_seq = kvt_malloc("engine.row_seq", R * sizeof(*e->row_seq));
     e->groups = kvt_malloc("engine.groups", R * sizeof(*e->groups));
     e->items = kvt_malloc("engine.items", R * c->n_kv_heads * sizeof(*e->items));
-    e->att_qptr = kvt_malloc("engine.att_qptr", T * e->att_rows * sizeof(*e->att_qptr));
+    e->att_ptrs = kvt_malloc("engine.att_ptrs", T * kvt_fwd_att_scratch_ptrs(e) * sizeof(void *));
     e->scratch = f;
     if (!f || !e->row_tok || !e->row_pos || !e->row_seq || !e->groups || !e->items ||
-        !e->att_qptr)
+        !e->att_ptrs)
         return KVT_ERR_NOMEM;
     e->x = f, f += R * c->hidden;
     e->h = f, f += R * c->hidden;
@@ -104,7 +104,7 @@ static void free_scratch(kvt_engine_t *e)
     kvt_free(e->row_seq);
     kvt_free(e->groups);
     kvt_free(e->items);
-    kvt_free(e->att_qptr);
+    kvt_free(e->att_ptrs);
     kvt_free(e->inv_freq);
 }
 
@@ -119,6 +119,7 @@ static void setup_dims(kvt_engine_t *e, const kvt_engine_opts_t *o)
     e->n_rep = c->n_heads / c->n_kv_heads;
     e->att_q = e->n_rep >= KVT_ENGINE_ATT_ROWS ? 1 : KVT_ENGINE_ATT_ROWS / e->n_rep;
     e->att_rows = (size_t)e->att_q * e->n_rep;
+    e->att_span = (KVT_ENGINE_ATT_SPAN + e->B - 1) / e->B * e->B;
     e->chunk = o->prefill_chunk;
     e->rows_cap = e->chunk > KVT_ENGINE_DECODE_ROWS ? e->chunk : KVT_ENGINE_DECODE_ROWS;
     e->identity.layout = (kvt_block_layout_t){

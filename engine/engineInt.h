@@ -17,7 +17,9 @@
 #define KVT_ENGINE_DECODE_ROWS 64
 #define KVT_ENGINE_MAX_CHUNK 4096
 /* Query rows (positions x heads of one kv head) per attention work item. */
-#define KVT_ENGINE_ATT_ROWS 16
+#define KVT_ENGINE_ATT_ROWS 32
+/* Keys per online-softmax step (rounded up to a multiple of B). */
+#define KVT_ENGINE_ATT_SPAN 64
 
 struct kvt_seq {
     kvt_block_key_t root;
@@ -57,6 +59,7 @@ struct kvt_engine {
     uint32_t n_rep;   /* query heads per kv head */
     uint32_t att_q;   /* positions per attention item */
     size_t att_rows;  /* att_q * n_rep: query rows per item */
+    size_t att_span;  /* keys per online-softmax step: a multiple of B, >= 64 */
     size_t chunk;     /* prefill rows per pass */
     size_t rows_cap;  /* rows the scratch holds */
     kvt_block_identity_t identity;
@@ -75,7 +78,7 @@ struct kvt_engine {
     /* per-thread attention scratch */
     float *att_scratch;
     size_t att_scratch_floats;
-    const float **att_qptr; /* [n_threads][att_rows] */
+    const void **att_ptrs;  /* [n_threads][kvt_fwd_att_scratch_ptrs] */
 };
 
 /* Run the model over the pass's rows (tokens row_tok, positions from the
@@ -84,7 +87,8 @@ struct kvt_engine {
 void kvt_fwd_pass(kvt_engine_t *e, const kvt_fwd_group_t *groups, size_t n_groups,
                   size_t n_rows, float *logits, size_t logits_row0, size_t n_logits);
 
-/* Per-thread attention scratch size in floats, for engine_create. */
+/* Per-thread attention scratch: floats and pointers, for engine_create. */
 size_t kvt_fwd_att_scratch_floats(const kvt_engine_t *e);
+size_t kvt_fwd_att_scratch_ptrs(const kvt_engine_t *e);
 
 #endif

@@ -110,97 +110,89 @@ static void rows_silu_mul(void *arg, size_t b, size_t end, uint32_t tid)
 
 /* --- attention --- */
 
+/* Keys per span rounded up to the score kernel's 16 lanes. */
+static inline size_t span_pad(const kvt_engine_t *e) { return (e->att_span + 15) & ~(size_t)15; }
+
 size_t kvt_fwd_att_scratch_floats(const kvt_engine_t *e)
 {
-    size_t hd = e->cfg.head_dim, rows = e->att_rows;
-    /* kbuf, vbuf [B][hd]; scores [rows][B]; m, l [rows]; acc [rows][hd] */
-    return 2 * (size_t)e->B * hd + rows * e->B + 2 * rows + rows * hd;
+    size_t hd = e->cfg.head_dim, rows = e->att_rows, Sp = span_pad(e);
+    /* kt [Sp][hd]; vbuf [span][hd]; scores [rows][Sp]; m, l, c [rows]; acc [rows][hd] */
+    return Sp * hd + e->att_span * hd + rows * Sp + 3 * rows + rows * hd;
 }
+
+size_t kvt_fwd_att_scratch_ptrs(const kvt_engine_t *e) { return e->att_rows + 2 * e->att_span; }
 
 typedef struct {
-    float *kbuf, *vbuf, *scores, *m, *l, *acc;
+    float *kt, *vbuf, *scores, *m, *l, *c, *acc;
     const float **qr;
+    const void **krow, **vrow;
 } att_scratch_t;
 
-/* Fold one block's keys [0, n) into a row's running softmax state. */
-static void online_update(float *m, float *l, float *acc, float *s, size_t n, const float *v,
-                          size_t ldv, size_t hd, float scale)
+/* Rows [r0, R) of the item see keys [k0, k0 + nk): scores, one softmax
+ * step, P.V. */
+static void att_span(const kvt_engine_t *e, const att_scratch_t *sc, size_t R, size_t r0,
+                     size_t first, size_t k0, size_t nk)
 {
-    float mx = -INFINITY;
-    for (size_t j = 0; j < n; j++) {
-        s[j] *= scale;
-        mx = s[j] > mx ? s[j] : mx;
+    size_t hd = e->cfg.head_dim, Sp = span_pad(e), T = KVT_OPS_TILE;
+    float scale = 1.0f / sqrtf((float)hd);
+    for (size_t ri = r0; ri < R; ri += T)
+        kvt_ops_attn_scores(sc->qr + ri, (uint32_t)(R - ri < T ? R - ri : T), sc->kt, nk, hd,
+                            scale, sc->scores + ri * Sp, Sp);
+    for (size_t ri = r0; ri < R; ri += T) {
+        uint32_t n = (uint32_t)(R - ri < T ? R - ri : T), nv[KVT_OPS_TILE];
+        float *acc[KVT_OPS_TILE];
+        const float *p[KVT_OPS_TILE];
+        for (uint32_t i = 0; i < n; i++) {
+            size_t pos = first + (ri + i) / e->n_rep, r = ri + i;
+            nv[i] = (uint32_t)(pos - k0 + 1 < nk ? pos - k0 + 1 : nk);
+            sc->c[r] = kvt_ops_attn_softmax(sc->scores + r * Sp, nv[i], &sc->m[r], &sc->l[r]);
+            acc[i] = sc->acc + r * hd;
+            p[i] = sc->scores + r * Sp;
+        }
+        kvt_ops_attn_pv(acc, sc->c + ri, p, nv, n, sc->vbuf, hd, hd);
     }
-    float m_new = *m > mx ? *m : mx;
-    float c = expf(*m - m_new); /* 0 on the first block (m = -inf) */
-    float sum = 0.0f;
-    for (size_t j = 0; j < n; j++) {
-        s[j] = expf(s[j] - m_new);
-        sum += s[j];
-    }
-    *l = *l * c + sum;
-    *m = m_new;
-    kvt_ops_attn_pv(acc, c, s, v, ldv, n, hd);
 }
 
-/* K and V of kv head g, tokens [0, n) of a block, as f32 rows. */
-static void block_kv(const kvt_engine_t *e, uint32_t slot, uint32_t layer, uint32_t g, size_t n,
-                     att_scratch_t *sc, const float **k_p, const float **v_p, size_t *ld_p)
+/* Point krow/vrow at the K and V of kv head g for positions [k0, k0 + n). */
+static void span_rows(const pass_t *p, const kvt_seq_t *seq, uint32_t g, size_t k0, size_t n,
+                      const att_scratch_t *sc)
 {
-    size_t hd = e->cfg.head_dim;
-    const uint8_t *blk = kvt_kv_pool_data(&e->pool, slot);
-    size_t ko = kv_off(e, layer, 0, 0) + g * hd, vo = kv_off(e, layer, 1, 0) + g * hd;
-    if (e->kv_dtype == KVT_DTYPE_F32) {
-        *k_p = (const float *)blk + ko;
-        *v_p = (const float *)blk + vo;
-        *ld_p = e->kv_row;
-        return;
+    const kvt_engine_t *e = p->e;
+    size_t go = (size_t)g * e->cfg.head_dim;
+    for (size_t j = 0; j < n; j++) {
+        size_t pos = k0 + j;
+        const uint8_t *blk = kvt_kv_pool_data(&e->pool, seq->slots[pos / e->B]);
+        size_t t = pos % e->B;
+        sc->krow[j] = blk + (kv_off(e, p->layer, 0, t) + go) * e->kv_size;
+        sc->vrow[j] = blk + (kv_off(e, p->layer, 1, t) + go) * e->kv_size;
     }
-    const uint16_t *k16 = (const uint16_t *)blk + ko, *v16 = (const uint16_t *)blk + vo;
-    for (size_t t = 0; t < n; t++) {
-        kvt_ops_bf16_to_f32_n(sc->kbuf + t * hd, k16 + t * e->kv_row, hd);
-        kvt_ops_bf16_to_f32_n(sc->vbuf + t * hd, v16 + t * e->kv_row, hd);
-    }
-    *k_p = sc->kbuf;
-    *v_p = sc->vbuf;
-    *ld_p = hd;
 }
 
-static void att_item(const pass_t *p, const kvt_att_item_t *it, att_scratch_t *sc)
+static void att_item(const pass_t *p, const kvt_att_item_t *it, const att_scratch_t *sc)
 {
     const kvt_engine_t *e = p->e;
     const kvt_fwd_group_t *g = &p->groups[it->group];
-    size_t hd = e->cfg.head_dim, B = e->B, R = (size_t)it->n_q * e->n_rep;
-    float scale = 1.0f / sqrtf((float)hd);
-    const float **qr = sc->qr;
+    size_t hd = e->cfg.head_dim, S = e->att_span, R = (size_t)it->n_q * e->n_rep;
     for (size_t ri = 0; ri < R; ri++) {
         size_t row = g->row0 + it->q0 + ri / e->n_rep;
         size_t head = (size_t)it->kv_head * e->n_rep + ri % e->n_rep;
-        qr[ri] = e->q + row * e->q_dim + head * hd;
+        sc->qr[ri] = e->q + row * e->q_dim + head * hd;
         sc->m[ri] = -INFINITY;
         sc->l[ri] = 0.0f;
     }
     memset(sc->acc, 0, R * hd * sizeof(float));
-    size_t last = g->pos0 + it->q0 + it->n_q - 1;
-    for (size_t b = 0; b * B <= last; b++) {
-        size_t nb = last + 1 - b * B < B ? last + 1 - b * B : B;
-        const float *K, *V;
-        size_t ld;
-        block_kv(e, g->seq->slots[b], p->layer, it->kv_head, nb, sc, &K, &V, &ld);
-        for (size_t ri = 0; ri < R; ri += KVT_OPS_TILE)
-            for (size_t j = 0; j < nb; j += KVT_OPS_TILE)
-                kvt_ops_dot_tile(qr + ri, (uint32_t)(R - ri < KVT_OPS_TILE ? R - ri : KVT_OPS_TILE),
-                                 K + j * ld, ld,
-                                 (uint32_t)(nb - j < KVT_OPS_TILE ? nb - j : KVT_OPS_TILE), hd,
-                                 sc->scores + ri * B + j, B);
-        for (size_t ri = 0; ri < R; ri++) {
-            size_t pos = g->pos0 + it->q0 + ri / e->n_rep;
-            if (pos < b * B)
-                continue;
-            size_t n_valid = pos - b * B + 1 < nb ? pos - b * B + 1 : nb;
-            online_update(&sc->m[ri], &sc->l[ri], sc->acc + ri * hd, sc->scores + ri * B,
-                          n_valid, V, ld, hd, scale);
-        }
+    size_t first = g->pos0 + it->q0, last = first + it->n_q - 1;
+    bool bf16 = e->kv_dtype == KVT_DTYPE_BF16;
+    /* Spans sit at multiples of S in absolute positions, whatever the item:
+     * a row meets the same spans in every kind of pass. */
+    for (size_t k0 = 0; k0 <= last; k0 += S) {
+        size_t nk = last + 1 - k0 < S ? last + 1 - k0 : S;
+        span_rows(p, g->seq, it->kv_head, k0, nk, sc);
+        kvt_ops_attn_keys(sc->kt, sc->krow, bf16, nk, hd);
+        kvt_ops_attn_values(sc->vbuf, sc->vrow, bf16, nk, hd);
+        /* Rows are in position order: those before this span are a prefix. */
+        size_t r0 = k0 > first ? (k0 - first) * e->n_rep : 0;
+        att_span(e, sc, R, r0, first, k0, nk);
     }
     for (size_t ri = 0; ri < R; ri++) {
         size_t row = g->row0 + it->q0 + ri / e->n_rep;
@@ -215,14 +207,18 @@ static void att_run(void *arg, size_t b, size_t end, uint32_t tid)
 {
     pass_t *p = arg;
     kvt_engine_t *e = p->e;
-    size_t hd = e->cfg.head_dim, rows = e->att_rows;
+    size_t hd = e->cfg.head_dim, rows = e->att_rows, Sp = span_pad(e);
     float *base = e->att_scratch + (size_t)tid * e->att_scratch_floats;
-    att_scratch_t sc = {.kbuf = base, .qr = e->att_qptr + (size_t)tid * rows};
-    sc.vbuf = sc.kbuf + (size_t)e->B * hd;
-    sc.scores = sc.vbuf + (size_t)e->B * hd;
-    sc.m = sc.scores + rows * e->B;
+    const void **ptrs = e->att_ptrs + (size_t)tid * kvt_fwd_att_scratch_ptrs(e);
+    att_scratch_t sc = {.kt = base, .qr = (const float **)ptrs};
+    sc.krow = ptrs + rows;
+    sc.vrow = sc.krow + e->att_span;
+    sc.vbuf = sc.kt + Sp * hd;
+    sc.scores = sc.vbuf + e->att_span * hd;
+    sc.m = sc.scores + rows * Sp;
     sc.l = sc.m + rows;
-    sc.acc = sc.l + rows;
+    sc.c = sc.l + rows;
+    sc.acc = sc.c + rows;
     for (size_t i = b; i < end; i++)
         att_item(p, &e->items[i], &sc);
 }

@@ -58,10 +58,92 @@ static void tile_generic(const float *const *xr, uint32_t R, const float *w, siz
             y[r * ldy + c] = dot_generic(xr[r], w + c * ldw, n);
 }
 
-/* --- AVX-512 kernel --- */
+/* --- portable attention kernels (same operations as ops.h describes) --- */
+
+static inline float row_at(const void *row, bool bf16, size_t d)
+{
+    return bf16 ? kvt_ops_bf16_to_f32(((const uint16_t *)row)[d]) : ((const float *)row)[d];
+}
+
+static void keys_generic(float *kt, const void *const *rows, bool bf16, size_t n, size_t hd)
+{
+    memset(kt, 0, (n + 15) / 16 * hd * 16 * sizeof(float));
+    for (size_t j = 0; j < n; j++)
+        for (size_t d = 0; d < hd; d++)
+            kt[((j / 16) * hd + d) * 16 + j % 16] = row_at(rows[j], bf16, d);
+}
+
+static void values_generic(float *v, const void *const *rows, bool bf16, size_t n, size_t hd)
+{
+    for (size_t j = 0; j < n; j++)
+        for (size_t d = 0; d < hd; d++)
+            v[j * hd + d] = row_at(rows[j], bf16, d);
+}
+
+static void scores_generic(const float *const *qr, uint32_t R, const float *kt, size_t n,
+                           size_t hd, float scale, float *s, size_t lds)
+{
+    for (uint32_t r = 0; r < R; r++)
+        for (size_t j = 0; j < n; j++) {
+            const float *col = kt + (j / 16) * hd * 16 + j % 16;
+            float acc = 0.0f;
+            for (size_t d = 0; d < hd; d++)
+                acc += qr[r][d] * col[d * 16];
+            s[r * lds + j] = acc * scale;
+        }
+}
+
+static float softmax_generic(float *s, size_t n, float *m, float *l)
+{
+    float mx = s[0];
+    for (size_t j = 1; j < n; j++)
+        mx = s[j] > mx ? s[j] : mx;
+    float m_new = *m > mx ? *m : mx;
+    float c = expf(*m - m_new);
+    float sum = 0.0f;
+    for (size_t j = 0; j < n; j++) {
+        s[j] = expf(s[j] - m_new);
+        sum += s[j];
+    }
+    *l = *l * c + sum;
+    *m = m_new;
+    return c;
+}
+
+static void pv_generic(float *const *acc, const float *c, const float *const *p,
+                       const uint32_t *n_valid, uint32_t R, const float *v, size_t ldv, size_t hd)
+{
+    for (uint32_t r = 0; r < R; r++) {
+        for (size_t i = 0; i < hd; i++)
+            acc[r][i] *= c[r];
+        for (size_t j = 0; j < n_valid[r]; j++)
+            for (size_t i = 0; i < hd; i++)
+                acc[r][i] += p[r][j] * v[j * ldv + i];
+    }
+}
+
+static void silu_generic(float *g, const float *u, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+}
+
+static void to_f32_generic(float *dst, const uint16_t *src, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        dst[i] = kvt_ops_bf16_to_f32(src[i]);
+}
+
+static void to_bf16_generic(uint16_t *dst, const float *src, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        dst[i] = kvt_ops_f32_to_bf16(src[i]);
+}
+
+/* --- AVX-512 kernels --- */
 
 #if HAVE_X86
-#define AVX512 __attribute__((target("avx512f,fma")))
+#define AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,fma")))
 
 /* The same tree as dot_generic: halves added, 8 -> 4 -> 2 -> 1 lanes. */
 AVX512 static inline float reduce512(__m512 v)
@@ -135,41 +217,362 @@ AVX512 static void tile_avx512(const float *const *xr, uint32_t R, const float *
     }
 #undef T
 }
+
+/* exp(x) for the attention softmax and SiLU: Cephes' expf polynomial,
+ * |error| ~1 ulp; x < -87.3 gives 0. */
+AVX512 static inline __m512 exp512(__m512 x)
+{
+    const __m512 lo = _mm512_set1_ps(-87.33654f), hi = _mm512_set1_ps(88.72283f);
+    __mmask16 keep = _mm512_cmp_ps_mask(x, lo, _CMP_GE_OQ);
+    x = _mm512_max_ps(_mm512_min_ps(x, hi), lo);
+    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r);
+    p = _mm512_add_ps(p, _mm512_set1_ps(1.0f));
+    return _mm512_maskz_mov_ps(keep, _mm512_scalef_ps(p, n));
+}
+
+static inline __mmask16 mask_n(size_t n) /* the first min(n, 16) lanes */
+{
+    return n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << n) - 1u);
+}
+
+/* In-register 16 x 16 transpose: unpack pairs, then 64- and 128-bit lane
+ * shuffles. */
+AVX512 static inline void transpose16(__m512 r[16])
+{
+    __m512 t[16], u[16];
+    for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 16; i += 4) {
+        u[i] = _mm512_shuffle_ps(t[i], t[i + 2], 0x44);
+        u[i + 1] = _mm512_shuffle_ps(t[i], t[i + 2], 0xee);
+        u[i + 2] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+        u[i + 3] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0xee);
+    }
+    for (int i = 0; i < 16; i += 8)
+        for (int k = 0; k < 4; k++) {
+            t[i + k] = _mm512_shuffle_f32x4(u[i + k], u[i + 4 + k], 0x88);
+            t[i + 4 + k] = _mm512_shuffle_f32x4(u[i + k], u[i + 4 + k], 0xdd);
+        }
+    for (int k = 0; k < 8; k++) {
+        r[k] = _mm512_shuffle_f32x4(t[k], t[8 + k], 0x88);
+        r[8 + k] = _mm512_shuffle_f32x4(t[k], t[8 + k], 0xdd);
+    }
+}
+
+AVX512 static inline __m512 load_row(const void *row, bool bf16, size_t d0, __mmask16 m)
+{
+    if (!bf16)
+        return _mm512_maskz_loadu_ps(m, (const float *)row + d0);
+    __m256i h = _mm256_maskz_loadu_epi16(m, (const uint16_t *)row + d0);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+AVX512 static void keys_avx512(float *kt, const void *const *rows, bool bf16, size_t n,
+                               size_t hd)
+{
+    for (size_t j0 = 0; j0 < n; j0 += 16) {
+        float *out = kt + (j0 / 16) * hd * 16;
+        for (size_t d0 = 0; d0 < hd; d0 += 16) {
+            __m512 r[16];
+            __mmask16 m = mask_n(hd - d0);
+            for (size_t j = 0; j < 16; j++)
+                r[j] = j0 + j < n ? load_row(rows[j0 + j], bf16, d0, m) : _mm512_setzero_ps();
+            transpose16(r);
+            for (size_t d = 0; d < 16 && d0 + d < hd; d++)
+                _mm512_storeu_ps(out + (d0 + d) * 16, r[d]);
+        }
+    }
+}
+
+AVX512 static void values_avx512(float *v, const void *const *rows, bool bf16, size_t n,
+                                 size_t hd)
+{
+    for (size_t j = 0; j < n; j++)
+        for (size_t d0 = 0; d0 < hd; d0 += 16) {
+            __mmask16 m = mask_n(hd - d0);
+            _mm512_mask_storeu_ps(v + j * hd + d0, m, load_row(rows[j], bf16, d0, m));
+        }
+}
+
+/* R rows x CH chunks of 16 keys: one kt load serves R rows, one q
+ * broadcast CH chunks. */
+AVX512 static inline __attribute__((always_inline)) void
+scores512(const float *const *qr, const int R, const float *kt, const int CH, size_t hd,
+          __m512 scale, float *s, size_t lds)
+{
+    __m512 acc[KVT_OPS_TILE][4], kv[4];
+#pragma GCC unroll 4
+    for (int r = 0; r < R; r++)
+#pragma GCC unroll 4
+        for (int c = 0; c < CH; c++)
+            acc[r][c] = _mm512_setzero_ps();
+    for (size_t d = 0; d < hd; d++) {
+#pragma GCC unroll 4
+        for (int c = 0; c < CH; c++)
+            kv[c] = _mm512_loadu_ps(kt + ((size_t)c * hd + d) * 16);
+#pragma GCC unroll 4
+        for (int r = 0; r < R; r++) {
+            __m512 qb = _mm512_set1_ps(qr[r][d]);
+#pragma GCC unroll 4
+            for (int c = 0; c < CH; c++)
+                acc[r][c] = _mm512_fmadd_ps(qb, kv[c], acc[r][c]);
+        }
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < R; r++)
+#pragma GCC unroll 4
+        for (int c = 0; c < CH; c++)
+            _mm512_storeu_ps(s + r * lds + c * 16, _mm512_mul_ps(acc[r][c], scale));
+}
+
+AVX512 static void scores_avx512(const float *const *qr, uint32_t R, const float *kt, size_t n,
+                                 size_t hd, float scale, float *s, size_t lds)
+{
+    __m512 sc = _mm512_set1_ps(scale);
+    size_t n_chunks = (n + 15) / 16;
+    for (size_t c0 = 0; c0 < n_chunks; c0 += 4) {
+        const float *k = kt + c0 * hd * 16;
+        float *out = s + c0 * 16;
+        uint32_t CH = (uint32_t)(n_chunks - c0 < 4 ? n_chunks - c0 : 4);
+#define S(r, c)                                          \
+    case r * 8 + c:                                      \
+        scores512(qr, r, k, c, hd, sc, out, lds);        \
+        break;
+        switch (R * 8 + CH) {
+            S(1, 1) S(1, 2) S(1, 3) S(1, 4)
+            S(2, 1) S(2, 2) S(2, 3) S(2, 4)
+            S(3, 1) S(3, 2) S(3, 3) S(3, 4)
+            S(4, 1) S(4, 2) S(4, 3) S(4, 4)
+        default:
+            break;
+        }
+#undef S
+    }
+}
+
+AVX512 static float softmax_avx512(float *s, size_t n, float *m, float *l)
+{
+    __m512 mx = _mm512_set1_ps(-INFINITY);
+    for (size_t j = 0; j < n; j += 16)
+        mx = _mm512_mask_max_ps(mx, mask_n(n - j), mx, _mm512_loadu_ps(s + j));
+    float bmax = _mm512_reduce_max_ps(mx);
+    float m_new = *m > bmax ? *m : bmax;
+    float c = expf(*m - m_new);
+    __m512 mv = _mm512_set1_ps(m_new), sum = _mm512_setzero_ps();
+    for (size_t j = 0; j < n; j += 16) {
+        __mmask16 k = mask_n(n - j);
+        __m512 e = _mm512_maskz_mov_ps(k, exp512(_mm512_sub_ps(_mm512_loadu_ps(s + j), mv)));
+        _mm512_mask_storeu_ps(s + j, k, e);
+        sum = _mm512_add_ps(sum, e);
+    }
+    *l = *l * c + reduce512(sum);
+    *m = m_new;
+    return c;
+}
+
+/* R rows x CH chunks (<= 64 values of d from d0): the accumulators stay in
+ * registers over all keys; one V load serves R rows. */
+AVX512 static inline __attribute__((always_inline)) void
+pv512(float *const *acc, const float *c, const float *const *p, const uint32_t *nv, const int R,
+      const float *v, size_t ldv, size_t d0, const int CH, __mmask16 last)
+{
+    __m512 a[KVT_OPS_TILE][4], vk[4];
+    __mmask16 dm[4];
+    uint32_t n_min = UINT32_MAX, n_max = 0;
+#pragma GCC unroll 4
+    for (int k = 0; k < CH; k++)
+        dm[k] = k == CH - 1 ? last : (__mmask16)0xffff;
+#pragma GCC unroll 4
+    for (int r = 0; r < R; r++) {
+        n_min = nv[r] < n_min ? nv[r] : n_min;
+        n_max = nv[r] > n_max ? nv[r] : n_max;
+        __m512 cr = _mm512_set1_ps(c[r]);
+#pragma GCC unroll 4
+        for (int k = 0; k < CH; k++)
+            a[r][k] = _mm512_mul_ps(_mm512_maskz_loadu_ps(dm[k], acc[r] + d0 + 16 * k), cr);
+    }
+    for (uint32_t j = 0; j < n_max; j++) {
+#pragma GCC unroll 4
+        for (int k = 0; k < CH; k++)
+            vk[k] = _mm512_maskz_loadu_ps(dm[k], v + j * ldv + d0 + 16 * k);
+        if (j < n_min) {
+#pragma GCC unroll 4
+            for (int r = 0; r < R; r++) {
+                __m512 pb = _mm512_set1_ps(p[r][j]);
+#pragma GCC unroll 4
+                for (int k = 0; k < CH; k++)
+                    a[r][k] = _mm512_fmadd_ps(pb, vk[k], a[r][k]);
+            }
+        } else {
+            /* Merge-masked: a row past its n_valid keeps its lanes exactly. */
+#pragma GCC unroll 4
+            for (int r = 0; r < R; r++) {
+                __mmask16 on = j < nv[r] ? 0xffff : 0;
+                __m512 pb = _mm512_set1_ps(j < nv[r] ? p[r][j] : 0.0f);
+#pragma GCC unroll 4
+                for (int k = 0; k < CH; k++)
+                    a[r][k] = _mm512_mask3_fmadd_ps(pb, vk[k], a[r][k], on);
+            }
+        }
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < R; r++)
+#pragma GCC unroll 4
+        for (int k = 0; k < CH; k++)
+            _mm512_mask_storeu_ps(acc[r] + d0 + 16 * k, dm[k], a[r][k]);
+}
+
+AVX512 static void pv_avx512(float *const *acc, const float *c, const float *const *p,
+                             const uint32_t *n_valid, uint32_t R, const float *v, size_t ldv,
+                             size_t hd)
+{
+    for (size_t d0 = 0; d0 < hd; d0 += 64) {
+        size_t w = hd - d0 < 64 ? hd - d0 : 64;
+        uint32_t CH = (uint32_t)((w + 15) / 16);
+        __mmask16 last = mask_n(w - 16 * (CH - 1));
+#define P(r, k)                                              \
+    case r * 8 + k:                                          \
+        pv512(acc, c, p, n_valid, r, v, ldv, d0, k, last);   \
+        break;
+        switch (R * 8 + CH) {
+            P(1, 1) P(1, 2) P(1, 3) P(1, 4)
+            P(2, 1) P(2, 2) P(2, 3) P(2, 4)
+            P(3, 1) P(3, 2) P(3, 3) P(3, 4)
+            P(4, 1) P(4, 2) P(4, 3) P(4, 4)
+        default:
+            break;
+        }
+#undef P
+    }
+}
+
+AVX512 static void silu_avx512(float *g, const float *u, size_t n)
+{
+    const __m512 one = _mm512_set1_ps(1.0f);
+    for (size_t i = 0; i < n; i += 16) {
+        __mmask16 m = mask_n(n - i);
+        __m512 x = _mm512_maskz_loadu_ps(m, g + i);
+        __m512 e = exp512(_mm512_sub_ps(_mm512_setzero_ps(), x));
+        __m512 y = _mm512_mul_ps(_mm512_div_ps(x, _mm512_add_ps(one, e)),
+                                 _mm512_maskz_loadu_ps(m, u + i));
+        _mm512_mask_storeu_ps(g + i, m, y);
+    }
+}
+
+AVX512 static void to_f32_avx512(float *dst, const uint16_t *src, size_t n)
+{
+    for (size_t i = 0; i < n; i += 16) {
+        __mmask16 m = mask_n(n - i);
+        __m512i v = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, src + i));
+        _mm512_mask_storeu_ps(dst + i, m, _mm512_castsi512_ps(_mm512_slli_epi32(v, 16)));
+    }
+}
+
+/* Round to nearest even in integer arithmetic, as kvt_ops_f32_to_bf16. */
+AVX512 static void to_bf16_avx512(uint16_t *dst, const float *src, size_t n)
+{
+    const __m512i abs_mask = _mm512_set1_epi32(0x7fffffff), inf = _mm512_set1_epi32(0x7f800000);
+    const __m512i one = _mm512_set1_epi32(1), half = _mm512_set1_epi32(0x7fff);
+    const __m512i quiet = _mm512_set1_epi32(0x400000);
+    for (size_t i = 0; i < n; i += 16) {
+        __mmask16 m = mask_n(n - i);
+        __m512i u = _mm512_castps_si512(_mm512_maskz_loadu_ps(m, src + i));
+        __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(u, abs_mask), inf);
+        __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), one);
+        __m512i r = _mm512_add_epi32(u, _mm512_add_epi32(half, lsb));
+        r = _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(u, quiet));
+        _mm256_mask_storeu_epi16(dst + i, m, _mm512_cvtepi32_epi16(_mm512_srli_epi32(r, 16)));
+    }
+}
 #endif
 
 /* --- dispatch: chosen once per process --- */
 
-static tile_fn_t g_tile = tile_generic;
-static const char *g_isa = "generic";
+typedef struct {
+    const char *isa;
+    tile_fn_t tile;
+    void (*keys)(float *, const void *const *, bool, size_t, size_t);
+    void (*values)(float *, const void *const *, bool, size_t, size_t);
+    void (*scores)(const float *const *, uint32_t, const float *, size_t, size_t, float, float *,
+                   size_t);
+    float (*softmax)(float *, size_t, float *, float *);
+    void (*pv)(float *const *, const float *, const float *const *, const uint32_t *, uint32_t,
+               const float *, size_t, size_t);
+    void (*silu)(float *, const float *, size_t);
+    void (*to_f32)(float *, const uint16_t *, size_t);
+    void (*to_bf16)(uint16_t *, const float *, size_t);
+} kernels_t;
+
+static kernels_t g_k = {"generic", tile_generic, keys_generic, values_generic, scores_generic,
+                        softmax_generic,
+                        pv_generic, silu_generic, to_f32_generic, to_bf16_generic};
 static pthread_once_t g_once = PTHREAD_ONCE_INIT;
 
 static void pick_kernels(void)
 {
 #if HAVE_X86
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("fma")) {
-        g_tile = tile_avx512;
-        g_isa = "avx512";
-    }
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("fma"))
+        g_k = (kernels_t){"avx512", tile_avx512, keys_avx512, values_avx512, scores_avx512,
+                          softmax_avx512,
+                          pv_avx512, silu_avx512, to_f32_avx512, to_bf16_avx512};
 #endif
 }
 
-static tile_fn_t tile_kernel(void)
+static const kernels_t *kernels(void)
 {
     pthread_once(&g_once, pick_kernels);
-    return g_tile;
+    return &g_k;
 }
 
-const char *kvt_ops_isa(void)
-{
-    pthread_once(&g_once, pick_kernels);
-    return g_isa;
-}
+static tile_fn_t tile_kernel(void) { return kernels()->tile; }
+
+const char *kvt_ops_isa(void) { return kernels()->isa; }
 
 void kvt_ops_dot_tile(const float *const *xr, uint32_t R, const float *w, size_t ldw, uint32_t C,
                       size_t n, float *y, size_t ldy)
 {
-    tile_kernel()(xr, R, w, ldw, C, n, y, ldy);
+    kernels()->tile(xr, R, w, ldw, C, n, y, ldy);
+}
+
+void kvt_ops_attn_keys(float *kt, const void *const *rows, bool bf16, size_t n, size_t hd)
+{
+    kernels()->keys(kt, rows, bf16, n, hd);
+}
+
+void kvt_ops_attn_values(float *v, const void *const *rows, bool bf16, size_t n, size_t hd)
+{
+    kernels()->values(v, rows, bf16, n, hd);
+}
+
+void kvt_ops_attn_scores(const float *const *qr, uint32_t R, const float *kt, size_t n,
+                         size_t hd, float scale, float *s, size_t lds)
+{
+    kernels()->scores(qr, R, kt, n, hd, scale, s, lds);
+}
+
+float kvt_ops_attn_softmax(float *s, size_t n, float *m, float *l)
+{
+    return kernels()->softmax(s, n, m, l);
+}
+
+void kvt_ops_attn_pv(float *const *acc, const float *c, const float *const *p,
+                     const uint32_t *n_valid, uint32_t R, const float *v, size_t ldv, size_t hd)
+{
+    kernels()->pv(acc, c, p, n_valid, R, v, ldv, hd);
 }
 
 /* --- matmul --- */
@@ -248,47 +651,6 @@ void kvt_ops_matmul(kvt_threads_t *threads, const float *x, size_t rows, size_t 
     kvt_ops_matmul_multi(threads, x, rows, in, &m, 1);
 }
 
-/* --- attention P.V --- */
-
-static void pv_generic(float *acc, float c, const float *p, const float *v, size_t ldv,
-                       size_t n_keys, size_t d)
-{
-    for (size_t i = 0; i < d; i++)
-        acc[i] *= c;
-    for (size_t j = 0; j < n_keys; j++)
-        for (size_t i = 0; i < d; i++)
-            acc[i] += p[j] * v[j * ldv + i];
-}
-
-#if HAVE_X86
-AVX512 static void pv_avx512(float *acc, float c, const float *p, const float *v, size_t ldv,
-                             size_t n_keys, size_t d)
-{
-    __m512 cv = _mm512_set1_ps(c);
-    for (size_t i = 0; i < d; i += 16) {
-        __mmask16 m = d - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (d - i)) - 1u);
-        __m512 a = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, acc + i), cv);
-        for (size_t j = 0; j < n_keys; j++)
-            a = _mm512_fmadd_ps(_mm512_set1_ps(p[j]), _mm512_maskz_loadu_ps(m, v + j * ldv + i),
-                                a);
-        _mm512_mask_storeu_ps(acc + i, m, a);
-    }
-}
-#endif
-
-void kvt_ops_attn_pv(float *acc, float c, const float *p, const float *v, size_t ldv,
-                     size_t n_keys, size_t d)
-{
-    pthread_once(&g_once, pick_kernels);
-#if HAVE_X86
-    if (g_tile == tile_avx512) {
-        pv_avx512(acc, c, p, v, ldv, n_keys, d);
-        return;
-    }
-#endif
-    pv_generic(acc, c, p, v, ldv, n_keys, d);
-}
-
 /* --- element-wise --- */
 
 void kvt_ops_rmsnorm(float *y, const float *x, const float *w, size_t n, float eps)
@@ -356,11 +718,7 @@ void kvt_ops_rope(float *v, size_t n_heads, size_t head_dim, const float *cos_t,
     }
 }
 
-void kvt_ops_silu_mul(float *g, const float *u, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
-}
+void kvt_ops_silu_mul(float *g, const float *u, size_t n) { kernels()->silu(g, u, n); }
 
 void kvt_ops_softmax(float *x, size_t n)
 {
@@ -380,12 +738,10 @@ void kvt_ops_softmax(float *x, size_t n)
 
 void kvt_ops_f32_to_bf16_n(uint16_t *dst, const float *src, size_t n)
 {
-    for (size_t i = 0; i < n; i++)
-        dst[i] = kvt_ops_f32_to_bf16(src[i]);
+    kernels()->to_bf16(dst, src, n);
 }
 
 void kvt_ops_bf16_to_f32_n(float *dst, const uint16_t *src, size_t n)
 {
-    for (size_t i = 0; i < n; i++)
-        dst[i] = kvt_ops_bf16_to_f32(src[i]);
+    kernels()->to_f32(dst, src, n);
 }

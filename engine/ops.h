@@ -19,6 +19,7 @@
 #include "engine/model.h"
 #include "engine/threads.h"
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -51,10 +52,31 @@ void kvt_ops_matmul_multi(kvt_threads_t *threads, const float *x, size_t rows, s
 void kvt_ops_matmul(kvt_threads_t *threads, const float *x, size_t rows, size_t in,
                     const float *w, size_t out, const float *bias, float *y);
 
-/* Attention's P.V step for one query row:
- * acc[i] = acc[i] * c + sum_j p[j] * v[j*ldv + i], j ascending, i < d. */
-void kvt_ops_attn_pv(float *acc, float c, const float *p, const float *v, size_t ldv,
-                     size_t n_keys, size_t d);
+/* --- attention over one block (forward.c walks the blocks) ---
+ *
+ * Per query row the operations are fixed: a score is
+ * scale * (q[0]*k[0] + q[1]*k[1] + ...) accumulated in d order; the
+ * softmax step and P.V touch keys j < n_valid of the row only, in j order.
+ * Grouping rows (R <= KVT_OPS_TILE) shares loads, never changes a row. */
+
+/* Keys j < n as f32, transposed for the score kernel: rows[j] points at
+ * key j's hd values (bf16 when `bf16`, else f32); out kt[ceil(n/16)][hd][16],
+ * zero-padded. */
+void kvt_ops_attn_keys(float *kt, const void *const *rows, bool bf16, size_t n, size_t hd);
+/* Values j < n as f32 rows: v[j*hd + i]. */
+void kvt_ops_attn_values(float *v, const void *const *rows, bool bf16, size_t n, size_t hd);
+/* s[r*lds + j] = scale * dot(q_r, key j) for r < R, j < n (lds >= n
+ * rounded up to 16; lanes past n are written with garbage). */
+void kvt_ops_attn_scores(const float *const *qr, uint32_t R, const float *kt, size_t n,
+                         size_t hd, float scale, float *s, size_t lds);
+/* Online-softmax step of one row over s[0..n), n >= 1: m_new = max(*m,
+ * max s); s[j] = exp(s[j] - m_new); *l = *l * c + sum s; *m = m_new;
+ * returns c = exp(m_old - m_new), the factor for the row's accumulator. */
+float kvt_ops_attn_softmax(float *s, size_t n, float *m, float *l);
+/* acc_r[i] = acc_r[i] * c[r] + sum_{j < n_valid[r]} p_r[j] * v[j*ldv + i],
+ * i < hd, for r < R (n_valid 0 and c 1 leave a row untouched). */
+void kvt_ops_attn_pv(float *const *acc, const float *c, const float *const *p,
+                     const uint32_t *n_valid, uint32_t R, const float *v, size_t ldv, size_t hd);
 
 /* y = x / sqrt(mean(x^2) + eps) * w, n elements (y may alias x). */
 void kvt_ops_rmsnorm(float *y, const float *x, const float *w, size_t n, float eps);
