@@ -515,13 +515,15 @@ typedef struct {
     void (*to_bf16)(uint16_t *, const float *, size_t);
 } kernels_t;
 
-static kernels_t g_k = {"generic", tile_generic, keys_generic, values_generic, scores_generic,
+static const kernels_t g_generic = {"generic", tile_generic, keys_generic, values_generic, scores_generic,
                         softmax_generic,
                         pv_generic, silu_generic, to_f32_generic, to_bf16_generic};
+static kernels_t g_k;
 static pthread_once_t g_once = PTHREAD_ONCE_INIT;
 
 static void pick_kernels(void)
 {
+    g_k = g_generic;
 #if HAVE_X86
     __builtin_cpu_init();
     if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
@@ -541,6 +543,15 @@ static const kernels_t *kernels(void)
 static tile_fn_t tile_kernel(void) { return kernels()->tile; }
 
 const char *kvt_ops_isa(void) { return kernels()->isa; }
+
+void kvt_ops_force_generic(bool on)
+{
+    pthread_once(&g_once, pick_kernels);
+    if (on)
+        g_k = g_generic;
+    else
+        pick_kernels();
+}
 
 void kvt_ops_dot_tile(const float *const *xr, uint32_t R, const float *w, size_t ldw, uint32_t C,
                       size_t n, float *y, size_t ldy)

@@ -28,6 +28,9 @@
 
 /* Name of the kernel set in use ("avx512" or "generic"). */
 const char *kvt_ops_isa(void);
+/* Tests: use the portable kernels (true) or the CPU's best again (false).
+ * Only while no engine is computing. */
+void kvt_ops_force_generic(bool on);
 
 /* y[r*ldy + c] = dot(xr[r][0..n), w[c*ldw + 0..n)) for r < R, c < C
  * (R, C in 1..KVT_OPS_TILE).  Exactly the value kvt_ops_matmul computes

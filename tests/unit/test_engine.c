@@ -5,12 +5,15 @@
  *
  *   (a) prefill resumed from cached (or imported) blocks == one-shot;
  *   (b) chunked prefill == one-shot;
- *   (c) batched decode with sequences joining and leaving == each alone;
+ *   (c) batched decode with sequences joining and leaving == each alone
+ *       == prefilling the tokens (logits of every position, bitwise);
  *   (d) 1, 2, 3 threads give the same bits;
  *   (e) a plain double-precision reference (no pool, written from the
  *       Hugging Face formulas) agrees within 1e-4 relative;
  *   (f) a full pool and max_pos give their errors and leave the sequence
- *       as it was. */
+ *       as it was;
+ * and the portable kernels keep the same promises.  Sequences are long
+ * enough to cross several blocks and 64-key attention spans. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -19,13 +22,14 @@
 
 #include "engine/engine.h"
 #include "engine/model.h"
+#include "engine/ops.h"
 
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#define MAX_TOK 96
+#define MAX_TOK 128
 #define GREEDY_STEPS 8
 
 /* --- models --- */
@@ -364,7 +368,8 @@ static void test_reference(void **state)
         float *got = malloc(n * m->cfg.vocab_size * sizeof(float));
         ref_forward(m, tok, n, want);
         fx_t fx;
-        fx_open(&fx, m, KVT_DTYPE_F32, 16, 32, 2, 0);
+        /* B = 16 and 32 (spans of 4 and 2 blocks); chunks of 32 tokens. */
+        fx_open(&fx, m, KVT_DTYPE_F32, 16 << (k % 2), 32, 2, 0);
         kvt_seq_t *s = seq_new(&fx);
         assert_int_equal(kvt_engine_prefill(fx.eng, s, tok, n, got, KVT_ENGINE_LOGITS_ALL),
                          KVT_OK);
@@ -439,7 +444,9 @@ static void resume_check(oneshot_t *o, fx_t *fx, size_t want_reused)
 static void resume_case(model_kind_t kind, kvt_dtype_t dt)
 {
     oneshot_t o;
-    oneshot_open(&o, kind, dt, 6 * RES_B); /* a multiple of B: the last block is never reused */
+    /* 13 blocks: past one 64-key attention span; a multiple of B, so the
+     * last block is never reused. */
+    oneshot_open(&o, kind, dt, 13 * RES_B);
     /* Greedy tokens on a second one-shot sequence, so o.seq keeps its blocks. */
     kvt_seq_t *g = seq_new(&o.one);
     float *l = malloc(o.one.V * sizeof(float));
@@ -518,16 +525,17 @@ static void test_chunked(void **state)
         kvt_model_t *m = make_model(kinds[k]);
         uint32_t tok[MAX_TOK];
         make_tokens(tok, n, 11, m->cfg.vocab_size);
+        uint32_t B = k ? 24 : RES_B; /* 24: spans of 72 keys, not a multiple of 16 */
         for (int d = 0; d < 2; d++) {
             fx_t one;
-            fx_open(&one, m, dts[d], RES_B, 0, 2, 0);
+            fx_open(&one, m, dts[d], B, 0, 2, 0);
             kvt_seq_t *a = seq_new(&one);
             float *la = malloc(n * one.V * sizeof(float)), *lb = malloc(n * one.V * sizeof(float));
             assert_int_equal(kvt_engine_prefill(one.eng, a, tok, n, la, KVT_ENGINE_LOGITS_ALL),
                              KVT_OK);
             for (int c = 0; c < 3; c++) {
                 fx_t fx;
-                fx_open(&fx, m, dts[d], RES_B, chunks[c], 2, 0);
+                fx_open(&fx, m, dts[d], B, chunks[c], 2, 0);
                 kvt_seq_t *b = seq_new(&fx);
                 assert_int_equal(kvt_engine_prefill(fx.eng, b, tok, n, lb, KVT_ENGINE_LOGITS_ALL),
                                  KVT_OK);
@@ -550,13 +558,38 @@ static void test_chunked(void **state)
 #define DEC_SEQS 4
 #define DEC_STEPS 14
 
-static const size_t g_prompt_len[DEC_SEQS] = {5, 17, 30, 9};
+static const size_t g_prompt_len[DEC_SEQS] = {5, 17, 70, 60}; /* some cross 64 keys */
 static const int g_join[DEC_SEQS] = {0, 0, 3, 5};
 static const int g_leave[DEC_SEQS] = {DEC_STEPS, 7, DEC_STEPS, 11};
 
 static uint32_t dec_token(int seq, int step, uint32_t vocab)
 {
     return (uint32_t)((seq * 7919 + step * 104729 + 13) % vocab);
+}
+
+/* Decoding a token gives the bits that prefilling it with its prefix
+ * gives (engine.h: decode == prefill of each token alone). */
+static void prefill_matches_decode(kvt_model_t *m, kvt_dtype_t dt, uint32_t prompt[][MAX_TOK],
+                                   const float *alone)
+{
+    fx_t c;
+    fx_open(&c, m, dt, RES_B, 16, 2, 0);
+    float *all = malloc(MAX_TOK * c.V * sizeof(float));
+    for (int i = 0; i < DEC_SEQS; i++) {
+        uint32_t tok[MAX_TOK];
+        size_t n = g_prompt_len[i];
+        memcpy(tok, prompt[i], n * sizeof(uint32_t));
+        for (int t = g_join[i]; t < g_leave[i]; t++)
+            tok[n++] = dec_token(i, t, c.V);
+        kvt_seq_t *s = seq_new(&c);
+        assert_int_equal(kvt_engine_prefill(c.eng, s, tok, n, all, KVT_ENGINE_LOGITS_ALL), KVT_OK);
+        for (int t = g_join[i]; t < g_leave[i]; t++)
+            assert_memory_equal(all + (g_prompt_len[i] + (size_t)(t - g_join[i])) * c.V,
+                                alone + ((size_t)i * DEC_STEPS + t) * c.V, c.V * sizeof(float));
+        kvt_engine_seq_destroy(c.eng, s);
+    }
+    free(all);
+    fx_close(&c);
 }
 
 static void decode_case(model_kind_t kind, kvt_dtype_t dt)
@@ -582,6 +615,7 @@ static void decode_case(model_kind_t kind, kvt_dtype_t dt)
         assert_int_equal(kvt_engine_prefill(b.eng, seqs[i], prompt[i], g_prompt_len[i], NULL, 0),
                          KVT_OK);
     }
+    prefill_matches_decode(m, dt, prompt, alone);
     float *out = malloc(DEC_SEQS * b.V * sizeof(float));
     for (int t = 0; t < DEC_STEPS; t++) {
         kvt_seq_t *batch[DEC_SEQS];
@@ -618,7 +652,7 @@ static void test_batched_decode(void **state)
 
 static void run_threads(kvt_model_t *m, uint32_t threads, float *logits, float *dec)
 {
-    const size_t n = 60;
+    const size_t n = 100;
     uint32_t tok[MAX_TOK];
     make_tokens(tok, n, 5, m->cfg.vocab_size);
     fx_t fx;
@@ -641,7 +675,7 @@ static void test_thread_counts(void **state)
 {
     (void)state;
     kvt_model_t *m = make_model(M_LLAMA_GQA);
-    size_t nl = 60 * (size_t)m->cfg.vocab_size, nd = 10 * (size_t)m->cfg.vocab_size;
+    size_t nl = 100 * (size_t)m->cfg.vocab_size, nd = 10 * (size_t)m->cfg.vocab_size;
     float *l1 = malloc(nl * 4), *d1 = malloc(nd * 4), *lx = malloc(nl * 4), *dx = malloc(nd * 4);
     run_threads(m, 1, l1, d1);
     for (uint32_t t = 2; t <= 3; t++) {
@@ -782,6 +816,19 @@ static void test_shared_blocks(void **state)
     kvt_model_destroy(m);
 }
 
+/* The portable kernels (used where the CPU lacks AVX-512) keep the same
+ * promises: the reference agrees, resumed and batched runs are bitwise. */
+static void test_generic_kernels(void **state)
+{
+    kvt_ops_force_generic(true);
+    assert_string_equal(kvt_ops_isa(), "generic");
+    test_reference(state);
+    resume_case(M_LLAMA_GQA, KVT_DTYPE_BF16);
+    resume_case(M_ODD_HEAD, KVT_DTYPE_F32);
+    decode_case(M_QWEN2, KVT_DTYPE_BF16);
+    kvt_ops_force_generic(false);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -795,6 +842,7 @@ int main(void)
         cmocka_unit_test(test_pool_full),
         cmocka_unit_test(test_limits),
         cmocka_unit_test(test_shared_blocks),
+        cmocka_unit_test(test_generic_kernels),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
