@@ -249,6 +249,12 @@ static size_t translate_pattern(const char *p, size_t n, char *out)
                 out[o++] = p[i++];
             if (i < n && p[i] == ']') /* a leading ] is literal */
                 out[o++] = p[i++];
+        } else if (in_class && p[i] == '[' && i + 1 < n && p[i + 1] == ':') {
+            const char *end = memmem(p + i + 2, n - i - 2, ":]", 2); /* [:alpha:] */
+            k = end ? (size_t)(end - p) + 2 - i : 1;
+            memcpy(out + o, p + i, k);
+            o += k;
+            i += k;
         } else {
             in_class = in_class && p[i] != ']';
             out[o++] = p[i++];
@@ -306,7 +312,7 @@ static int re_match(tok_ws_t *ws, const pcre2_code *re, const char *s, size_t n,
         pcre2_get_error_message(rc, msg, sizeof(msg));
         kvt_log_error("tokenizer: regex match failed rc=%d error=\"%s\" len=%zu", rc,
                       rc < 0 ? (const char *)msg : "bad offsets", n);
-        return KVT_ERR_FULL;
+        return rc == PCRE2_ERROR_NOMEMORY ? KVT_ERR_NOMEM : KVT_ERR_FULL;
     }
     *ms_p = ov[0];
     *me_p = ov[1];
