@@ -50,6 +50,8 @@ int kvt_cmd_kv(int argc, char **argv);
 int kvt_cmd_kv_serve(int argc, char **argv);
 /* `kvtier bench kv|pull` (cmd_bench_kv.c). */
 int kvt_cmd_bench(int argc, char **argv);
+/* `kvtier bench engine` (cmd_bench_engine.c); argv[0] is "engine". */
+int kvt_cmd_bench_engine(int argc, char **argv);
 /* `kvtier generate` (cmd_generate.c). */
 int kvt_cmd_generate(int argc, char **argv);
 /* `kvtier bench pull` (cmd_bench_pull.c); argv[0] is "pull". */

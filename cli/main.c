@@ -23,13 +23,16 @@ static const char g_usage[] =
     "  bench kv     T1 (host pool) and T2 (RocksDB) throughput and latency,\n"
     "               each figure beside memcpy / plain-file references\n"
     "  bench pull   block pulls over UCX beside ucx_perftest and Redis\n"
+    "  bench engine CPU engine prefill/decode beside a plain matrix product\n"
+    "  generate     one request in-process on the CPU engine (reference path;\n"
+    "               --data DIR reuses and stores the prompt's KV blocks)\n"
     "  model init   write a random-weight model directory from a preset\n"
     "  model info   load a model directory: shapes, digest, fingerprint\n"
     "  version      print the version\n"
     "  help         this text\n"
     "\n"
-    "Not built yet: serve, coord, prefill, decode, generate, warm,\n"
-    "kv export|import, bench engine|efim.\n"
+    "Not built yet: serve, coord, prefill, decode, warm,\n"
+    "kv export|import, bench efim.\n"
     "\n"
     "Every command documents its flags with --help.  Every flag --name can\n"
     "also be set as KVT_NAME in the environment (upper case, '-' -> '_');\n"
@@ -126,6 +129,8 @@ int main(int argc, char **argv)
         return kvt_cmd_bench(argc - 1, argv + 1);
     if (!strcmp(cmd, "model"))
         return kvt_cmd_model(argc - 1, argv + 1);
+    if (!strcmp(cmd, "generate"))
+        return kvt_cmd_generate(argc - 1, argv + 1);
     kvt_log_error("unknown command command=\"%s\"", cmd);
     fputs("run 'kvtier help' for the commands\n", stderr);
     return KVT_EXIT_USAGE;

@@ -18,7 +18,7 @@ static char tu_out[TU_OUT_CAP]; /* stdout of the last run, NUL-terminated */
 
 /* Run tu_bin with args (NULL-terminated); env is "NAME=VALUE" or NULL.
  * Returns the exit status (-1 if killed by a signal). */
-static int tu_run_env(const char *env, const char *const *args)
+static inline int tu_run_env(const char *env, const char *const *args)
 {
     const char *argv[48] = {tu_bin};
     int argc = 1;
@@ -60,7 +60,7 @@ static int tu_run_env(const char *env, const char *const *args)
 #define TU_RUN_ENV(env, ...) tu_run_env(env, (const char *const[]){__VA_ARGS__, NULL})
 
 /* The number after "key": in json, searching from the first `anchor`. */
-static long long tu_json_num(const char *json, const char *anchor, const char *key)
+static inline long long tu_json_num(const char *json, const char *anchor, const char *key)
 {
     const char *p = anchor ? strstr(json, anchor) : json;
     assert_non_null(p);
@@ -71,7 +71,7 @@ static long long tu_json_num(const char *json, const char *anchor, const char *k
     return strtoll(p + strlen(pat), NULL, 10);
 }
 
-static int tu_count_of(const char *s, const char *what)
+static inline int tu_count_of(const char *s, const char *what)
 {
     int n = 0;
     for (const char *p = s; (p = strstr(p, what)); p += strlen(what))
