@@ -239,6 +239,8 @@ static kvt_status_t added_id(kvt_tokenizer_t *tok, const char *content, uint32_t
     uint32_t id = tok_strmap_get(&tok->vocab_map, content, strlen(content));
     if (id == TOK_NONE) {
         id = tok->vocab_map.n + tok->n_new_added++;
+        if (id >= KVT_TOK_MAX_VOCAB)
+            return bad(field, "the id HF gives this token is over the vocabulary bound");
         if (tok->flags[id] & TOK_F_PRESENT)
             return bad(field, "the id HF gives this token names a vocabulary token "
                               "(vocabulary ids with holes)");
