@@ -372,7 +372,7 @@ kvt_status_t kvt_engine_seq_reuse(kvt_engine_t *e, kvt_seq_t *s, const uint32_t 
 static kvt_status_t prepare_append(kvt_engine_t *e, kvt_seq_t *s, const uint32_t *tokens,
                                    size_t n)
 {
-    if (s->n_tokens + n > e->cfg.max_pos) {
+    if (n > e->cfg.max_pos || s->n_tokens + n > e->cfg.max_pos) {
         kvt_log_warn("engine: sequence would exceed max_pos len=%zu add=%zu max_pos=%u",
                      s->n_tokens, n, e->cfg.max_pos);
         return KVT_ERR_TOO_LARGE;
