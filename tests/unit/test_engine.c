@@ -20,6 +20,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include "common/alloc.h"
 #include "engine/engine.h"
 #include "engine/model.h"
 #include "engine/ops.h"
@@ -816,6 +817,44 @@ static void test_shared_blocks(void **state)
     kvt_model_destroy(m);
 }
 
+/* Allocation failures (injected) in create and in a prefill give
+ * KVT_ERR_NOMEM, leak nothing (ASan) and leave the sequence unchanged. */
+static void test_alloc_failures(void **state)
+{
+    (void)state;
+    kvt_model_t *m = make_model(M_LLAMA_GQA);
+    kvt_engine_opts_t o = {.block_tokens = RES_B, .n_threads = 2};
+    kvt_engine_t *eng = NULL;
+    long n = 0;
+    for (;; n++) {
+        kvt_alloc_fail_after(n);
+        kvt_status_t st = kvt_engine_create(m, &o, &eng);
+        kvt_alloc_fail_after(-1);
+        if (st == KVT_OK)
+            break;
+        assert_int_equal(st, KVT_ERR_NOMEM);
+    }
+    assert_true(n > 5);
+    kvt_block_key_t root = {{7}};
+    kvt_seq_t *s = NULL;
+    assert_int_equal(kvt_engine_seq_create(eng, &root, &s), KVT_OK);
+    uint32_t tok[100];
+    make_tokens(tok, 100, 1, m->cfg.vocab_size);
+    assert_int_equal(kvt_engine_prefill(eng, s, tok, 10, NULL, 0), KVT_OK);
+    kvt_alloc_fail_after(0); /* growing the token array (64 -> 100) fails */
+    kvt_status_t st = kvt_engine_prefill(eng, s, tok + 10, 90, NULL, 0);
+    kvt_alloc_fail_after(-1);
+    assert_int_equal(st, KVT_ERR_NOMEM);
+    assert_int_equal(kvt_engine_seq_len(s), 10);
+    uint32_t used;
+    kvt_engine_pool_stats(eng, &used, NULL, NULL);
+    assert_int_equal(used, 2);
+    assert_int_equal(kvt_engine_prefill(eng, s, tok + 10, 90, NULL, 0), KVT_OK);
+    kvt_engine_seq_destroy(eng, s);
+    kvt_engine_destroy(eng);
+    kvt_model_destroy(m);
+}
+
 /* The portable kernels (used where the CPU lacks AVX-512) keep the same
  * promises: the reference agrees, resumed and batched runs are bitwise. */
 static void test_generic_kernels(void **state)
@@ -842,6 +881,7 @@ int main(void)
         cmocka_unit_test(test_pool_full),
         cmocka_unit_test(test_limits),
         cmocka_unit_test(test_shared_blocks),
+        cmocka_unit_test(test_alloc_failures),
         cmocka_unit_test(test_generic_kernels),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
