@@ -2,9 +2,9 @@
  *
  * The matmul is the "dot product" form on nn.Linear weights as stored
  * ([out][in], no repacking, so the model's f32 weights are used in place):
- * a tile of up to 4 rows x 4 output features keeps 16 accumulators in
+ * a tile of up to 4 rows x 6 output features keeps 24 accumulators in
  * registers, so each weight vector loaded serves 4 rows and each input
- * vector 4 outputs.  Every accumulator is one output's dot product in 16
+ * vector 6 outputs (4 x 6 measured ~8% faster than 4 x 4 here).  Every accumulator is one output's dot product in 16
  * lanes -- the tile shape changes which dot products run side by side,
  * never the operations inside one, which is what makes results independent
  * of the row count.  The k tail is a zero-masked load (adding +0 leaves a
@@ -12,7 +12,7 @@
  *
  * Cache blocking: a work item is a run of output tiles; it walks the rows
  * in blocks of ~256 KiB of input (L2), and for each block keeps one weight
- * tile (4 x in floats, L1) hot while the rows stream past it.
+ * tile (6 x in floats, L1) hot while the rows stream past it.
  *
  * The project compiles in ISO C mode (-std=c11), where gcc does not
  * contract a*b+c into FMA, so the portable code rounds every operation; the
@@ -160,41 +160,41 @@ AVX512 static inline __attribute__((always_inline)) void
 tile512(const float *const *xr, const int R, const float *w, size_t ldw, const int C, size_t n,
         float *y, size_t ldy)
 {
-    __m512 acc[KVT_OPS_TILE][KVT_OPS_TILE], wv[KVT_OPS_TILE];
-#pragma GCC unroll 4
+    __m512 acc[KVT_OPS_MM_ROWS][KVT_OPS_MM_COLS], wv[KVT_OPS_MM_COLS];
+#pragma GCC unroll 6
     for (int r = 0; r < R; r++)
-#pragma GCC unroll 4
+#pragma GCC unroll 6
         for (int c = 0; c < C; c++)
             acc[r][c] = _mm512_setzero_ps();
     size_t k = 0;
     for (; k + 16 <= n; k += 16) {
-#pragma GCC unroll 4
+#pragma GCC unroll 6
         for (int c = 0; c < C; c++)
             wv[c] = _mm512_loadu_ps(w + c * ldw + k);
-#pragma GCC unroll 4
+#pragma GCC unroll 6
         for (int r = 0; r < R; r++) {
             __m512 xv = _mm512_loadu_ps(xr[r] + k);
-#pragma GCC unroll 4
+#pragma GCC unroll 6
             for (int c = 0; c < C; c++)
                 acc[r][c] = _mm512_fmadd_ps(xv, wv[c], acc[r][c]);
         }
     }
     if (k < n) {
         __mmask16 m = (__mmask16)((1u << (n - k)) - 1u);
-#pragma GCC unroll 4
+#pragma GCC unroll 6
         for (int c = 0; c < C; c++)
             wv[c] = _mm512_maskz_loadu_ps(m, w + c * ldw + k);
-#pragma GCC unroll 4
+#pragma GCC unroll 6
         for (int r = 0; r < R; r++) {
             __m512 xv = _mm512_maskz_loadu_ps(m, xr[r] + k);
-#pragma GCC unroll 4
+#pragma GCC unroll 6
             for (int c = 0; c < C; c++)
                 acc[r][c] = _mm512_fmadd_ps(xv, wv[c], acc[r][c]);
         }
     }
-#pragma GCC unroll 4
+#pragma GCC unroll 6
     for (int r = 0; r < R; r++)
-#pragma GCC unroll 4
+#pragma GCC unroll 6
         for (int c = 0; c < C; c++)
             y[r * ldy + c] = reduce512(acc[r][c]);
 }
@@ -208,10 +208,10 @@ AVX512 static void tile_avx512(const float *const *xr, uint32_t R, const float *
         tile512(xr, r, w, ldw, c, n, y, ldy);   \
         break;
     switch (R * 8 + C) {
-        T(1, 1) T(1, 2) T(1, 3) T(1, 4)
-        T(2, 1) T(2, 2) T(2, 3) T(2, 4)
-        T(3, 1) T(3, 2) T(3, 3) T(3, 4)
-        T(4, 1) T(4, 2) T(4, 3) T(4, 4)
+        T(1, 1) T(1, 2) T(1, 3) T(1, 4) T(1, 5) T(1, 6)
+        T(2, 1) T(2, 2) T(2, 3) T(2, 4) T(2, 5) T(2, 6)
+        T(3, 1) T(3, 2) T(3, 3) T(3, 4) T(3, 5) T(3, 6)
+        T(4, 1) T(4, 2) T(4, 3) T(4, 4) T(4, 5) T(4, 6)
     default:
         break;
     }
@@ -515,9 +515,10 @@ typedef struct {
     void (*to_bf16)(uint16_t *, const float *, size_t);
 } kernels_t;
 
-static const kernels_t g_generic = {"generic", tile_generic, keys_generic, values_generic, scores_generic,
-                        softmax_generic,
-                        pv_generic, silu_generic, to_f32_generic, to_bf16_generic};
+static const kernels_t g_generic = {"generic",      tile_generic,   keys_generic,
+                                    values_generic, scores_generic, softmax_generic,
+                                    pv_generic,     silu_generic,   to_f32_generic,
+                                    to_bf16_generic};
 static kernels_t g_k;
 static pthread_once_t g_once = PTHREAD_ONCE_INIT;
 
@@ -603,11 +604,11 @@ typedef struct {
 static void mm_tile_rows(const mm_job_t *j, const kvt_ops_mat_t *m, size_t o, size_t r0,
                          size_t r1)
 {
-    const size_t T = KVT_OPS_TILE;
-    uint32_t C = (uint32_t)(m->out - o < T ? m->out - o : T);
+    const size_t T = KVT_OPS_MM_ROWS, TC = KVT_OPS_MM_COLS;
+    uint32_t C = (uint32_t)(m->out - o < TC ? m->out - o : TC);
     for (size_t r = r0; r < r1; r += T) {
         uint32_t R = (uint32_t)(r1 - r < T ? r1 - r : T);
-        const float *xr[KVT_OPS_TILE];
+        const float *xr[KVT_OPS_MM_ROWS];
         for (uint32_t i = 0; i < R; i++)
             xr[i] = j->x + (r + i) * j->in;
         float *y = m->y + r * m->out + o;
@@ -628,7 +629,7 @@ static void mm_run(void *arg, size_t t_begin, size_t t_end, uint32_t tid)
         for (size_t t = t_begin; t < t_end; t++) {
             while (t >= j->first_tile[mi + 1])
                 mi++;
-            size_t o = (t - j->first_tile[mi]) * KVT_OPS_TILE;
+            size_t o = (t - j->first_tile[mi]) * KVT_OPS_MM_COLS;
             mm_tile_rows(j, &j->mats[mi], o, r0, r1);
         }
     }
@@ -640,15 +641,15 @@ void kvt_ops_matmul_multi(kvt_threads_t *threads, const float *x, size_t rows, s
     mm_job_t job = {.tile = tile_kernel(), .x = x, .rows = rows, .in = in};
     /* ~256 KiB of input rows per block: they stay in L2 while every weight
      * tile of the work item passes over them. */
-    size_t rb = ((size_t)65536 / (in ? in : 1)) & ~(size_t)(KVT_OPS_TILE - 1);
-    job.row_block = rb < KVT_OPS_TILE ? KVT_OPS_TILE : rb;
+    size_t rb = ((size_t)65536 / (in ? in : 1)) & ~(size_t)(KVT_OPS_MM_ROWS - 1);
+    job.row_block = rb < KVT_OPS_MM_ROWS ? KVT_OPS_MM_ROWS : rb;
     for (size_t done = 0; done < n_mats; done += MM_MAX_MATS) {
         job.n_mats = n_mats - done < MM_MAX_MATS ? n_mats - done : MM_MAX_MATS;
         size_t n_tiles = 0;
         for (size_t i = 0; i < job.n_mats; i++) {
             job.mats[i] = mats[done + i];
             job.first_tile[i] = n_tiles;
-            n_tiles += (mats[done + i].out + KVT_OPS_TILE - 1) / KVT_OPS_TILE;
+            n_tiles += (mats[done + i].out + KVT_OPS_MM_COLS - 1) / KVT_OPS_MM_COLS;
         }
         job.first_tile[job.n_mats] = n_tiles;
         kvt_threads_for(threads, n_tiles, 0, mm_run, &job);

@@ -23,8 +23,11 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* Rows and columns of one dot-product tile. */
+/* Query rows grouped per attention kernel call. */
 #define KVT_OPS_TILE 4
+/* Rows and output features of one matmul tile. */
+#define KVT_OPS_MM_ROWS 4
+#define KVT_OPS_MM_COLS 6
 
 /* Name of the kernel set in use ("avx512" or "generic"). */
 const char *kvt_ops_isa(void);
@@ -33,8 +36,8 @@ const char *kvt_ops_isa(void);
 void kvt_ops_force_generic(bool on);
 
 /* y[r*ldy + c] = dot(xr[r][0..n), w[c*ldw + 0..n)) for r < R, c < C
- * (R, C in 1..KVT_OPS_TILE).  Exactly the value kvt_ops_matmul computes
- * for the same row and weight vector. */
+ * (R <= KVT_OPS_MM_ROWS, C <= KVT_OPS_MM_COLS).  Exactly the value
+ * kvt_ops_matmul computes for the same row and weight vector. */
 void kvt_ops_dot_tile(const float *const *xr, uint32_t R, const float *w, size_t ldw, uint32_t C,
                       size_t n, float *y, size_t ldy);
 

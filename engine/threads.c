@@ -18,6 +18,7 @@
 #include "common/time.h"
 
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <string.h>
@@ -26,6 +27,7 @@
 /* How long a waiting thread spins before it sleeps: jobs of one forward
  * pass follow each other within microseconds. */
 #define SPIN_NS 200000ull
+#define YIELD_NS 5000ull
 
 typedef struct {
     struct kvt_threads *pool;
@@ -60,6 +62,19 @@ static inline void cpu_relax(void)
 #endif
 }
 
+/* True when the spin budget is spent.  Past YIELD_NS a spinning thread
+ * also yields: when the machine is oversubscribed, the thread it waits for
+ * may be queued behind it on the same CPU. */
+static bool spin_or_yield(uint64_t start)
+{
+    uint64_t spent = kvt_time_ns() - start;
+    if (spent > SPIN_NS)
+        return true;
+    if (spent > YIELD_NS)
+        sched_yield();
+    return false;
+}
+
 static void run_chunks(struct kvt_threads *t, uint32_t tid)
 {
     for (;;) {
@@ -79,7 +94,7 @@ static uint64_t wait_job(struct kvt_threads *t, uint64_t seen)
         uint64_t g = atomic_load(&t->gen);
         if (g != seen || atomic_load(&t->stop))
             return g;
-        if ((i & 63) == 63 && kvt_time_ns() - start > SPIN_NS)
+        if ((i & 63) == 63 && spin_or_yield(start))
             break;
         cpu_relax();
     }
@@ -118,7 +133,7 @@ static void wait_done(struct kvt_threads *t)
     for (unsigned i = 0;; i++) {
         if (atomic_load(&t->busy) == 0)
             return;
-        if ((i & 63) == 63 && kvt_time_ns() - start > SPIN_NS)
+        if ((i & 63) == 63 && spin_or_yield(start))
             break;
         cpu_relax();
     }
