@@ -42,6 +42,27 @@ step "kvtier kv verify --data $NODE"
 step "kvtier kv ls --data $NODE --limit 4"
 "$KVTIER" kv ls --data "$NODE" --limit 4
 
+MODEL=$DATA/models/small
+if [ ! -f "$MODEL/config.json" ]; then
+  step "kvtier model init --preset small --out $MODEL (random weights, real code tokenizer)"
+  "$KVTIER" model init --preset small --out "$MODEL" --seed 1
+fi
+
+# Two rounds of an infilling session on this very script: round 2's user
+# typed more after the cursor, and EFIM reuses every stored block up to MID.
+GEN=$DATA/generate
+rm -rf "$GEN"
+PREFIX=$(head -c 1500 "$0")
+SUFFIX=$(tail -c +1501 "$0" | head -c 1500)
+for typed in "" "step \"more\""; do
+  step "kvtier generate --format efim --data $GEN (typed after the cursor: '${typed}')"
+  "$KVTIER" generate --model "$MODEL" --data "$GEN" --prompt "$PREFIX$typed" --anchor "$PREFIX" \
+    --suffix "$SUFFIX" --max-tokens 16 --json
+done
+
+step "kvtier bench engine --model $MODEL"
+"$KVTIER" bench engine --model "$MODEL"
+
 step "done"
 echo "machine-readable: $KVTIER bench kv --data $DATA --json"
-echo "remove the demo data with: rm -rf $NODE"
+echo "remove the demo data with: rm -rf $NODE $GEN"
