@@ -1,0 +1,884 @@
+/* Causal GQA attention over the paged KV pool (kernels.h: kvt_k_attn_*).
+ *
+ * Prefill (prefill_tc): flash attention on the tensor cores.  A thread
+ * block takes BM = 16 * NW query rows of one group and one kv head, where
+ * a row is a (position, query head) pair packed position-major: HS =
+ * min(n_rep, BM) heads of the kv head times P = BM / HS positions, so the
+ * query heads that share a kv head share every K/V tile the block loads.
+ * K/V tiles of 64 keys come from the pages (token p is row p % B of slot
+ * table[p / B]) into shared memory through cp.async, double-buffered;
+ * S = Q.K^T and O += P.V are mma.sync m16n8k16 bf16 -> f32 with ldmatrix
+ * fragments, the softmax runs online in f32 registers (log2 domain), the
+ * diagonal tile is masked and tiles past the block's last position are
+ * never loaded.  Blocks of the latest query tiles are launched first.
+ * f32 KV on this path is rounded to bf16 as it is copied into shared
+ * memory (P is rounded to bf16 for the tensor cores anyway); the
+ * accumulation stays f32.  head_dim 64 and 128 take it; any other
+ * head_dim (<= 256), or a pool not 16-byte aligned, goes to the decode
+ * kernels below, which handle groups of any n.
+ *
+ * Decode (decode_vec, decode_gen, decode_combine): flash-decoding.  A
+ * block takes one row, one kv head (up to 8 of its query heads) and one
+ * chunk of the context; chunks are sized so the grid fills the GPU even
+ * for one sequence.  decode_vec (head_dim 64/128): a token's K or V row is
+ * read by hd/8 lanes with 16-byte loads (two for f32), several tokens per
+ * warp at once, each lane group keeping its own online softmax; the
+ * groups and warps are merged at the end.  decode_gen (any head_dim up to
+ * 256): a lane per key for the scores, a lane per dimension for P.V.  With
+ * more than one chunk each block leaves (max, sum, unnormalised acc) in a
+ * scratch buffer and decode_combine merges them.  The scratch comes from a
+ * private stream-ordered memory pool (cudaMallocFromPoolAsync), so calls
+ * on different streams never share it and nothing is held between calls
+ * but the pool's cached pages.
+ *
+ * Softmax arithmetic: scores are scale * q.k in f32, exponentials are
+ * exp2 of (score - running max) * log2(e); each output is acc / sum in f32
+ * rounded to bf16 (nearest even). */
+#include "kernels/attentionInt.cuh"
+
+#include <math.h>
+#include <pthread.h>
+#include <stdint.h>
+
+extern "C" {
+#include "common/log.h"
+#include "kernels/kernels.h"
+}
+
+using namespace kvt_attn;
+
+namespace {
+
+constexpr int DEC_WARPS = 4;
+constexpr int DEC_U = 2;                 /* tokens per lane group per step */
+constexpr uint32_t DEC_MIN_CHUNK = 128;  /* keys per block at least */
+constexpr uint32_t DEC_MAX_CHUNKS = 1024;
+constexpr int PRE_BN = 64;               /* keys per K/V tile */
+constexpr float LOG2E = 1.4426950408889634f;
+constexpr unsigned FULL = 0xffffffffu;
+
+struct DecArgs {
+    KvView kv;
+    const uint16_t *q;
+    uint16_t *out;
+    const Group *groups;
+    const uint32_t *tables;
+    float2 *part_ml;  /* [group * max_n + i][head][chunk]: (max, sum) */
+    float *part_acc;  /* [group * max_n + i][head][chunk][hd] */
+    uint32_t n_heads, n_rep, n_slices, max_n, chunk, n_chunks;
+    float scale_log2;
+};
+
+struct PreArgs {
+    KvView kv;
+    const uint16_t *q;
+    uint16_t *out;
+    const Group *groups;
+    const uint32_t *tables;
+    uint32_t n_heads, n_rep, n_groups, n_slices, n_qtiles, HS, P;
+    float scale_log2;
+};
+
+__device__ __forceinline__ float warp_max(float v)
+{
+    for (int o = 16; o > 0; o >>= 1)
+        v = fmaxf(v, __shfl_xor_sync(FULL, v, o));
+    return v;
+}
+
+__device__ __forceinline__ float warp_sum(float v)
+{
+    for (int o = 16; o > 0; o >>= 1)
+        v += __shfl_xor_sync(FULL, v, o);
+    return v;
+}
+
+/* exp2(m - mx) with exp2(-inf - -inf) taken as 0 (an empty partial). */
+__device__ __forceinline__ float rescale(float m, float mx)
+{
+    return m == -INFINITY ? 0.0f : exp2f(m - mx);
+}
+
+/* One output element of a decode block: the final bf16 when the context
+ * is one chunk, else the chunk's partial. */
+__device__ __forceinline__ void dec_emit(const DecArgs &a, size_t rowidx, size_t row,
+                                         uint32_t head, uint32_t d, float m, float l, float acc)
+{
+    uint32_t hd = a.kv.hd;
+    if (a.n_chunks == 1) {
+        a.out[(row * a.n_heads + head) * hd + d] = to_bf16(acc / l);
+        return;
+    }
+    size_t pi = (rowidx * a.n_heads + head) * a.n_chunks + blockIdx.y;
+    a.part_acc[pi * hd + d] = acc;
+    if (d == 0)
+        a.part_ml[pi] = make_float2(m, l);
+}
+
+/* Where a decode block works: row i of group gi, kv head, head slice,
+ * keys [t_begin, t_end); false when the block has nothing to do. */
+struct DecWork {
+    Group g;
+    uint32_t i, kvh, slice, t_begin, t_end;
+    size_t rowidx, row;
+};
+
+__device__ __forceinline__ bool dec_work(const DecArgs &a, DecWork &w)
+{
+    uint32_t bx = blockIdx.x;
+    w.slice = bx % a.n_slices;
+    bx /= a.n_slices;
+    w.kvh = bx % a.kv.n_kv;
+    bx /= a.kv.n_kv;
+    w.i = bx % a.max_n;
+    uint32_t gi = bx / a.max_n;
+    w.g = a.groups[gi];
+    if (w.i >= w.g.n)
+        return false;
+    uint32_t pos = w.g.pos0 + w.i;
+    w.t_begin = blockIdx.y * a.chunk;
+    if (w.t_begin > pos)
+        return false;
+    w.t_end = min(pos + 1, w.t_begin + a.chunk);
+    w.rowidx = (size_t)gi * a.max_n + w.i;
+    w.row = (size_t)w.g.row0 + w.i;
+    return true;
+}
+
+/* Decode, head_dim HD (64 or 128), up to HPB query heads of one kv head. */
+template <int HD, int HPB, bool F32>
+__global__ void __launch_bounds__(DEC_WARPS * 32) decode_vec(DecArgs a)
+{
+    constexpr int L = HD / 8, G = 32 / L, ESZ = F32 ? 4 : 2;
+    __shared__ float s_m[DEC_WARPS][HPB], s_l[DEC_WARPS][HPB];
+    __shared__ float s_acc[DEC_WARPS][HPB][HD];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, sub = lane % L, grp = lane / L;
+    DecWork w;
+    if (!dec_work(a, w))
+        return;
+    const uint32_t j0 = w.slice * HPB, head0 = w.kvh * a.n_rep + j0;
+    const int nh = (int)min((uint32_t)HPB, a.n_rep - j0);
+    const uint32_t *table = a.tables + w.g.table_off;
+
+    float q[HPB][8], m[HPB], l[HPB], acc[HPB][8];
+#pragma unroll
+    for (int h = 0; h < HPB; h++) {
+        m[h] = -INFINITY;
+        l[h] = 0.0f;
+#pragma unroll
+        for (int e = 0; e < 8; e++)
+            q[h][e] = acc[h][e] = 0.0f;
+        if (h < nh) {
+            uint4 v = ld16(a.q + (w.row * a.n_heads + head0 + h) * HD + sub * 8);
+            uint32_t u[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                q[h][2 * e] = bf16_lo(u[e]) * a.scale_log2;
+                q[h][2 * e + 1] = bf16_hi(u[e]) * a.scale_log2;
+            }
+        }
+    }
+
+    for (uint32_t base = w.t_begin + warp * (G * DEC_U); base < w.t_end;
+         base += DEC_WARPS * G * DEC_U) {
+        float kx[DEC_U][8], vx[DEC_U][8];
+        bool ok[DEC_U];
+#pragma unroll
+        for (int u = 0; u < DEC_U; u++) {
+            uint32_t t = base + u * G + grp;
+            ok[u] = t < w.t_end;
+            if (ok[u]) {
+                const uint8_t *kp = key_ptr(a.kv, table, t, w.kvh) + sub * 8 * ESZ;
+                load8<F32>(kp, kx[u]);
+                load8<F32>(kp + a.kv.kv_off, vx[u]);
+            } else {
+#pragma unroll
+                for (int e = 0; e < 8; e++)
+                    kx[u][e] = vx[u][e] = 0.0f;
+            }
+        }
+#pragma unroll
+        for (int h = 0; h < HPB; h++) {
+            float s[DEC_U];
+#pragma unroll
+            for (int u = 0; u < DEC_U; u++) {
+                float d = 0.0f;
+#pragma unroll
+                for (int e = 0; e < 8; e++)
+                    d = fmaf(q[h][e], kx[u][e], d);
+#pragma unroll
+                for (int o = L / 2; o > 0; o >>= 1)
+                    d += __shfl_xor_sync(FULL, d, o);
+                s[u] = ok[u] ? d : -INFINITY;
+            }
+            float mx = m[h];
+#pragma unroll
+            for (int u = 0; u < DEC_U; u++)
+                mx = fmaxf(mx, s[u]);
+            float corr = rescale(m[h], mx), p[DEC_U], ps = 0.0f;
+#pragma unroll
+            for (int u = 0; u < DEC_U; u++) {
+                p[u] = ok[u] ? exp2f(s[u] - mx) : 0.0f;
+                ps += p[u];
+            }
+            l[h] = l[h] * corr + ps;
+#pragma unroll
+            for (int e = 0; e < 8; e++) {
+                float v = acc[h][e] * corr;
+#pragma unroll
+                for (int u = 0; u < DEC_U; u++)
+                    v = fmaf(p[u], vx[u][e], v);
+                acc[h][e] = v;
+            }
+            m[h] = mx;
+        }
+    }
+
+    /* Merge the lane groups of the warp (same sub, other grp). */
+#pragma unroll
+    for (int o = L; o < 32; o <<= 1) {
+#pragma unroll
+        for (int h = 0; h < HPB; h++) {
+            float mo = __shfl_xor_sync(FULL, m[h], o), lo = __shfl_xor_sync(FULL, l[h], o);
+            float mx = fmaxf(m[h], mo), ca = rescale(m[h], mx), cb = rescale(mo, mx);
+            l[h] = l[h] * ca + lo * cb;
+#pragma unroll
+            for (int e = 0; e < 8; e++) {
+                float ao = __shfl_xor_sync(FULL, acc[h][e], o);
+                acc[h][e] = acc[h][e] * ca + ao * cb;
+            }
+            m[h] = mx;
+        }
+    }
+    if (grp == 0) {
+#pragma unroll
+        for (int h = 0; h < HPB; h++) {
+            if (sub == 0) {
+                s_m[warp][h] = m[h];
+                s_l[warp][h] = l[h];
+            }
+#pragma unroll
+            for (int e = 0; e < 8; e++)
+                s_acc[warp][h][sub * 8 + e] = acc[h][e];
+        }
+    }
+    __syncthreads();
+    /* Merge the warps. */
+    for (int idx = threadIdx.x; idx < nh * HD; idx += DEC_WARPS * 32) {
+        int h = idx / HD, d = idx % HD;
+        float mx = -INFINITY;
+        for (int v = 0; v < DEC_WARPS; v++)
+            mx = fmaxf(mx, s_m[v][h]);
+        float ls = 0.0f, as = 0.0f;
+        for (int v = 0; v < DEC_WARPS; v++) {
+            float c = rescale(s_m[v][h], mx);
+            ls += s_l[v][h] * c;
+            as += s_acc[v][h][d] * c;
+        }
+        dec_emit(a, w.rowidx, w.row, head0 + h, d, mx, ls, as);
+    }
+}
+
+template <bool F32> __device__ __forceinline__ float ld_elem(const uint8_t *p, uint32_t e)
+{
+    if (F32)
+        return __ldg(reinterpret_cast<const float *>(p) + e);
+    return bf16_f(__ldg(reinterpret_cast<const unsigned short *>(p) + e));
+}
+
+/* Decode for any head_dim <= 256: a warp per query head of the kv head. */
+template <bool F32>
+__global__ void __launch_bounds__(DEC_WARPS * 32) decode_gen(DecArgs a)
+{
+    __shared__ float s_q[DEC_WARPS][256];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    DecWork w;
+    if (!dec_work(a, w))
+        return;
+    const uint32_t hd = a.kv.hd, *table = a.tables + w.g.table_off;
+    for (uint32_t j = warp; j < a.n_rep; j += DEC_WARPS) {
+        uint32_t head = w.kvh * a.n_rep + j;
+        __syncwarp();
+        for (uint32_t d = lane; d < hd; d += 32)
+            s_q[warp][d] = bf16_f(a.q[(w.row * a.n_heads + head) * hd + d]) * a.scale_log2;
+        __syncwarp();
+        float m = -INFINITY, l = 0.0f, acc[8];
+#pragma unroll
+        for (int k = 0; k < 8; k++)
+            acc[k] = 0.0f;
+        for (uint32_t t0 = w.t_begin; t0 < w.t_end; t0 += 32) {
+            uint32_t t = t0 + lane;
+            bool ok = t < w.t_end;
+            float s = -INFINITY;
+            const uint8_t *vp = nullptr;
+            if (ok) {
+                const uint8_t *kp = key_ptr(a.kv, table, t, w.kvh);
+                float d = 0.0f;
+                for (uint32_t e = 0; e < hd; e++)
+                    d = fmaf(s_q[warp][e], ld_elem<F32>(kp, e), d);
+                s = d;
+                vp = kp + a.kv.kv_off;
+            }
+            float mx = fmaxf(m, warp_max(s)); /* finite: lane 0 holds a key */
+            float corr = rescale(m, mx), p = ok ? exp2f(s - mx) : 0.0f;
+            l = l * corr + warp_sum(p);
+#pragma unroll
+            for (int k = 0; k < 8; k++)
+                acc[k] *= corr;
+            uint32_t nv = min(32u, w.t_end - t0);
+            for (uint32_t jj = 0; jj < nv; jj++) {
+                float pj = __shfl_sync(FULL, p, jj);
+                const uint8_t *vj = reinterpret_cast<const uint8_t *>(
+                    __shfl_sync(FULL, reinterpret_cast<unsigned long long>(vp), jj));
+#pragma unroll
+                for (int k = 0; k < 8; k++) {
+                    uint32_t d = lane + 32 * k;
+                    if (d < hd)
+                        acc[k] = fmaf(pj, ld_elem<F32>(vj, d), acc[k]);
+                }
+            }
+            m = mx;
+        }
+#pragma unroll
+        for (int k = 0; k < 8; k++) {
+            uint32_t d = lane + 32 * k;
+            if (d < hd)
+                dec_emit(a, w.rowidx, w.row, head, d, m, l, acc[k]);
+        }
+    }
+}
+
+/* Sum over a block of 128 threads (every thread gets the result). */
+__device__ float block_reduce(float v, bool is_max, float *red)
+{
+    v = is_max ? warp_max(v) : warp_sum(v);
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    __syncthreads();
+    if (lane == 0)
+        red[warp] = v;
+    __syncthreads();
+    float r = red[0];
+    for (int i = 1; i < DEC_WARPS; i++)
+        r = is_max ? fmaxf(r, red[i]) : r + red[i];
+    return r;
+}
+
+/* Merge the chunks of one (row, query head). */
+__global__ void __launch_bounds__(DEC_WARPS * 32) decode_combine(DecArgs a)
+{
+    __shared__ float s_w[DEC_MAX_CHUNKS];
+    __shared__ float red[DEC_WARPS];
+    uint32_t head = blockIdx.x % a.n_heads, rowidx = blockIdx.x / a.n_heads;
+    uint32_t i = rowidx % a.max_n, gi = rowidx / a.max_n;
+    Group g = a.groups[gi];
+    if (i >= g.n)
+        return;
+    uint32_t nc = (g.pos0 + i) / a.chunk + 1, hd = a.kv.hd;
+    size_t pi = ((size_t)rowidx * a.n_heads + head) * a.n_chunks;
+    const float2 *ml = a.part_ml + pi;
+    float mx = -INFINITY;
+    for (uint32_t c = threadIdx.x; c < nc; c += blockDim.x)
+        mx = fmaxf(mx, ml[c].x);
+    mx = block_reduce(mx, true, red);
+    float ls = 0.0f;
+    for (uint32_t c = threadIdx.x; c < nc; c += blockDim.x) {
+        float2 v = ml[c];
+        float wc = exp2f(v.x - mx); /* every chunk < nc holds keys: v.x finite */
+        s_w[c] = wc;
+        ls += v.y * wc;
+    }
+    ls = block_reduce(ls, false, red);
+    __syncthreads();
+    const float *acc = a.part_acc + pi * hd;
+    size_t row = (size_t)g.row0 + i;
+    for (uint32_t d = threadIdx.x; d < hd; d += blockDim.x) {
+        float s = 0.0f;
+        for (uint32_t c = 0; c < nc; c++)
+            s = fmaf(s_w[c], acc[(size_t)c * hd + d], s);
+        a.out[(row * a.n_heads + head) * hd + d] = to_bf16(s / ls);
+    }
+}
+
+/* ---- prefill on the tensor cores ---- */
+
+template <int D> constexpr size_t pre_smem(int nw)
+{
+    return (size_t)(16 * nw + 4 * PRE_BN) * (D + 8) * sizeof(uint16_t);
+}
+
+/* K and V of keys [kt * BN, kt * BN + BN) into shared memory; keys past
+ * `last` are zeros.  bf16: cp.async (the caller commits); f32: loaded,
+ * rounded to bf16 and stored here. */
+template <int D, int NT, bool F32>
+__device__ __forceinline__ void pre_load_kv(const PreArgs &a, const uint32_t *table,
+                                            uint32_t kvh, uint32_t kt, uint32_t last,
+                                            uint16_t *sk, uint16_t *sv)
+{
+    constexpr int CPR = D / 8, LD = D + 8, ESZ = F32 ? 4 : 2;
+#pragma unroll
+    for (int c = threadIdx.x; c < PRE_BN * CPR; c += NT) {
+        int rr = c / CPR, cc = c % CPR;
+        uint32_t key = kt * PRE_BN + rr;
+        uint16_t *dk = sk + rr * LD + cc * 8, *dv = sv + rr * LD + cc * 8;
+        if (key <= last) {
+            const uint8_t *kp = key_ptr(a.kv, table, key, kvh) + cc * 8 * ESZ;
+            if (F32) {
+                float x[8], y[8];
+                load8<true>(kp, x);
+                load8<true>(kp + a.kv.kv_off, y);
+                *reinterpret_cast<uint4 *>(dk) =
+                    make_uint4(pack_bf16(x[0], x[1]), pack_bf16(x[2], x[3]),
+                               pack_bf16(x[4], x[5]), pack_bf16(x[6], x[7]));
+                *reinterpret_cast<uint4 *>(dv) =
+                    make_uint4(pack_bf16(y[0], y[1]), pack_bf16(y[2], y[3]),
+                               pack_bf16(y[4], y[5]), pack_bf16(y[6], y[7]));
+            } else {
+                cp_async16(dk, kp, 16);
+                cp_async16(dv, kp + a.kv.kv_off, 16);
+            }
+        } else if (F32) {
+            *reinterpret_cast<uint4 *>(dk) = make_uint4(0, 0, 0, 0);
+            *reinterpret_cast<uint4 *>(dv) = make_uint4(0, 0, 0, 0);
+        } else {
+            cp_async16(dk, a.kv.base, 0);
+            cp_async16(dv, a.kv.base, 0);
+        }
+    }
+}
+
+template <int D, int NW, bool F32>
+__global__ void __launch_bounds__(NW * 32) prefill_tc(PreArgs a)
+{
+    constexpr int BM = 16 * NW, BN = PRE_BN, LD = D + 8, NT = NW * 32, CPR = D / 8;
+    extern __shared__ __align__(16) uint16_t smem[];
+    uint16_t *sQ = smem, *sK = sQ + BM * LD, *sV = sK + 2 * BN * LD;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+
+    const uint32_t per_tile = a.n_groups * a.kv.n_kv * a.n_slices;
+    const uint32_t qt = a.n_qtiles - 1 - blockIdx.x / per_tile;
+    uint32_t r = blockIdx.x % per_tile;
+    const uint32_t slice = r % a.n_slices;
+    r /= a.n_slices;
+    const uint32_t kvh = r % a.kv.n_kv, gi = r / a.kv.n_kv;
+    const Group g = a.groups[gi];
+    const uint32_t q0 = qt * a.P;
+    if (q0 >= g.n)
+        return;
+    const uint32_t qn = min(a.P, g.n - q0); /* positions of this block */
+    const uint32_t pf = g.pos0 + q0, pl = pf + qn - 1;
+    const uint32_t *table = a.tables + g.table_off;
+
+    /* Q rows: (position q0 + rr / HS, head slice * HS + rr % HS). */
+    for (int c = tid; c < BM * CPR; c += NT) {
+        uint32_t rr = c / CPR, cc = c % CPR, pi = rr / a.HS, j = slice * a.HS + rr % a.HS;
+        uint16_t *dq = sQ + rr * LD + cc * 8;
+        if (pi < qn && j < a.n_rep)
+            cp_async16(dq,
+                       a.q + ((size_t)(g.row0 + q0 + pi) * a.n_heads + kvh * a.n_rep + j) * D +
+                           cc * 8,
+                       16);
+        else
+            cp_async16(dq, a.q, 0);
+    }
+    pre_load_kv<D, NT, F32>(a, table, kvh, 0, pl, sK, sV);
+    cp_async_commit();
+
+    /* This thread's two rows (quad row g and g + 8 of the warp's 16). */
+    uint32_t pos_r[2];
+    bool ok_r[2];
+    size_t out_r[2];
+#pragma unroll
+    for (int k = 0; k < 2; k++) {
+        uint32_t rr = warp * 16 + (lane >> 2) + 8 * k, pi = rr / a.HS,
+                 j = slice * a.HS + rr % a.HS;
+        ok_r[k] = pi < qn && j < a.n_rep;
+        pos_r[k] = ok_r[k] ? pf + pi : pl;
+        out_r[k] = ok_r[k] ? ((size_t)(g.row0 + q0 + pi) * a.n_heads + kvh * a.n_rep + j) * D : 0;
+    }
+
+    float o[D / 8][4], m_r[2] = {-INFINITY, -INFINITY}, l_r[2] = {0.0f, 0.0f};
+#pragma unroll
+    for (int dt = 0; dt < D / 8; dt++)
+        o[dt][0] = o[dt][1] = o[dt][2] = o[dt][3] = 0.0f;
+    uint32_t qa[D / 16][4];
+
+    const uint32_t n_kt = pl / BN + 1;
+    for (uint32_t kt = 0; kt < n_kt; kt++) {
+        if (kt + 1 < n_kt) {
+            int nb = (kt + 1) & 1;
+            pre_load_kv<D, NT, F32>(a, table, kvh, kt + 1, pl, sK + nb * BN * LD,
+                                    sV + nb * BN * LD);
+            cp_async_commit();
+            cp_async_wait<1>();
+        } else {
+            cp_async_wait<0>();
+        }
+        __syncthreads();
+        if (kt == 0) {
+#pragma unroll
+            for (int kk = 0; kk < D / 16; kk++)
+                ldmatrix_x4(qa[kk], sQ + (warp * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LD +
+                                        kk * 16 + (lane >> 4) * 8);
+        }
+        const uint16_t *ks = sK + (kt & 1) * BN * LD, *vs = sV + (kt & 1) * BN * LD;
+
+        float s[BN / 8][4];
+#pragma unroll
+        for (int nt = 0; nt < BN / 8; nt++)
+            s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
+#pragma unroll
+        for (int kk = 0; kk < D / 16; kk++) {
+#pragma unroll
+            for (int np = 0; np < BN / 16; np++) {
+                uint32_t b[4];
+                ldmatrix_x4(b, ks + (np * 16 + (lane & 7) + ((lane >> 4) << 3)) * LD + kk * 16 +
+                                   ((lane >> 3) & 1) * 8);
+                mma_bf16(s[2 * np], qa[kk], b[0], b[1]);
+                mma_bf16(s[2 * np + 1], qa[kk], b[2], b[3]);
+            }
+        }
+
+        /* Scale, mask keys past each row's position (only where some are),
+         * online softmax. */
+        const bool mask = (kt + 1) * BN - 1 > pf;
+        float mx[2] = {m_r[0], m_r[1]};
+#pragma unroll
+        for (int nt = 0; nt < BN / 8; nt++) {
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                float v = s[nt][e] * a.scale_log2;
+                uint32_t key = kt * BN + nt * 8 + (lane & 3) * 2 + (e & 1);
+                if (mask && key > pos_r[e >> 1])
+                    v = -INFINITY;
+                s[nt][e] = v;
+                mx[e >> 1] = fmaxf(mx[e >> 1], v);
+            }
+        }
+        float corr[2];
+#pragma unroll
+        for (int k = 0; k < 2; k++) {
+            mx[k] = fmaxf(mx[k], __shfl_xor_sync(FULL, mx[k], 1));
+            mx[k] = fmaxf(mx[k], __shfl_xor_sync(FULL, mx[k], 2));
+            corr[k] = exp2f(m_r[k] - mx[k]); /* tile 0 holds key 0: mx finite */
+            m_r[k] = mx[k];
+            l_r[k] *= corr[k];
+        }
+#pragma unroll
+        for (int dt = 0; dt < D / 8; dt++) {
+            o[dt][0] *= corr[0];
+            o[dt][1] *= corr[0];
+            o[dt][2] *= corr[1];
+            o[dt][3] *= corr[1];
+        }
+#pragma unroll
+        for (int nt = 0; nt < BN / 8; nt++) {
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                float p = exp2f(s[nt][e] - m_r[e >> 1]);
+                s[nt][e] = p;
+                l_r[e >> 1] += p;
+            }
+        }
+        /* O += P . V, P from the score registers (C layout = A layout). */
+#pragma unroll
+        for (int kk = 0; kk < BN / 16; kk++) {
+            uint32_t pa[4] = {pack_bf16(s[2 * kk][0], s[2 * kk][1]),
+                              pack_bf16(s[2 * kk][2], s[2 * kk][3]),
+                              pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                              pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+#pragma unroll
+            for (int dp = 0; dp < D / 16; dp++) {
+                uint32_t b[4];
+                ldmatrix_x4_trans(b, vs + (kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LD +
+                                         dp * 16 + (lane >> 4) * 8);
+                mma_bf16(o[2 * dp], pa, b[0], b[1]);
+                mma_bf16(o[2 * dp + 1], pa, b[2], b[3]);
+            }
+        }
+        __syncthreads(); /* the buffer is refilled two tiles on */
+    }
+
+#pragma unroll
+    for (int k = 0; k < 2; k++) {
+        l_r[k] += __shfl_xor_sync(FULL, l_r[k], 1);
+        l_r[k] += __shfl_xor_sync(FULL, l_r[k], 2);
+        l_r[k] = 1.0f / l_r[k];
+    }
+#pragma unroll
+    for (int dt = 0; dt < D / 8; dt++) {
+        int d = dt * 8 + (lane & 3) * 2;
+#pragma unroll
+        for (int k = 0; k < 2; k++)
+            if (ok_r[k])
+                *reinterpret_cast<uint32_t *>(a.out + out_r[k] + d) =
+                    pack_bf16(o[dt][2 * k] * l_r[k], o[dt][2 * k + 1] * l_r[k]);
+    }
+}
+
+/* ---- host side ---- */
+
+kvt_status_t cuda_fail(const char *what, cudaError_t e)
+{
+    kvt_log_error("attention %s failed err=%s", what, cudaGetErrorString(e));
+    return e == cudaErrorMemoryAllocation ? KVT_ERR_NOMEM : KVT_ERR_IO;
+}
+
+constexpr int MAX_DEVICES = 64;
+pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;
+cudaMemPool_t g_pool[MAX_DEVICES];
+int g_sms[MAX_DEVICES];
+
+kvt_status_t device_info(int *dev_p, int *sms_p)
+{
+    int dev;
+    cudaError_t e = cudaGetDevice(&dev);
+    if (e != cudaSuccess)
+        return cuda_fail("get device", e);
+    if (dev < 0 || dev >= MAX_DEVICES)
+        return KVT_ERR_INVALID;
+    pthread_mutex_lock(&g_lock);
+    if (g_sms[dev] == 0) {
+        int n = 0;
+        e = cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev);
+        g_sms[dev] = e == cudaSuccess && n > 0 ? n : 1;
+    }
+    *sms_p = g_sms[dev];
+    pthread_mutex_unlock(&g_lock);
+    *dev_p = dev;
+    return KVT_OK;
+}
+
+/* Scratch for the decode partials, stream-ordered from a private pool that
+ * keeps its pages (release threshold: never). */
+kvt_status_t scratch_alloc(int dev, size_t bytes, cudaStream_t st, void **p)
+{
+    cudaError_t e = cudaSuccess;
+    pthread_mutex_lock(&g_lock);
+    if (!g_pool[dev]) {
+        cudaMemPoolProps props = {};
+        props.allocType = cudaMemAllocationTypePinned;
+        props.location.type = cudaMemLocationTypeDevice;
+        props.location.id = dev;
+        e = cudaMemPoolCreate(&g_pool[dev], &props);
+        if (e == cudaSuccess) {
+            uint64_t keep = UINT64_MAX;
+            e = cudaMemPoolSetAttribute(g_pool[dev], cudaMemPoolAttrReleaseThreshold, &keep);
+        }
+    }
+    cudaMemPool_t pool = g_pool[dev];
+    pthread_mutex_unlock(&g_lock);
+    if (e != cudaSuccess)
+        return cuda_fail("scratch pool", e);
+    e = cudaMallocFromPoolAsync(p, bytes, pool, st);
+    if (e != cudaSuccess)
+        return cuda_fail("scratch alloc", e);
+    return KVT_OK;
+}
+
+kvt_status_t check_args(const kvt_k_kv_t *kv, uint32_t layer, const uint16_t *q,
+                        uint32_t n_heads, const kvt_k_group_t *groups, const uint32_t *tables,
+                        uint32_t max_n, uint32_t max_ctx, uint16_t *out)
+{
+    if (!kv || !kv->base || !q || !groups || !tables || !out || n_heads == 0 ||
+        kv->n_kv_heads == 0 || n_heads % kv->n_kv_heads != 0 || kv->head_dim == 0 ||
+        kv->head_dim > 256 || kv->block_tokens == 0 || layer >= kv->n_layers ||
+        max_ctx < max_n) {
+        kvt_log_error("attention bad arguments heads=%u kv_heads=%u head_dim=%u layer=%u",
+                      n_heads, kv ? kv->n_kv_heads : 0, kv ? kv->head_dim : 0, layer);
+        return KVT_ERR_INVALID;
+    }
+    size_t esz = kv->f32 ? 4 : 2;
+    size_t image = (size_t)kv->n_layers * 2 * kv->block_tokens * kv->n_kv_heads * kv->head_dim * esz;
+    if (kv->slot_bytes < image) {
+        kvt_log_error("attention slot too small slot_bytes=%zu image=%zu", kv->slot_bytes, image);
+        return KVT_ERR_INVALID;
+    }
+    return KVT_OK;
+}
+
+KvView make_view(const kvt_k_kv_t *kv, uint32_t layer)
+{
+    KvView v;
+    uint32_t esz = kv->f32 ? 4 : 2;
+    v.base = static_cast<const uint8_t *>(kv->base);
+    v.slot_bytes = kv->slot_bytes;
+    v.head_bytes = kv->head_dim * esz;
+    v.tok_stride = kv->n_kv_heads * v.head_bytes;
+    v.kv_off = (size_t)kv->block_tokens * v.tok_stride;
+    v.layer_off = (size_t)layer * 2 * v.kv_off;
+    v.B = kv->block_tokens;
+    v.n_kv = kv->n_kv_heads;
+    v.hd = kv->head_dim;
+    return v;
+}
+
+/* 16-byte loads work when every K/V row, q row and out row is aligned. */
+bool aligned16(const kvt_k_kv_t *kv, const void *q, const void *out)
+{
+    uintptr_t bits = (uintptr_t)kv->base | (uintptr_t)q | (uintptr_t)out | kv->slot_bytes;
+    return (bits & 15) == 0 && kv->head_dim % 8 == 0;
+}
+
+template <int HD, bool F32> void launch_vec(int hpb, dim3 grid, cudaStream_t st, const DecArgs &a)
+{
+    switch (hpb) {
+    case 1: decode_vec<HD, 1, F32><<<grid, DEC_WARPS * 32, 0, st>>>(a); break;
+    case 2: decode_vec<HD, 2, F32><<<grid, DEC_WARPS * 32, 0, st>>>(a); break;
+    case 4: decode_vec<HD, 4, F32><<<grid, DEC_WARPS * 32, 0, st>>>(a); break;
+    default: decode_vec<HD, 8, F32><<<grid, DEC_WARPS * 32, 0, st>>>(a); break;
+    }
+}
+
+kvt_status_t run_decode(const kvt_k_kv_t *kv, uint32_t layer, const uint16_t *q,
+                        uint32_t n_heads, const kvt_k_group_t *groups, uint32_t n_groups,
+                        const uint32_t *tables, uint32_t max_n, uint32_t max_ctx, float scale,
+                        uint16_t *out, cudaStream_t st)
+{
+    int dev, sms;
+    kvt_status_t rc = device_info(&dev, &sms);
+    if (rc != KVT_OK)
+        return rc;
+    DecArgs a = {};
+    a.kv = make_view(kv, layer);
+    a.q = q;
+    a.out = out;
+    a.groups = reinterpret_cast<const Group *>(groups);
+    a.tables = tables;
+    a.n_heads = n_heads;
+    a.n_rep = n_heads / kv->n_kv_heads;
+    a.max_n = max_n;
+    a.scale_log2 = scale * LOG2E;
+    uint32_t hd = kv->head_dim;
+    bool vec = (hd == 64 || hd == 128) && aligned16(kv, q, out);
+    int hpb = 1;
+    while (vec && hpb < 8 && (uint32_t)hpb < a.n_rep)
+        hpb *= 2;
+    a.n_slices = vec ? (a.n_rep + hpb - 1) / hpb : 1;
+
+    uint64_t blocks = (uint64_t)n_groups * max_n * kv->n_kv_heads * a.n_slices;
+    if (blocks >= (1ull << 31)) {
+        kvt_log_error("attention decode grid too large blocks=%llu", (unsigned long long)blocks);
+        return KVT_ERR_INVALID;
+    }
+    /* Chunks: enough blocks for ~8 per SM, at least DEC_MIN_CHUNK keys each. */
+    uint64_t target = 8ull * sms, want = (target + blocks - 1) / blocks;
+    uint64_t most = (max_ctx + DEC_MIN_CHUNK - 1) / DEC_MIN_CHUNK;
+    uint64_t nc = want < most ? want : most;
+    if (nc > DEC_MAX_CHUNKS)
+        nc = DEC_MAX_CHUNKS;
+    if (nc < 1)
+        nc = 1;
+    a.chunk = (uint32_t)((max_ctx + nc - 1) / nc);
+    a.chunk = (a.chunk + 31) & ~31u;
+    a.n_chunks = (max_ctx + a.chunk - 1) / a.chunk;
+
+    void *scratch = nullptr;
+    if (a.n_chunks > 1) {
+        size_t parts = (size_t)n_groups * max_n * n_heads * a.n_chunks;
+        rc = scratch_alloc(dev, parts * (sizeof(float2) + (size_t)hd * sizeof(float)), st,
+                           &scratch);
+        if (rc != KVT_OK)
+            return rc;
+        a.part_ml = static_cast<float2 *>(scratch);
+        a.part_acc = reinterpret_cast<float *>(a.part_ml + parts);
+    }
+    dim3 grid((uint32_t)blocks, a.n_chunks);
+    if (vec && hd == 64)
+        kv->f32 ? launch_vec<64, true>(hpb, grid, st, a) : launch_vec<64, false>(hpb, grid, st, a);
+    else if (vec)
+        kv->f32 ? launch_vec<128, true>(hpb, grid, st, a)
+                : launch_vec<128, false>(hpb, grid, st, a);
+    else if (kv->f32)
+        decode_gen<true><<<grid, DEC_WARPS * 32, 0, st>>>(a);
+    else
+        decode_gen<false><<<grid, DEC_WARPS * 32, 0, st>>>(a);
+    cudaError_t e = cudaGetLastError();
+    if (e == cudaSuccess && a.n_chunks > 1) {
+        decode_combine<<<(uint32_t)((uint64_t)n_groups * max_n * n_heads), DEC_WARPS * 32, 0, st>>>(a);
+        e = cudaGetLastError();
+    }
+    if (scratch) {
+        cudaError_t fe = cudaFreeAsync(scratch, st);
+        if (e == cudaSuccess)
+            e = fe;
+    }
+    return e == cudaSuccess ? KVT_OK : cuda_fail("decode launch", e);
+}
+
+template <int D, int NW, bool F32>
+cudaError_t launch_prefill(const PreArgs &a, uint32_t blocks, cudaStream_t st)
+{
+    static bool attr_set; /* benign race: setting it twice is harmless */
+    size_t smem = pre_smem<D>(NW);
+    if (!attr_set) {
+        cudaError_t e = cudaFuncSetAttribute(prefill_tc<D, NW, F32>,
+                                             cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+        if (e != cudaSuccess)
+            return e;
+        attr_set = true;
+    }
+    prefill_tc<D, NW, F32><<<blocks, NW * 32, smem, st>>>(a);
+    return cudaGetLastError();
+}
+
+constexpr int PRE_WARPS = 4;
+
+} /* namespace */
+
+extern "C" kvt_status_t kvt_k_attn_decode(const kvt_k_kv_t *kv, uint32_t layer, const uint16_t *q,
+                                          uint32_t n_heads, const kvt_k_group_t *groups,
+                                          uint32_t n_groups, const uint32_t *tables,
+                                          uint32_t max_n, uint32_t max_ctx, float scale,
+                                          uint16_t *out, kvt_gpu_stream_t s)
+{
+    kvt_status_t rc = check_args(kv, layer, q, n_heads, groups, tables, max_n, max_ctx, out);
+    if (rc != KVT_OK || n_groups == 0 || max_n == 0)
+        return rc;
+    return run_decode(kv, layer, q, n_heads, groups, n_groups, tables, max_n, max_ctx, scale, out,
+                      reinterpret_cast<cudaStream_t>(s));
+}
+
+extern "C" kvt_status_t kvt_k_attn_prefill(const kvt_k_kv_t *kv, uint32_t layer,
+                                           const uint16_t *q, uint32_t n_heads,
+                                           const kvt_k_group_t *groups, uint32_t n_groups,
+                                           const uint32_t *tables, uint32_t max_n,
+                                           uint32_t max_ctx, float scale, uint16_t *out,
+                                           kvt_gpu_stream_t s)
+{
+    kvt_status_t rc = check_args(kv, layer, q, n_heads, groups, tables, max_n, max_ctx, out);
+    if (rc != KVT_OK || n_groups == 0 || max_n == 0)
+        return rc;
+    cudaStream_t st = reinterpret_cast<cudaStream_t>(s);
+    uint32_t hd = kv->head_dim;
+    if ((hd != 64 && hd != 128) || !aligned16(kv, q, out))
+        return run_decode(kv, layer, q, n_heads, groups, n_groups, tables, max_n, max_ctx, scale,
+                          out, st);
+    PreArgs a = {};
+    a.kv = make_view(kv, layer);
+    a.q = q;
+    a.out = out;
+    a.groups = reinterpret_cast<const Group *>(groups);
+    a.tables = tables;
+    a.n_heads = n_heads;
+    a.n_rep = n_heads / kv->n_kv_heads;
+    a.n_groups = n_groups;
+    const uint32_t BM = 16 * PRE_WARPS;
+    a.HS = a.n_rep < BM ? a.n_rep : BM;
+    a.P = BM / a.HS;
+    a.n_slices = (a.n_rep + a.HS - 1) / a.HS;
+    a.n_qtiles = (max_n + a.P - 1) / a.P;
+    a.scale_log2 = scale * LOG2E;
+    uint64_t blocks = (uint64_t)a.n_qtiles * n_groups * kv->n_kv_heads * a.n_slices;
+    if (blocks >= (1ull << 31)) {
+        kvt_log_error("attention prefill grid too large blocks=%llu", (unsigned long long)blocks);
+        return KVT_ERR_INVALID;
+    }
+    cudaError_t e;
+    if (hd == 64)
+        e = kv->f32 ? launch_prefill<64, PRE_WARPS, true>(a, (uint32_t)blocks, st)
+                    : launch_prefill<64, PRE_WARPS, false>(a, (uint32_t)blocks, st);
+    else
+        e = kv->f32 ? launch_prefill<128, PRE_WARPS, true>(a, (uint32_t)blocks, st)
+                    : launch_prefill<128, PRE_WARPS, false>(a, (uint32_t)blocks, st);
+    return e == cudaSuccess ? KVT_OK : cuda_fail("prefill launch", e);
+}
