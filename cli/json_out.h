@@ -7,11 +7,17 @@
 
 #include <cjson/cJSON.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 /* Print obj unformatted on one line of stdout and delete it (obj may be
  * NULL after a failed allocation).  Returns 0 on success, 1 on failure. */
 int kvt_json_print(cJSON *obj);
+
+/* Add raw bytes (generated text) as a JSON string: invalid UTF-8 and NUL
+ * bytes become U+FFFD, one per byte, so the output is always valid JSON
+ * text (cJSON strings cannot hold NUL).  false on allocation failure. */
+bool kvt_json_add_bytes_as_text(cJSON *obj, const char *name, const char *bytes, size_t len);
 
 /* Counters go out as JSON numbers; exact below 2^53, which byte and block
  * counts of one node stay under. */

@@ -664,8 +664,9 @@ static kvt_status_t hash_tokenizer(const char *dir, uint8_t out[32])
         return st;
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
-        kvt_log_error("cannot open tokenizer file=%s err=\"%s\"", path, strerror(errno));
-        return errno == ENOENT ? KVT_ERR_NOT_FOUND : KVT_ERR_IO;
+        int err = errno; /* the log call may change errno */
+        kvt_log_error("cannot open tokenizer file=%s err=\"%s\"", path, strerror(err));
+        return err == ENOENT ? KVT_ERR_NOT_FOUND : KVT_ERR_IO;
     }
     kvt_sha256_t h;
     if ((st = kvt_sha256_init(&h)) != KVT_OK) {

@@ -98,7 +98,12 @@ static kvt_status_t get_f32(const pctx_t *c, const cJSON *obj, const char *field
         return field_err(c, field, KVT_ERR_INVALID, "out of range: %g", v);
     if (v > hi)
         return field_err(c, field, KVT_ERR_TOO_LARGE, "above its bound: %g", v);
-    *out = (float)v;
+    /* Every float field is positive: one that rounds to 0 or a subnormal in
+     * f32 (rope_theta 1e-300) would turn the model's output into NaN. */
+    float f = (float)v;
+    if (!isnormal(f))
+        return field_err(c, field, KVT_ERR_INVALID, "not a normal f32: %g", v);
+    *out = f;
     return KVT_OK;
 }
 
@@ -182,7 +187,9 @@ static kvt_status_t parse_dims(const pctx_t *c, const cJSON *root, kvt_model_con
                       &cfg->n_heads)) != KVT_OK ||
         (st = get_u32(c, root, "num_key_value_heads", false, cfg->n_heads, 1,
                       KVT_BLOCK_MAX_KV_HEADS, &cfg->n_kv_heads)) != KVT_OK ||
-        (st = get_u32(c, root, "max_position_embeddings", false, 2048, 1, MAX_POS,
+        /* transformers' defaults: LlamaConfig 2048, Qwen2Config 32768 */
+        (st = get_u32(c, root, "max_position_embeddings", false,
+                      cfg->arch == KVT_ARCH_QWEN2 ? 32768 : 2048, 1, MAX_POS,
                       &cfg->max_pos)) != KVT_OK)
         return st;
     if (!get(root, "head_dim") && cfg->hidden % cfg->n_heads != 0)
@@ -243,6 +250,10 @@ static kvt_status_t parse_llama3(const pctx_t *c, const cJSON *rs, kvt_model_con
         (st = get_u32(c, rs, "original_max_position_embeddings", true, 0, 1, MAX_POS,
                       &cfg->rope_orig_max_pos)) != KVT_OK)
         return st;
+    /* The llama3 smoothing divides by high - low. */
+    if (cfg->rope_high_freq_factor <= cfg->rope_low_freq_factor)
+        return field_err(c, "high_freq_factor", KVT_ERR_INVALID,
+                         "must be above low_freq_factor");
     if (cfg->rope_high_freq_factor <= cfg->rope_low_freq_factor)
         return field_err(c, "high_freq_factor", KVT_ERR_INVALID,
                          "not above low_freq_factor");

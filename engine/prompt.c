@@ -86,6 +86,10 @@ static kvt_status_t append_text(const kvt_tokenizer_t *tok, const char *text, si
 {
     if (len == 0)
         return KVT_OK;
+    if (len > KVT_TOK_MAX_TEXT) {
+        kvt_log_error("prompt piece too long bytes=%zu max=%u", len, (unsigned)KVT_TOK_MAX_TEXT);
+        return KVT_ERR_TOO_LARGE;
+    }
     size_t room = *n < cap ? cap - *n : 0;
     size_t got = 0;
     kvt_status_t st = kvt_tokenizer_encode(tok, text, len, 0, room ? ids + *n : NULL, room, &got);

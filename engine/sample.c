@@ -122,6 +122,10 @@ uint32_t kvt_sampler_next(kvt_sampler_t *s, const float *logits)
         return best;
     cand_t *c = s->scratch;
     float zmax = logits[best] / pr->temperature;
+    /* A temperature so small that the top logit overflows: the limit of
+     * the distribution is the greedy choice (and z - zmax would be NaN). */
+    if (!isfinite(zmax))
+        return best;
     for (uint32_t i = 0; i < s->vocab; i++) {
         float z = isnan(logits[i]) ? -INFINITY : logits[i] / pr->temperature;
         c[i] = (cand_t){.z = z, .id = i};

@@ -184,6 +184,30 @@ static void test_seeded_sampling(void **state)
     assert_string_not_equal(a, c);
 }
 
+/* Sampled text is always valid UTF-8 JSON, even when a token boundary
+ * splits a character (random weights do that all the time). */
+static void test_json_text_is_utf8(void **state)
+{
+    (void)state;
+    for (int seed = 0; seed < 4; seed++) {
+        char sd[16];
+        snprintf(sd, sizeof(sd), "%d", seed);
+        assert_int_equal(TU_RUN("generate", "--model", g_model, "--prompt", "héllo wörld",
+                                "--max-tokens", "64", "--temperature", "1.5", "--seed", sd,
+                                "--json"),
+                         0);
+        const unsigned char *p = (const unsigned char *)tu_out;
+        while (*p) {
+            size_t k = *p < 0x80 ? 1 : (*p & 0xe0) == 0xc0 ? 2 : (*p & 0xf0) == 0xe0 ? 3
+                       : (*p & 0xf8) == 0xf0 ? 4 : 0;
+            assert_true(k > 0);
+            for (size_t i = 1; i < k; i++)
+                assert_int_equal(p[i] & 0xc0, 0x80);
+            p += k;
+        }
+    }
+}
+
 static void test_bad_input(void **state)
 {
     (void)state;
@@ -199,7 +223,10 @@ static void test_bad_input(void **state)
                             "xyz", "--suffix", "s"),
                      2);
     assert_int_equal(TU_RUN("generate", "--model", g_model, "--prompt", "x", "--top-p", "0"),
-                     1);
+                     2);
+    assert_int_equal(TU_RUN("generate", "--model", g_model, "--prompt", "x", "--temperature",
+                            "-1"),
+                     2);
     assert_int_equal(TU_RUN("generate", "--model", "/nonexistent/model", "--prompt", "x"), 1);
     assert_int_equal(TU_RUN("generate", "--model", g_model, "--prompt", "x", "--max-tokens",
                             "100000"),
@@ -229,6 +256,7 @@ int main(void)
         cmocka_unit_test(test_efim_rounds_reuse_blocks),
         cmocka_unit_test(test_fim_reuses_only_the_prefix),
         cmocka_unit_test(test_seeded_sampling),
+        cmocka_unit_test(test_json_text_is_utf8),
         cmocka_unit_test(test_bad_input),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
