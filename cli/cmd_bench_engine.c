@@ -339,8 +339,8 @@ static int run_bench(const kvt_config_t *cfg, const char *dir)
     bench_ctx_t b = {0};
     kvt_bench_results_t res = {0};
     kvt_status_t st = kvt_model_load(dir, &model);
-    if (st == KVT_OK && (n == 0 || n + 1 > model->cfg.max_pos || steps == 0 ||
-                         DECODE_CONTEXT + steps > model->cfg.max_pos)) {
+    if (st == KVT_OK && (n == 0 || n >= model->cfg.max_pos || steps == 0 ||
+                         steps > model->cfg.max_pos - DECODE_CONTEXT)) {
         kvt_log_error("bad --prompt-tokens or --decode-tokens max_position_embeddings=%u",
                       model->cfg.max_pos);
         st = KVT_ERR_INVALID;
@@ -390,6 +390,15 @@ int kvt_cmd_bench_engine(int argc, char **argv)
     const char *dir = kvt_cli_require(&cfg, "model");
     if (!dir)
         return KVT_EXIT_USAGE;
+    const char *kv = kvt_config_str(&cfg, "kv-dtype");
+    if (strcmp(kv, "bf16") != 0 && strcmp(kv, "f32") != 0) {
+        kvt_log_error("bad kv dtype value=\"%s\" expected=bf16|f32", kv);
+        return KVT_EXIT_USAGE;
+    }
+    if (kvt_config_u64(&cfg, "threads", 0) > 1024) {
+        kvt_log_error("bad --threads (at most 1024)");
+        return KVT_EXIT_USAGE;
+    }
     if (strcmp(kvt_config_str(&cfg, "device"), "cpu") != 0) {
         kvt_log_error("device not available in this build device=%s available=cpu",
                       kvt_config_str(&cfg, "device"));

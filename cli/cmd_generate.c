@@ -26,6 +26,7 @@
 #include "engine/tokenizer.h"
 
 #include <limits.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -74,6 +75,8 @@ typedef struct {
     float *logits;
     uint32_t *ids;      /* prompt ids, then generated ones appended */
     size_t n_prompt, n_gen, cap;
+    size_t n_decode_steps;
+    uint32_t tok_vocab; /* ids at or past this have no text: never sampled */
     uint32_t stop[MAX_STOP];
     size_t n_stop;
     /* results */
@@ -206,9 +209,17 @@ static int parse_args(const kvt_config_t *cfg, gen_args_t *a)
     a->eopts.n_threads = (uint32_t)threads;
     a->max_tokens = kvt_config_u64(cfg, "max-tokens", 64);
     a->host_capacity = kvt_config_u64(cfg, "host-capacity", 256u << 20);
-    a->sp.temperature = (float)kvt_config_f64(cfg, "temperature", 0);
-    a->sp.top_p = (float)kvt_config_f64(cfg, "top-p", 1);
-    a->sp.top_k = (uint32_t)kvt_config_u64(cfg, "top-k", 0);
+    double temp = kvt_config_f64(cfg, "temperature", 0), top_p = kvt_config_f64(cfg, "top-p", 1);
+    uint64_t top_k = kvt_config_u64(cfg, "top-k", 0);
+    if (temp < 0 || !(top_p > 0 && top_p <= 1) || top_k > UINT32_MAX) {
+        kvt_log_error("bad sampling flags temperature=%g top_p=%g top_k=%llu expected="
+                      "temperature>=0,0<top_p<=1",
+                      temp, top_p, (unsigned long long)top_k);
+        return KVT_EXIT_USAGE;
+    }
+    a->sp.temperature = (float)temp;
+    a->sp.top_p = (float)top_p;
+    a->sp.top_k = (uint32_t)top_k;
     a->sp.seed = kvt_config_u64(cfg, "seed", 0);
     return KVT_EXIT_CONTINUE;
 }
@@ -238,7 +249,7 @@ static kvt_status_t build_prompt(gen_t *g, const gen_args_t *a)
     if (st != KVT_OK && st != KVT_ERR_TOO_LARGE)
         return st;
     size_t max_pos = g->model->cfg.max_pos;
-    if (need == 0 || need + a->max_tokens > max_pos) {
+    if (need == 0 || need > max_pos || a->max_tokens > max_pos - need) {
         kvt_log_error("prompt does not fit the context prompt_tokens=%zu max_tokens=%llu "
                       "max_position_embeddings=%zu",
                       need, (unsigned long long)a->max_tokens, max_pos);
@@ -251,20 +262,25 @@ static kvt_status_t build_prompt(gen_t *g, const gen_args_t *a)
     return kvt_prompt_build(g->tok, &fim, &pr, g->ids, g->cap, &g->n_prompt, NULL);
 }
 
-/* --data: open the tier and load the longest stored prefix into the pool. */
-static kvt_status_t load_cached(gen_t *g, const gen_args_t *a, const kvt_block_key_t *root)
+/* --data: open the node's tier (process start-up, not part of TTFT). */
+static kvt_status_t open_tier(gen_t *g, const gen_args_t *a)
 {
-    const kvt_block_identity_t *id = kvt_engine_identity(g->engine);
     kvt_tier_params_t tp = {
         .data_dir = a->data,
-        .identity = id,
+        .identity = kvt_engine_identity(g->engine),
         .host_capacity_bytes = a->host_capacity,
     };
     kvt_status_t st = kvt_tier_open(&tp, &g->tier);
-    if (st != KVT_OK) {
+    if (st != KVT_OK)
         kvt_log_error("cannot open the tier data=%s status=%s", a->data, kvt_status_str(st));
-        return st;
-    }
+    return st;
+}
+
+/* Load the prompt's longest stored prefix from the tier into the pool. */
+static kvt_status_t load_cached(gen_t *g, const kvt_block_key_t *root)
+{
+    const kvt_block_identity_t *id = kvt_engine_identity(g->engine);
+    kvt_status_t st;
     uint32_t b = id->layout.block_tokens;
     size_t max_keys = g->n_prompt / b;
     kvt_block_key_t *keys = kvt_calloc("generate key chain", max_keys + 1, sizeof(*keys));
@@ -288,10 +304,19 @@ static kvt_status_t prefill(gen_t *g)
     return kvt_engine_prefill(g->engine, g->seq, g->ids + g->cached_tokens, todo, g->logits, 0);
 }
 
+/* A model's vocabulary is often padded past its tokenizer's (and random
+ * weights favour the padding): ids with no text are never sampled. */
+static void mask_untokenizable(gen_t *g)
+{
+    for (uint32_t i = g->tok_vocab; i < g->model->cfg.vocab_size; i++)
+        g->logits[i] = -INFINITY;
+}
+
 static kvt_status_t decode_loop(gen_t *g, uint64_t max_tokens)
 {
     g->finish = "length";
     while (g->n_gen < max_tokens) {
+        mask_untokenizable(g);
         uint32_t next = kvt_sampler_next(&g->sampler, g->logits);
         if (g->n_gen == 0)
             g->t_first = kvt_time_ns();
@@ -305,6 +330,7 @@ static kvt_status_t decode_loop(gen_t *g, uint64_t max_tokens)
         kvt_status_t st = kvt_engine_decode(g->engine, &g->seq, &next, 1, g->logits);
         if (st != KVT_OK)
             return st;
+        g->n_decode_steps++;
     }
     if (g->n_gen == 0 && max_tokens == 0)
         g->t_first = kvt_time_ns();
@@ -312,16 +338,18 @@ static kvt_status_t decode_loop(gen_t *g, uint64_t max_tokens)
     return KVT_OK;
 }
 
-static kvt_status_t run(gen_t *g, const gen_args_t *a)
+/* Model, tokenizer, the prompt's tokens, then an engine whose pool holds
+ * exactly this request (prompt + max_tokens), and the tier.  Tokenizing is
+ * timed (it is part of the request); loading and start-up are not. */
+static kvt_status_t setup(gen_t *g, const gen_args_t *a, uint64_t *tokenize_ns_p)
 {
     kvt_status_t st = kvt_model_load(a->model_dir, &g->model);
     if (st == KVT_OK)
         st = load_tokenizer(a->model_dir, &g->tok);
-    if (st == KVT_OK)
-        st = kvt_engine_create(g->model, &a->eopts, &g->engine);
     if (st != KVT_OK)
         return st;
-    uint32_t vocab = g->model->cfg.vocab_size;
+    uint32_t vocab = g->model->cfg.vocab_size, tv = kvt_tokenizer_vocab_size(g->tok);
+    g->tok_vocab = tv < vocab ? tv : vocab;
     g->logits = kvt_malloc("generate logits", (size_t)vocab * sizeof(float));
     if (!g->logits)
         return KVT_ERR_NOMEM;
@@ -329,15 +357,32 @@ static kvt_status_t run(gen_t *g, const gen_args_t *a)
     if (st != KVT_OK)
         return st;
     g->sampler_ready = true;
-    g->t_start = kvt_time_ns();
+    uint64_t t0 = kvt_time_ns();
     st = build_prompt(g, a);
+    *tokenize_ns_p = kvt_time_ns() - t0;
     if (st != KVT_OK)
         return st;
+    kvt_engine_opts_t eo = a->eopts;
+    /* +2: the tail, and a cached block that reuse leaves for recompute */
+    eo.n_blocks = (uint32_t)((g->cap + eo.block_tokens - 1) / eo.block_tokens + 2);
+    st = kvt_engine_create(g->model, &eo, &g->engine);
+    if (st == KVT_OK && a->data)
+        st = open_tier(g, a);
+    return st;
+}
+
+static kvt_status_t run(gen_t *g, const gen_args_t *a)
+{
+    uint64_t tokenize_ns = 0;
+    kvt_status_t st = setup(g, a, &tokenize_ns);
+    if (st != KVT_OK)
+        return st;
+    g->t_start = kvt_time_ns() - tokenize_ns;
     kvt_block_key_t root;
     const kvt_block_identity_t *id = kvt_engine_identity(g->engine);
     st = kvt_block_key_root(id->fingerprint, a->tenant, strlen(a->tenant), &root);
-    if (st == KVT_OK && a->data)
-        st = load_cached(g, a, &root);
+    if (st == KVT_OK && g->tier)
+        st = load_cached(g, &root);
     if (st == KVT_OK)
         st = kvt_engine_seq_create(g->engine, &root, &g->seq);
     if (st == KVT_OK)
@@ -382,7 +427,7 @@ static int print_result(const gen_t *g, const gen_args_t *a)
     }
     double ttft_ms = (double)(g->t_first - g->t_start) / 1e6;
     double decode_s = (double)(g->t_end - g->t_first) / 1e9;
-    double tps = g->n_gen > 1 && decode_s > 0 ? (double)(g->n_gen - 1) / decode_s : 0;
+    double tps = g->n_decode_steps && decode_s > 0 ? (double)g->n_decode_steps / decode_s : 0;
     if (!a->json) {
         fwrite(text, 1, len, stdout);
         fputc('\n', stdout);
@@ -390,7 +435,7 @@ static int print_result(const gen_t *g, const gen_args_t *a)
         return KVT_EXIT_OK;
     }
     cJSON *o = cJSON_CreateObject();
-    cJSON_AddStringToObject(o, "text", text);
+    kvt_json_add_bytes_as_text(o, "text", text, len);
     cJSON *toks = cJSON_AddArrayToObject(o, "tokens");
     for (size_t i = 0; toks && i < g->n_gen; i++)
         cJSON_AddItemToArray(toks, cJSON_CreateNumber(g->ids[g->n_prompt + i]));
