@@ -23,6 +23,7 @@ struct KvView {
     uint32_t tok_stride; /* bytes between two tokens of a block: n_kv * hd * esz */
     uint32_t head_bytes; /* hd * esz */
     uint32_t B;          /* tokens per block */
+    int32_t B_shift;     /* log2(B) when B is a power of two, else -1 */
     uint32_t n_kv;
     uint32_t hd;
 };
@@ -36,7 +37,15 @@ struct Group {
 __device__ __forceinline__ const uint8_t *key_ptr(const KvView &kv, const uint32_t *table,
                                                    uint32_t p, uint32_t g)
 {
-    uint32_t slot = table[p / kv.B], tok = p % kv.B;
+    uint32_t page, tok;
+    if (kv.B_shift >= 0) {
+        page = p >> kv.B_shift;
+        tok = p & (kv.B - 1);
+    } else {
+        page = p / kv.B;
+        tok = p - page * kv.B;
+    }
+    uint32_t slot = table[page];
     return kv.base + (size_t)slot * kv.slot_bytes + kv.layer_off + (size_t)tok * kv.tok_stride +
            (size_t)g * kv.head_bytes;
 }
@@ -75,6 +84,35 @@ __device__ __forceinline__ void load8(const uint8_t *p, float (&x)[8])
         uint4 v = ld16(p);
         x[0] = bf16_lo(v.x), x[1] = bf16_hi(v.x), x[2] = bf16_lo(v.y), x[3] = bf16_hi(v.y);
         x[4] = bf16_lo(v.z), x[5] = bf16_hi(v.z), x[6] = bf16_lo(v.w), x[7] = bf16_hi(v.w);
+    }
+}
+
+/* The same eight elements as raw words (4 for bf16, 8 for f32), so a
+ * step can have all its loads in flight before converting any. */
+template <bool F32>
+__device__ __forceinline__ void load_raw(const uint8_t *p, uint32_t (&w)[F32 ? 8 : 4])
+{
+    uint4 a = ld16(p);
+    w[0] = a.x, w[1] = a.y, w[2] = a.z, w[3] = a.w;
+    if constexpr (F32) {
+        uint4 b = ld16(p + 16);
+        w[4] = b.x, w[5] = b.y, w[6] = b.z, w[7] = b.w;
+    }
+}
+
+template <bool F32>
+__device__ __forceinline__ void unpack8(const uint32_t (&w)[F32 ? 8 : 4], float (&x)[8])
+{
+    if constexpr (F32) {
+#pragma unroll
+        for (int e = 0; e < 8; e++)
+            x[e] = __uint_as_float(w[e]);
+    } else {
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            x[2 * e] = bf16_lo(w[e]);
+            x[2 * e + 1] = bf16_hi(w[e]);
+        }
     }
 }
 

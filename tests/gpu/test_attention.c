@@ -11,7 +11,8 @@
  * relative L2 error against the reference must stay under 1e-2; the worst
  * is printed.  test_timing prints (never asserts) prefill TFLOP/s and
  * decode KV GB/s.  KVT_TEST_SMALL=1 shrinks the shapes (for
- * compute-sanitizer).  Exit 77 without a GPU. */
+ * compute-sanitizer), KVT_TEST_FILTER=<name> runs one test.  Exit 77
+ * without a GPU. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -285,6 +286,8 @@ static void test_odd(void **state)
     shape_t b = {.hd = 64, .n_kv = 1, .n_heads = 4, .B = 32, .f32 = true, .q_amp = 12.0f};
     run_case(&b, gs, prefill_groups(b.B, gs));
     run_case(&b, gs, decode_groups(gs));
+    shape_t b2 = {.hd = 128, .n_kv = 2, .n_heads = 8, .B = 16, .q_amp = 12.0f};
+    run_case(&b2, gs, prefill_groups(b2.B, gs));
     shape_t c = {.hd = 64, .n_kv = 2, .n_heads = 14, .B = 16, .q_amp = 3.0f}; /* n_rep 7 */
     run_case(&c, gs, prefill_groups(c.B, gs));
     run_case(&c, gs, decode_groups(gs));
@@ -483,6 +486,9 @@ int main(void)
     }
     const char *small = getenv("KVT_TEST_SMALL");
     g_small = small && *small && strcmp(small, "0") != 0;
+    const char *filter = getenv("KVT_TEST_FILTER"); /* e.g. test_shapes */
+    if (filter && *filter)
+        cmocka_set_test_filter(filter);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_bad_args),
         cmocka_unit_test(test_shapes),
