@@ -2,7 +2,8 @@
  * path (DESIGN.md section 5).
  *
  * Loads the model directory, builds the prompt (plain, FIM or EFIM with the
- * model's FIM tokens), runs prefill and decode on the CPU engine and prints
+ * model's FIM tokens), runs prefill and decode on the engine (the CPU, or
+ * a GPU with --device cuda:N) and prints
  * the text (or, with --json, text, token ids, prompt/cached token counts,
  * TTFT and decode speed).  With --data DIR it uses the node's tier: the
  * longest stored prefix of the prompt is loaded into the engine's pool
@@ -47,7 +48,7 @@ static const kvt_opt_t g_opts[] = {
     {"data", KVT_OPT_STR, NULL, "the node's tier (reuse and store the prompt's blocks)"},
     {"host-capacity", KVT_OPT_SIZE, "256M", "with --data: host pool (T1) size"},
     {"tenant", KVT_OPT_STR, "", "tenant salt of the key chain (invariant 6)"},
-    {"device", KVT_OPT_STR, "cpu", "cpu (cuda:N comes with the CUDA engine)"},
+    {"device", KVT_OPT_STR, "cpu", "cpu|cuda:N (cuda:N needs a build with CUDA)"},
     {"threads", KVT_OPT_U64, "0", "worker threads (0 = all cores)"},
     {"kv-dtype", KVT_OPT_STR, "bf16", "KV cache dtype: bf16|f32"},
     {"block-tokens", KVT_OPT_U64, "16", "tokens per KV block (B)"},
@@ -59,7 +60,8 @@ static const char g_usage[] =
     "usage: kvtier generate --model DIR --prompt TEXT [--suffix TEXT --format efim|fim|plain]\n"
     "                       [--max-tokens N] [--seed N] [--data DIR] [--json]";
 static const char g_about[] =
-    "Run one request in-process on the CPU engine and print the generated text.\n"
+    "Run one request in-process on the engine (CPU or --device cuda:N) and print the\n"
+    "generated text.\n"
     "With --data DIR, the prompt's blocks are reused from and stored into the node's tier.";
 
 #define MAX_STOP 16
@@ -188,11 +190,10 @@ static int parse_args(const kvt_config_t *cfg, gen_args_t *a)
         kvt_log_error("--anchor needs --format efim and must be a prefix of --prompt");
         return KVT_EXIT_USAGE;
     }
-    const char *dev = kvt_config_str(cfg, "device");
-    if (strcmp(dev, "cpu") != 0) {
-        kvt_log_error("device not available in this build device=%s available=cpu", dev);
+    /* A device this build or machine lacks is a usage error, like any
+     * other bad flag value (kvt_device_parse logs which). */
+    if (kvt_device_parse(kvt_config_str(cfg, "device"), &a->eopts.device) != KVT_OK)
         return KVT_EXIT_USAGE;
-    }
     if (parse_kv_dtype(kvt_config_str(cfg, "kv-dtype"), &a->eopts.kv_dtype) != KVT_OK) {
         kvt_log_error("bad kv dtype value=\"%s\" expected=bf16|f32",
                       kvt_config_str(cfg, "kv-dtype"));

@@ -12,7 +12,13 @@
  * Blocks enter the content index right after the pass that filled them
  * (kvt_kv_pool_publish): then a sequence started later with the same
  * tokens reuses them, and two sequences that compute the same block end up
- * sharing one slot. */
+ * sharing one slot.
+ *
+ * Devices: everything here is host bookkeeping and runs the same for a GPU
+ * engine; the pass, the slots' memory and block copies go through device.c
+ * (kvt_dev_*).  A GPU pass can fail (a device fault): the call then keeps
+ * the chunks that completed, releases the slots it reserved for the rest
+ * and marks the engine failed. */
 #include "engine/engineInt.h"
 
 #include "common/alloc.h"
@@ -41,7 +47,12 @@ static kvt_status_t resolve_opts(const kvt_engine_opts_t *in, kvt_engine_opts_t 
     kvt_engine_opts_t o = in ? *in : (kvt_engine_opts_t){0};
     o.block_tokens = o.block_tokens ? o.block_tokens : 16;
     o.kv_dtype = o.kv_dtype ? o.kv_dtype : KVT_DTYPE_BF16;
-    o.prefill_chunk = o.prefill_chunk ? o.prefill_chunk : 256;
+    o.prefill_chunk = o.prefill_chunk ? o.prefill_chunk
+                                      : KVT_DEVICE_IS_CUDA(o.device) ? 2048 : 256;
+    if (o.device < 0) {
+        kvt_log_error("engine: bad device value=%d", (int)o.device);
+        return KVT_ERR_INVALID;
+    }
     if (o.block_tokens > KVT_BLOCK_MAX_TOKENS ||
         (o.kv_dtype != KVT_DTYPE_BF16 && o.kv_dtype != KVT_DTYPE_F32) ||
         o.prefill_chunk > KVT_ENGINE_MAX_CHUNK) {
@@ -61,6 +72,18 @@ static uint32_t default_n_blocks(const kvt_engine_t *e, uint64_t payload)
     return n ? (uint32_t)(n < UINT32_MAX ? n : UINT32_MAX - 1) : 1;
 }
 
+/* The per-row arrays both devices use (the GPU engine keeps its own
+ * scratch in device memory). */
+static kvt_status_t alloc_rows(kvt_engine_t *e)
+{
+    size_t R = e->rows_cap;
+    e->row_tok = kvt_malloc("engine.row_tok", R * sizeof(uint32_t));
+    e->row_pos = kvt_malloc("engine.row_pos", R * sizeof(uint32_t));
+    e->row_seq = kvt_malloc("engine.row_seq", R * sizeof(*e->row_seq));
+    e->groups = kvt_malloc("engine.groups", R * sizeof(*e->groups));
+    return e->row_tok && e->row_pos && e->row_seq && e->groups ? KVT_OK : KVT_ERR_NOMEM;
+}
+
 /* One allocation for all per-row and per-thread scratch. */
 static kvt_status_t alloc_scratch(kvt_engine_t *e)
 {
@@ -71,15 +94,10 @@ static kvt_status_t alloc_scratch(kvt_engine_t *e)
     e->att_scratch_floats = (kvt_fwd_att_scratch_floats(e) + 15) & ~(size_t)15;
     float *f = kvt_malloc("engine.scratch",
                           (R * per_row + T * e->att_scratch_floats) * sizeof(float));
-    e->row_tok = kvt_malloc("engine.row_tok", R * sizeof(uint32_t));
-    e->row_pos = kvt_malloc("engine.row_pos", R * sizeof(uint32_t));
-    e->row_seq = kvt_malloc("engine.row_seq", R * sizeof(*e->row_seq));
-    e->groups = kvt_malloc("engine.groups", R * sizeof(*e->groups));
     e->items = kvt_malloc("engine.items", R * c->n_kv_heads * sizeof(*e->items));
     e->att_ptrs = kvt_malloc("engine.att_ptrs", T * kvt_fwd_att_scratch_ptrs(e) * sizeof(void *));
     e->scratch = f;
-    if (!f || !e->row_tok || !e->row_pos || !e->row_seq || !e->groups || !e->items ||
-        !e->att_ptrs)
+    if (!f || !e->items || !e->att_ptrs)
         return KVT_ERR_NOMEM;
     e->x = f, f += R * c->hidden;
     e->h = f, f += R * c->hidden;
@@ -122,6 +140,8 @@ static void setup_dims(kvt_engine_t *e, const kvt_engine_opts_t *o)
     e->att_span = (KVT_ENGINE_ATT_SPAN + e->B - 1) / e->B * e->B;
     e->chunk = o->prefill_chunk;
     e->rows_cap = e->chunk > KVT_ENGINE_DECODE_ROWS ? e->chunk : KVT_ENGINE_DECODE_ROWS;
+    e->decode_rows = e->rows_cap;
+    e->device = o->device;
     e->identity.layout = (kvt_block_layout_t){
         .n_layers = c->n_layers,
         .n_kv_heads = c->n_kv_heads,
@@ -129,6 +149,26 @@ static void setup_dims(kvt_engine_t *e, const kvt_engine_opts_t *o)
         .block_tokens = e->B,
         .dtype = e->kv_dtype,
     };
+}
+
+/* The rest of create for a GPU engine: no worker threads and no host
+ * scratch beyond the row arrays; device.c sets up the pool and the pass. */
+static kvt_status_t create_gpu(kvt_engine_t *e, const kvt_engine_opts_t *o,
+                               kvt_engine_t **engine_p)
+{
+    e->inv_freq = kvt_malloc("engine.inv_freq", (e->cfg.head_dim / 2) * sizeof(float));
+    kvt_status_t st = e->inv_freq ? alloc_rows(e) : KVT_ERR_NOMEM;
+    if (st == KVT_OK) {
+        kvt_ops_rope_inv_freq(&e->cfg, e->inv_freq);
+        st = kvt_dev_create(e, o->n_blocks);
+    }
+    if (st != KVT_OK) {
+        free_scratch(e);
+        kvt_free(e);
+        return st;
+    }
+    *engine_p = e;
+    return KVT_OK;
 }
 
 kvt_status_t kvt_engine_create(const kvt_model_t *model, const kvt_engine_opts_t *opts,
@@ -150,6 +190,8 @@ kvt_status_t kvt_engine_create(const kvt_model_t *model, const kvt_engine_opts_t
     if (st != KVT_OK)
         goto err_free;
     kvt_model_fingerprint(model, e->kv_dtype, e->B, e->identity.fingerprint);
+    if (KVT_DEVICE_IS_CUDA(o.device))
+        return create_gpu(e, &o, engine_p);
     uint64_t payload = kvt_block_layout_payload_bytes(&e->identity.layout);
     uint32_t n_blocks = o.n_blocks ? o.n_blocks : default_n_blocks(e, payload);
     st = kvt_kv_pool_init(&e->pool, &e->identity.layout, n_blocks);
@@ -159,7 +201,9 @@ kvt_status_t kvt_engine_create(const kvt_model_t *model, const kvt_engine_opts_t
     if (st != KVT_OK)
         goto err_pool;
     e->inv_freq = kvt_malloc("engine.inv_freq", (e->cfg.head_dim / 2) * sizeof(float));
-    st = e->inv_freq ? alloc_scratch(e) : KVT_ERR_NOMEM;
+    st = e->inv_freq ? alloc_rows(e) : KVT_ERR_NOMEM;
+    if (st == KVT_OK)
+        st = alloc_scratch(e);
     if (st != KVT_OK)
         goto err_scratch;
     kvt_ops_rope_inv_freq(&e->cfg, e->inv_freq);
@@ -185,6 +229,8 @@ void kvt_engine_destroy(kvt_engine_t *e)
         return;
     if (e->n_live_seqs)
         kvt_log_warn("engine destroyed with live sequences n=%u", e->n_live_seqs);
+    if (e->gpu)
+        kvt_dev_destroy(e);
     free_scratch(e);
     kvt_threads_destroy(e->threads);
     kvt_kv_pool_cleanup(&e->pool);
@@ -194,6 +240,8 @@ void kvt_engine_destroy(kvt_engine_t *e)
 const kvt_block_identity_t *kvt_engine_identity(const kvt_engine_t *e) { return &e->identity; }
 
 const kvt_model_t *kvt_engine_model(const kvt_engine_t *e) { return e->model; }
+
+kvt_device_t kvt_engine_device(const kvt_engine_t *e) { return e->device; }
 
 /* --- the pool --- */
 
@@ -205,7 +253,32 @@ size_t kvt_engine_pool_match(kvt_engine_t *e, const kvt_block_key_t *keys, size_
 kvt_status_t kvt_engine_pool_put(kvt_engine_t *e, const kvt_block_header_t *hdr,
                                  const void *payload, size_t payload_len)
 {
-    return kvt_kv_pool_put(&e->pool, &e->identity, hdr, payload, payload_len);
+    if (!e->gpu)
+        return kvt_kv_pool_put(&e->pool, &e->identity, hdr, payload, payload_len);
+    /* The batch takes the image's length from the header: check the
+     * caller's length as the CPU path's verification does. */
+    if (payload_len != hdr->payload_len) {
+        kvt_log_warn("kv pool put rejected index=%u err=%s", hdr->index,
+                     kvt_status_str(KVT_ERR_CORRUPT));
+        return KVT_ERR_CORRUPT;
+    }
+    kvt_status_t one, st = kvt_dev_pool_put_batch(e, hdr, &payload, 1, &one);
+    return st != KVT_OK ? st : one;
+}
+
+kvt_status_t kvt_engine_pool_put_batch(kvt_engine_t *e, const kvt_block_header_t *hdrs,
+                                       const void *const *payloads, size_t n, kvt_status_t *st)
+{
+    return kvt_dev_pool_put_batch(e, hdrs, payloads, n, st);
+}
+
+size_t kvt_engine_stage_blocks(const kvt_engine_t *e) { return kvt_dev_stage_blocks(e); }
+
+void *kvt_engine_stage_buf(kvt_engine_t *e, size_t i) { return kvt_dev_stage_buf(e, i); }
+
+size_t kvt_engine_batch_blocks(const kvt_engine_t *e)
+{
+    return e->gpu ? kvt_dev_stage_blocks(e) : SIZE_MAX;
 }
 
 void kvt_engine_pool_stats(const kvt_engine_t *e, uint32_t *used_p, uint32_t *total_p,
@@ -389,6 +462,8 @@ kvt_status_t kvt_engine_prefill(kvt_engine_t *e, kvt_seq_t *s, const uint32_t *t
 {
     if (n == 0 || !tokens)
         return KVT_ERR_INVALID;
+    if (e->failed)
+        return e->failed;
     kvt_status_t st = check_tokens(e, tokens, n);
     if (st == KVT_OK)
         st = prepare_append(e, s, tokens, n);
@@ -411,7 +486,13 @@ kvt_status_t kvt_engine_prefill(kvt_engine_t *e, kvt_seq_t *s, const uint32_t *t
             lr0 = cn - 1;
             nl = 1;
         }
-        kvt_fwd_pass(e, &g, 1, cn, lg, lr0, nl);
+        st = kvt_dev_pass(e, &g, 1, cn, lg, lr0, nl);
+        if (st != KVT_OK) {
+            /* GPU only: keep the chunks that completed, release the rest. */
+            seq_release_new(e, s, n - c0);
+            e->failed = st;
+            return st;
+        }
         seq_advance(e, s, P + c0 + cn);
     }
     return KVT_OK;
@@ -449,18 +530,27 @@ kvt_status_t kvt_engine_decode(kvt_engine_t *e, kvt_seq_t *const *seqs, const ui
         return KVT_OK;
     if (!seqs || !tokens)
         return KVT_ERR_INVALID;
+    if (e->failed)
+        return e->failed;
     kvt_status_t st = decode_prepare(e, seqs, tokens, n_seqs);
     if (st != KVT_OK)
         return st;
-    for (size_t i0 = 0; i0 < n_seqs; i0 += e->rows_cap) {
-        size_t m = n_seqs - i0 < e->rows_cap ? n_seqs - i0 : e->rows_cap;
+    for (size_t i0 = 0; i0 < n_seqs; i0 += e->decode_rows) {
+        size_t m = n_seqs - i0 < e->decode_rows ? n_seqs - i0 : e->decode_rows;
         for (size_t i = 0; i < m; i++) {
             e->groups[i] = (kvt_fwd_group_t){
                 .seq = seqs[i0 + i], .pos0 = seqs[i0 + i]->n_tokens, .row0 = i, .n = 1};
             e->row_tok[i] = tokens[i0 + i];
         }
-        kvt_fwd_pass(e, e->groups, m, m, logits ? logits + i0 * e->cfg.vocab_size : NULL, 0,
-                     logits ? m : 0);
+        st = kvt_dev_pass(e, e->groups, m, m, logits ? logits + i0 * e->cfg.vocab_size : NULL,
+                          0, logits ? m : 0);
+        if (st != KVT_OK) {
+            /* GPU only: no sequence advances; the step's slots go back. */
+            for (size_t i = 0; i < n_seqs; i++)
+                seq_release_new(e, seqs[i], 1);
+            e->failed = st;
+            return st;
+        }
     }
     for (size_t i = 0; i < n_seqs; i++)
         seq_advance(e, seqs[i], seqs[i]->n_tokens + 1);
@@ -481,6 +571,8 @@ kvt_status_t kvt_engine_seq_block(const kvt_engine_t *e, const kvt_seq_t *s, siz
 {
     if (i >= s->n_tokens / e->B)
         return KVT_ERR_NOT_FOUND;
+    if (e->gpu)
+        return kvt_dev_seq_blocks(e, s, i, 1, hdr_p, payload_p);
     const kvt_block_key_t *parent = i ? &s->keys[i - 1] : &s->root;
     const uint8_t *payload = kvt_kv_pool_data(&e->pool, s->slots[i]);
     kvt_status_t st = kvt_block_header_make(hdr_p, &e->identity, parent, (uint32_t)i,
@@ -488,4 +580,14 @@ kvt_status_t kvt_engine_seq_block(const kvt_engine_t *e, const kvt_seq_t *s, siz
     if (st == KVT_OK)
         *payload_p = payload;
     return st;
+}
+
+kvt_status_t kvt_engine_seq_blocks(const kvt_engine_t *e, const kvt_seq_t *s, size_t from,
+                                   size_t n, kvt_block_header_t *hdrs, const void **payloads)
+{
+    if (from > s->n_tokens / e->B || n > s->n_tokens / e->B - from)
+        return KVT_ERR_NOT_FOUND;
+    if (n > kvt_engine_batch_blocks(e))
+        return KVT_ERR_TOO_LARGE;
+    return kvt_dev_seq_blocks(e, s, from, n, hdrs, payloads);
 }

@@ -13,7 +13,8 @@
 #include "engine/kv_poolInt.h"
 #include "engine/threads.h"
 
-/* Rows of one decode pass (larger batches run in several passes). */
+/* Rows of one decode pass on the CPU (larger batches run in several
+ * passes; the GPU engine sets its own, e->decode_rows). */
 #define KVT_ENGINE_DECODE_ROWS 64
 #define KVT_ENGINE_MAX_CHUNK 4096
 /* Query rows (positions x heads of one kv head) per attention work item. */
@@ -48,8 +49,15 @@ typedef struct {
     uint32_t kv_head;
 } kvt_att_item_t;
 
+/* The GPU side of an engine (engine/gpu_engineInt.h; NULL on the CPU). */
+typedef struct kvt_gpu_engine kvt_gpu_engine_t;
+
 struct kvt_engine {
     const kvt_model_t *model;
+    kvt_device_t device;
+    kvt_gpu_engine_t *gpu; /* set when device is a GPU */
+    kvt_status_t failed;   /* GPU: a pass failed on the device; every later pass fails */
+    size_t decode_rows;    /* rows of one decode pass (rows_cap on the CPU) */
     kvt_model_config_t cfg;
     uint32_t B;
     kvt_dtype_t kv_dtype;
@@ -80,6 +88,25 @@ struct kvt_engine {
     size_t att_scratch_floats;
     const void **att_ptrs;  /* [n_threads][kvt_fwd_att_scratch_ptrs] */
 };
+
+/* --- dispatch (device.c: the one engine file that knows whether CUDA is
+ * built in; the CPU versions are exactly the code paths of the CPU engine) --- */
+
+/* GPU engines only: set up the pool (bookkeeping on the host, slots in
+ * device memory), the staging, the weights and the pass's scratch.
+ * n_blocks 0 = the GPU default (engine.h).  Undone by kvt_dev_destroy. */
+kvt_status_t kvt_dev_create(kvt_engine_t *e, uint32_t n_blocks);
+void kvt_dev_destroy(kvt_engine_t *e);
+/* kvt_fwd_pass on the engine's device; only the GPU can fail (KVT_ERR_IO). */
+kvt_status_t kvt_dev_pass(kvt_engine_t *e, const kvt_fwd_group_t *groups, size_t n_groups,
+                          size_t n_rows, float *logits, size_t logits_row0, size_t n_logits);
+/* engine.h's pool_put_batch / seq_blocks / stage_* on the engine's device. */
+kvt_status_t kvt_dev_pool_put_batch(kvt_engine_t *e, const kvt_block_header_t *hdrs,
+                                    const void *const *payloads, size_t n, kvt_status_t *st);
+kvt_status_t kvt_dev_seq_blocks(const kvt_engine_t *e, const kvt_seq_t *seq, size_t from,
+                                size_t n, kvt_block_header_t *hdrs, const void **payloads);
+size_t kvt_dev_stage_blocks(const kvt_engine_t *e);
+void *kvt_dev_stage_buf(const kvt_engine_t *e, size_t i);
 
 /* Run the model over the pass's rows (tokens row_tok, positions from the
  * groups), writing each row's K and V into its sequence's reserved slots.

@@ -42,8 +42,8 @@ static kvt_status_t heap_reserve(kvt_kv_pool_t *pool, uint32_t n)
     return KVT_OK;
 }
 
-kvt_status_t kvt_kv_pool_init(kvt_kv_pool_t *pool, const kvt_block_layout_t *layout,
-                              uint32_t n_slots)
+static kvt_status_t pool_init(kvt_kv_pool_t *pool, const kvt_block_layout_t *layout,
+                              uint32_t n_slots, bool external)
 {
     memset(pool, 0, sizeof(*pool));
     uint64_t payload = kvt_block_layout_payload_bytes(layout);
@@ -56,12 +56,13 @@ kvt_status_t kvt_kv_pool_init(kvt_kv_pool_t *pool, const kvt_block_layout_t *lay
         return KVT_ERR_TOO_LARGE;
     pool->n_slots = n_slots;
     pool->region_len = (size_t)n_slots * pool->stride;
-    pool->region = kvt_alloc_large("kv_pool.region", pool->region_len);
+    pool->region_external = external;
+    pool->region = external ? NULL : kvt_alloc_large("kv_pool.region", pool->region_len);
     pool->slots = kvt_calloc("kv_pool.slots", n_slots, sizeof(*pool->slots));
     pool->heap_pos = kvt_malloc("kv_pool.heap_pos", (size_t)n_slots * sizeof(uint32_t));
     pool->free_stack = kvt_malloc("kv_pool.free", (size_t)n_slots * sizeof(uint32_t));
     kvt_lru_heap_init(&pool->lru);
-    if (!pool->region || !pool->slots || !pool->heap_pos || !pool->free_stack)
+    if ((!pool->region && !external) || !pool->slots || !pool->heap_pos || !pool->free_stack)
         goto err_free;
     for (uint32_t i = 0; i < n_slots; i++) {
         pool->heap_pos[i] = KVT_LRU_NONE;
@@ -81,9 +82,22 @@ err_free:
     kvt_free(pool->free_stack);
     kvt_free(pool->heap_pos);
     kvt_free(pool->slots);
-    kvt_free_large(pool->region, pool->region_len);
+    if (!external)
+        kvt_free_large(pool->region, pool->region_len);
     memset(pool, 0, sizeof(*pool));
     return KVT_ERR_NOMEM;
+}
+
+kvt_status_t kvt_kv_pool_init(kvt_kv_pool_t *pool, const kvt_block_layout_t *layout,
+                              uint32_t n_slots)
+{
+    return pool_init(pool, layout, n_slots, false);
+}
+
+kvt_status_t kvt_kv_pool_init_meta(kvt_kv_pool_t *pool, const kvt_block_layout_t *layout,
+                                   uint32_t n_slots)
+{
+    return pool_init(pool, layout, n_slots, true);
 }
 
 void kvt_kv_pool_cleanup(kvt_kv_pool_t *pool)
@@ -95,7 +109,8 @@ void kvt_kv_pool_cleanup(kvt_kv_pool_t *pool)
     kvt_free(pool->free_stack);
     kvt_free(pool->heap_pos);
     kvt_free(pool->slots);
-    kvt_free_large(pool->region, pool->region_len);
+    if (!pool->region_external)
+        kvt_free_large(pool->region, pool->region_len);
     memset(pool, 0, sizeof(*pool));
 }
 
@@ -219,9 +234,9 @@ static kvt_status_t put_check(const kvt_kv_pool_t *pool, const kvt_block_identit
     return KVT_OK;
 }
 
-kvt_status_t kvt_kv_pool_put(kvt_kv_pool_t *pool, const kvt_block_identity_t *id,
-                             const kvt_block_header_t *hdr, const void *payload,
-                             size_t payload_len)
+kvt_status_t kvt_kv_pool_put_begin(kvt_kv_pool_t *pool, const kvt_block_identity_t *id,
+                                   const kvt_block_header_t *hdr, const void *payload,
+                                   size_t payload_len, uint32_t *slot_p, uint32_t *parent_p)
 {
     uint32_t ps, slot;
     kvt_status_t st = put_check(pool, id, hdr, payload, payload_len, &ps);
@@ -231,14 +246,55 @@ kvt_status_t kvt_kv_pool_put(kvt_kv_pool_t *pool, const kvt_block_identity_t *id
     if (ps != KVT_SLOT_NONE)
         kvt_kv_pool_ref(pool, ps);
     st = kvt_kv_pool_alloc(pool, &slot);
-    if (st == KVT_OK) {
-        memcpy(kvt_kv_pool_data(pool, slot), payload, pool->payload_len);
-        kvt_kv_pool_publish(pool, slot, &hdr->key, &hdr->parent, hdr->index);
-        kvt_kv_pool_unref(pool, slot);
+    if (st != KVT_OK) {
+        if (ps != KVT_SLOT_NONE)
+            kvt_kv_pool_unref(pool, ps);
+        return st;
     }
-    if (ps != KVT_SLOT_NONE)
-        kvt_kv_pool_unref(pool, ps);
-    return st;
+    kvt_kv_pool_publish(pool, slot, &hdr->key, &hdr->parent, hdr->index);
+    *slot_p = slot;
+    *parent_p = ps;
+    return KVT_OK;
+}
+
+void kvt_kv_pool_put_end(kvt_kv_pool_t *pool, uint32_t slot, uint32_t parent)
+{
+    kvt_kv_pool_unref(pool, slot);
+    if (parent != KVT_SLOT_NONE)
+        kvt_kv_pool_unref(pool, parent);
+}
+
+void kvt_kv_pool_put_abort(kvt_kv_pool_t *pool, uint32_t slot, uint32_t parent)
+{
+    kvt_kv_slot_t *s = &pool->slots[slot];
+    /* Published by begin, still held (refs 1) and childless: it leaves the
+     * index as an eviction would, then goes back to the free stack. */
+    kvt_keymap_del(&pool->index, &s->key);
+    if (s->parent_slot != KVT_SLOT_NONE) {
+        kvt_kv_slot_t *p = &pool->slots[s->parent_slot];
+        p->n_children--;
+        if (evictable(p))
+            heap_add(pool, s->parent_slot);
+    }
+    s->parent_slot = KVT_SLOT_NONE;
+    s->refs = 0;
+    s->state = KVT_SLOT_FREE;
+    pool->free_stack[pool->n_free++] = slot;
+    if (parent != KVT_SLOT_NONE)
+        kvt_kv_pool_unref(pool, parent);
+}
+
+kvt_status_t kvt_kv_pool_put(kvt_kv_pool_t *pool, const kvt_block_identity_t *id,
+                             const kvt_block_header_t *hdr, const void *payload,
+                             size_t payload_len)
+{
+    uint32_t ps, slot;
+    kvt_status_t st = kvt_kv_pool_put_begin(pool, id, hdr, payload, payload_len, &slot, &ps);
+    if (st != KVT_OK)
+        return st;
+    memcpy(kvt_kv_pool_data(pool, slot), payload, pool->payload_len);
+    kvt_kv_pool_put_end(pool, slot, ps);
+    return KVT_OK;
 }
 
 size_t kvt_kv_pool_match(const kvt_kv_pool_t *pool, const kvt_block_key_t *keys, size_t n)

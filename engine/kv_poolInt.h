@@ -50,8 +50,9 @@ typedef struct {
     uint64_t payload_len; /* bytes of one block image */
     size_t stride;        /* bytes between slots (payload_len rounded up to 64) */
     uint32_t n_slots;
-    uint8_t *region;
+    uint8_t *region;      /* host memory, or device memory when region_external */
     size_t region_len;
+    bool region_external; /* region belongs to the caller (the GPU engine) */
     kvt_kv_slot_t *slots;
     uint32_t *heap_pos;   /* per slot: position in lru, KVT_LRU_NONE if absent */
     kvt_keymap_t index;   /* key -> slot of INDEXED blocks */
@@ -66,6 +67,12 @@ typedef struct {
  * the address space), KVT_ERR_NOMEM. */
 kvt_status_t kvt_kv_pool_init(kvt_kv_pool_t *pool, const kvt_block_layout_t *layout,
                               uint32_t n_slots);
+/* The same without the region: region stays NULL and region_external is
+ * set; the caller points region at region_len bytes it owns (the GPU
+ * engine: device memory, which this module never dereferences except in
+ * kvt_kv_pool_put, which the GPU engine does not call). */
+kvt_status_t kvt_kv_pool_init_meta(kvt_kv_pool_t *pool, const kvt_block_layout_t *layout,
+                                   uint32_t n_slots);
 void kvt_kv_pool_cleanup(kvt_kv_pool_t *pool);
 
 static inline uint8_t *kvt_kv_pool_data(const kvt_kv_pool_t *pool, uint32_t slot)
@@ -94,6 +101,18 @@ uint32_t kvt_kv_pool_publish(kvt_kv_pool_t *pool, uint32_t slot, const kvt_block
 kvt_status_t kvt_kv_pool_put(kvt_kv_pool_t *pool, const kvt_block_identity_t *id,
                              const kvt_block_header_t *hdr, const void *payload,
                              size_t payload_len);
+/* kvt_kv_pool_put in three steps, for callers that copy the payload
+ * themselves (the GPU engine, batches): begin checks as put does, holds
+ * the parent (*parent_p, or KVT_SLOT_NONE), allocates and publishes the
+ * slot and returns it referenced (*slot_p) -- its bytes are not written.
+ * Then either end (the copy is done: drop both references) or abort (the
+ * copy failed: unpublish the slot and free it, drop the parent; a batch
+ * aborts in reverse order, children before parents). */
+kvt_status_t kvt_kv_pool_put_begin(kvt_kv_pool_t *pool, const kvt_block_identity_t *id,
+                                   const kvt_block_header_t *hdr, const void *payload,
+                                   size_t payload_len, uint32_t *slot_p, uint32_t *parent_p);
+void kvt_kv_pool_put_end(kvt_kv_pool_t *pool, uint32_t slot, uint32_t parent);
+void kvt_kv_pool_put_abort(kvt_kv_pool_t *pool, uint32_t slot, uint32_t parent);
 /* How many leading keys of keys[0..n) are indexed. */
 size_t kvt_kv_pool_match(const kvt_kv_pool_t *pool, const kvt_block_key_t *keys, size_t n);
 /* Slots not free / total / indexed. */

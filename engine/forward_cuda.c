@@ -1,0 +1,503 @@
+/* The GPU engine: create/destroy, the transformer pass with the kernels of
+ * kernels/, and block moves between the device pool and the host.
+ * Compiled only when CUDA is built in (engine/CMakeLists.txt); device.c
+ * routes GPU engines here.  Memory layout: engine/gpu_engineInt.h.
+ *
+ * A pass (one prefill chunk or one decode step) runs on one stream:
+ *   upload   row tokens, positions, slots and token offsets, the attention
+ *            groups and the block tables, packed into one pinned buffer
+ *            and sent with one async copy;
+ *   embed    x = embed[token] (f32 residual);
+ *   layers   rmsnorm -> hn (bf16) -> one fused QKV product (f32) ->
+ *            bias + RoPE, q to bf16, K/V into the pool slots in the KV
+ *            dtype -> attention (prefill kernel for groups of n > 1 rows,
+ *            decode kernel for groups of one row; both read every key from
+ *            the pool, so cached, imported and fresh keys are the same
+ *            bytes) -> O product added into x (beta 1) -> rmsnorm -> fused
+ *            gate|up product -> SwiGLU (bf16) -> down product added into x;
+ *   logits   the wanted rows are consecutive (the last row of a prefill
+ *            chunk, every row of a decode step or of a LOGITS_ALL chunk),
+ *            so no gather is needed: final rmsnorm of those rows, lm_head
+ *            product, copy to pinned memory, then to the caller's array.
+ * The pass ends with a stream synchronize, so between engine calls the
+ * device is idle: the host may reuse the upload staging and hand slots to
+ * block moves on the copy stream without further ordering.
+ *
+ * Determinism: every kernel and the cuBLAS products run the same launch
+ * shapes for the same inputs, but a row's arithmetic in a product may
+ * depend on how many rows the product has (cuBLAS picks its algorithm by
+ * shape), so resumed and one-shot prefill agree within bf16 rounding, not
+ * necessarily bitwise (test_gpu_engine reports which). */
+#include "engine/gpu_engineInt.h"
+
+#include "common/alloc.h"
+#include "common/log.h"
+
+#include <math.h>
+#include <string.h>
+
+#define ALIGN_UP(x, a) (((x) + (a) - 1) / (a) * (a))
+
+/* --- scratch --- */
+
+typedef struct {
+    size_t off;
+    bool plan;
+    uint8_t *base;
+} bump_t;
+
+static void *bump(bump_t *b, size_t bytes)
+{
+    size_t at = ALIGN_UP(b->off, 256);
+    b->off = at + bytes;
+    return b->plan ? NULL : b->base + at;
+}
+
+static void carve_scratch(kvt_engine_t *e, kvt_gpu_engine_t *g, bump_t *b)
+{
+    const kvt_model_config_t *c = &e->cfg;
+    size_t R = e->rows_cap, H = c->hidden, I = c->intermediate;
+    size_t qkv = e->q_dim + 2 * e->kv_row;
+    g->x = bump(b, R * H * sizeof(float));
+    g->hn = bump(b, R * H * sizeof(uint16_t));
+    g->qkv = bump(b, R * qkv * sizeof(float));
+    g->q = bump(b, R * e->q_dim * sizeof(uint16_t));
+    g->att = bump(b, R * e->q_dim * sizeof(uint16_t));
+    g->gu = bump(b, R * 2 * I * sizeof(float));
+    g->act = bump(b, R * I * sizeof(uint16_t));
+    g->logits = bump(b, g->logit_rows * c->vocab_size * sizeof(float));
+    g->d_up = bump(b, g->up_cap * sizeof(uint32_t));
+}
+
+/* Rows per decode pass and the upload's size: every group's block table
+ * fits (a table is at most ceil(max_pos / B) entries). */
+static void size_pass(kvt_engine_t *e, kvt_gpu_engine_t *g)
+{
+    size_t per_seq = ((size_t)e->cfg.max_pos + e->B - 1) / e->B;
+    size_t rows = e->rows_cap < KVT_GPU_DECODE_ROWS ? e->rows_cap : KVT_GPU_DECODE_ROWS;
+    if (rows * per_seq > KVT_GPU_MAX_TABLE)
+        rows = KVT_GPU_MAX_TABLE / per_seq ? KVT_GPU_MAX_TABLE / per_seq : 1;
+    e->decode_rows = rows;
+    g->max_table = rows * per_seq;
+    /* tok, pos, slot, offset per row; two group arrays of 4 words each */
+    g->up_cap = 4 * e->rows_cap + 8 * rows + g->max_table;
+    g->logit_rows = e->rows_cap < KVT_GPU_LOGIT_ROWS ? e->rows_cap : KVT_GPU_LOGIT_ROWS;
+}
+
+static kvt_status_t alloc_scratch(kvt_engine_t *e, kvt_gpu_engine_t *g)
+{
+    size_pass(e, g);
+    bump_t b = {.plan = true};
+    carve_scratch(e, g, &b);
+    kvt_status_t st = kvt_gpu_malloc((void **)&g->smem, b.off, "engine scratch");
+    if (st != KVT_OK)
+        return st;
+    b = (bump_t){.base = g->smem};
+    carve_scratch(e, g, &b);
+    st = kvt_gpu_host_alloc((void **)&g->h_up, g->up_cap * sizeof(uint32_t), "engine upload");
+    if (st == KVT_OK)
+        st = kvt_gpu_host_alloc((void **)&g->h_logits,
+                                g->logit_rows * e->cfg.vocab_size * sizeof(float),
+                                "engine logits");
+    return st;
+}
+
+/* --- the pool and the staging --- */
+
+static kvt_status_t alloc_pool(kvt_engine_t *e, kvt_gpu_engine_t *g, uint32_t n_blocks)
+{
+    const kvt_block_layout_t *lay = &e->identity.layout;
+    uint64_t payload = kvt_block_layout_payload_bytes(lay);
+    uint64_t stride = (payload + 63) & ~(uint64_t)63;
+    uint64_t n = n_blocks;
+    if (n == 0) {
+        n = (8ull * e->cfg.max_pos + e->B - 1) / e->B;
+        uint64_t cap = KVT_GPU_POOL_DEFAULT_BYTES / stride;
+        n = n < cap ? n : cap;
+        n = n ? n : 1;
+    }
+    for (;;) {
+        kvt_status_t st = kvt_kv_pool_init_meta(&e->pool, lay, (uint32_t)n);
+        if (st != KVT_OK)
+            return st;
+        st = kvt_gpu_malloc((void **)&e->pool.region, e->pool.region_len, "kv pool");
+        if (st == KVT_OK)
+            break;
+        kvt_kv_pool_cleanup(&e->pool);
+        /* The default shrinks until it fits; an explicit size does not. */
+        if (st != KVT_ERR_NOMEM || n_blocks != 0 || n / 2 < KVT_GPU_POOL_MIN_BLOCKS)
+            return st;
+        n /= 2;
+        kvt_log_info("engine: gpu pool does not fit, trying fewer blocks blocks=%llu",
+                     (unsigned long long)n);
+    }
+    g->kv = (kvt_k_kv_t){
+        .base = e->pool.region,
+        .slot_bytes = e->pool.stride,
+        .block_tokens = e->B,
+        .n_layers = e->cfg.n_layers,
+        .n_kv_heads = e->cfg.n_kv_heads,
+        .head_dim = e->cfg.head_dim,
+        .f32 = e->kv_dtype == KVT_DTYPE_F32,
+    };
+    return KVT_OK;
+}
+
+static kvt_status_t alloc_stage(kvt_engine_t *e, kvt_gpu_engine_t *g)
+{
+    size_t stride = e->pool.stride;
+    size_t n = KVT_GPU_STAGE_BYTES / stride;
+    n = n < 1 ? 1 : n > KVT_GPU_STAGE_MAX_BLOCKS ? KVT_GPU_STAGE_MAX_BLOCKS : n;
+    g->stage_blocks = n;
+    g->cp_dst = kvt_malloc("engine.cp_dst", n * sizeof(void *));
+    g->cp_src = kvt_malloc("engine.cp_src", n * sizeof(void *));
+    g->cp_bytes = kvt_malloc("engine.cp_bytes", n * sizeof(size_t));
+    g->put_slot = kvt_malloc("engine.put_slot", n * sizeof(uint32_t));
+    g->put_parent = kvt_malloc("engine.put_parent", n * sizeof(uint32_t));
+    g->put_idx = kvt_malloc("engine.put_idx", n * sizeof(size_t));
+    if (!g->cp_dst || !g->cp_src || !g->cp_bytes || !g->put_slot || !g->put_parent ||
+        !g->put_idx)
+        return KVT_ERR_NOMEM;
+    return kvt_gpu_host_alloc((void **)&g->stage, n * stride, "engine block staging");
+}
+
+/* --- create / destroy --- */
+
+void kvt_gpu_engine_destroy(kvt_engine_t *e)
+{
+    kvt_gpu_engine_t *g = e->gpu;
+    if (!g)
+        return;
+    (void)kvt_gpu_use(g->device);
+    if (g->stream)
+        (void)kvt_gpu_stream_sync(g->stream);
+    if (g->copy)
+        (void)kvt_gpu_stream_sync(g->copy);
+    kvt_gpu_free(e->pool.region);
+    kvt_kv_pool_cleanup(&e->pool);
+    kvt_gpu_host_free(g->stage);
+    kvt_free(g->cp_dst);
+    kvt_free(g->cp_src);
+    kvt_free(g->cp_bytes);
+    kvt_free(g->put_slot);
+    kvt_free(g->put_parent);
+    kvt_free(g->put_idx);
+    kvt_gpu_host_free(g->h_up);
+    kvt_gpu_host_free(g->h_logits);
+    kvt_gpu_free(g->smem);
+    kvt_gpu_weights_free(g);
+    if (g->blas)
+        kvt_gpu_blas_destroy(g->blas);
+    if (g->copy)
+        kvt_gpu_stream_destroy(g->copy);
+    if (g->stream)
+        kvt_gpu_stream_destroy(g->stream);
+    kvt_free(g);
+    e->gpu = NULL;
+}
+
+kvt_status_t kvt_gpu_engine_create(kvt_engine_t *e, uint32_t n_blocks)
+{
+    int dev = KVT_DEVICE_CUDA_INDEX(e->device);
+    kvt_status_t st = kvt_gpu_use(dev);
+    if (st != KVT_OK) {
+        kvt_log_error("engine: no such cuda device device=cuda:%d", dev);
+        return st;
+    }
+    kvt_gpu_engine_t *g = kvt_calloc("engine.gpu", 1, sizeof(*g));
+    if (!g)
+        return KVT_ERR_NOMEM;
+    g->device = dev;
+    e->gpu = g;
+    st = kvt_gpu_stream_create(&g->stream);
+    if (st == KVT_OK)
+        st = kvt_gpu_stream_create(&g->copy);
+    if (st == KVT_OK)
+        st = kvt_gpu_blas_create(g->stream, &g->blas);
+    if (st == KVT_OK)
+        st = kvt_gpu_weights_upload(e, g);
+    if (st == KVT_OK)
+        st = alloc_scratch(e, g);
+    if (st == KVT_OK)
+        st = alloc_pool(e, g, n_blocks);
+    if (st == KVT_OK)
+        st = alloc_stage(e, g);
+    if (st != KVT_OK) {
+        kvt_log_error("engine: gpu setup failed device=cuda:%d status=%s", dev,
+                      kvt_status_str(st));
+        kvt_gpu_engine_destroy(e);
+        return st;
+    }
+    kvt_log_info("engine created device=cuda:%d blocks=%u block_tokens=%u kv_dtype=%s "
+                 "chunk=%zu decode_rows=%zu weights_mb=%zu pool_mb=%zu stage_blocks=%zu",
+                 dev, e->pool.n_slots, e->B, kvt_dtype_name(e->kv_dtype), e->chunk,
+                 e->decode_rows, g->wbytes >> 20, e->pool.region_len >> 20, g->stage_blocks);
+    return KVT_OK;
+}
+
+/* --- the pass --- */
+
+typedef struct {
+    const kvt_k_group_t *groups; /* device */
+    uint32_t n, max_n, max_ctx;
+} att_set_t;
+
+typedef struct {
+    const uint32_t *tok, *pos, *slot, *off, *tables; /* device */
+    att_set_t pre, dec;
+} pass_dev_t;
+
+/* Pack the pass's host arrays into the pinned upload and send them. */
+static kvt_status_t upload(kvt_engine_t *e, const kvt_fwd_group_t *groups, size_t n_groups,
+                           size_t R, pass_dev_t *d)
+{
+    kvt_gpu_engine_t *g = e->gpu;
+    uint32_t *h = g->h_up, *pos = h + R, *slot = h + 2 * R, *off = h + 3 * R;
+    memcpy(h, e->row_tok, R * sizeof(uint32_t));
+    size_t np = 0, nd = 0;
+    for (size_t gi = 0; gi < n_groups; gi++)
+        np += groups[gi].n > 1;
+    nd = n_groups - np;
+    kvt_k_group_t *gp = (kvt_k_group_t *)(h + 4 * R), *gd = gp + np;
+    uint32_t *tables = (uint32_t *)(gd + nd);
+    size_t t = 0;
+    d->pre = (att_set_t){0};
+    d->dec = (att_set_t){0};
+    for (size_t gi = 0; gi < n_groups; gi++) {
+        const kvt_fwd_group_t *fg = &groups[gi];
+        size_t end = fg->pos0 + fg->n, nb = (end + e->B - 1) / e->B;
+        if (t + nb > g->max_table) {
+            kvt_log_error("engine: block tables exceed the pass's upload entries=%zu max=%zu",
+                          t + nb, g->max_table);
+            return KVT_ERR_TOO_LARGE; /* unreachable: decode_rows is sized for it */
+        }
+        memcpy(tables + t, fg->seq->slots, nb * sizeof(uint32_t));
+        for (size_t i = 0; i < fg->n; i++) {
+            size_t r = fg->row0 + i, p = fg->pos0 + i;
+            pos[r] = (uint32_t)p;
+            slot[r] = fg->seq->slots[p / e->B];
+            off[r] = (uint32_t)(p % e->B);
+        }
+        kvt_k_group_t kg = {(uint32_t)fg->row0, (uint32_t)fg->n, (uint32_t)fg->pos0,
+                            (uint32_t)t};
+        att_set_t *set = fg->n > 1 ? &d->pre : &d->dec;
+        (fg->n > 1 ? gp : gd)[set->n++] = kg;
+        set->max_n = fg->n > set->max_n ? (uint32_t)fg->n : set->max_n;
+        set->max_ctx = end > set->max_ctx ? (uint32_t)end : set->max_ctx;
+        t += nb;
+    }
+    size_t words = 4 * R + 4 * n_groups + t;
+    uint32_t *u = g->d_up;
+    d->tok = u;
+    d->pos = u + R;
+    d->slot = u + 2 * R;
+    d->off = u + 3 * R;
+    d->pre.groups = (const kvt_k_group_t *)(u + 4 * R);
+    d->dec.groups = d->pre.groups + np;
+    d->tables = u + 4 * R + 4 * n_groups;
+    return kvt_gpu_h2d(u, h, words * sizeof(uint32_t), g->stream);
+}
+
+static kvt_status_t layer(kvt_engine_t *e, uint32_t l, size_t R, const pass_dev_t *d)
+{
+    kvt_gpu_engine_t *g = e->gpu;
+    const kvt_model_config_t *c = &e->cfg;
+    const kvt_gpu_layer_t *L = &g->layers[l];
+    size_t H = c->hidden, I = c->intermediate, qkv = e->q_dim + 2 * e->kv_row;
+    float scale = 1.0f / sqrtf((float)c->head_dim);
+    kvt_status_t st = kvt_k_rmsnorm(g->x, L->attn_norm, R, H, c->rms_eps, g->hn, g->stream);
+    if (st == KVT_OK)
+        st = kvt_gpu_gemm_bf16(g->blas, L->w_qkv, g->hn, g->qkv, R, H, qkv, 0.0f);
+    if (st == KVT_OK)
+        st = kvt_k_qkv_rope_store(g->qkv, L->b_qkv, d->pos, g->inv_freq, c->n_heads, &g->kv, l,
+                                  d->slot, d->off, R, g->q, g->stream);
+    if (st == KVT_OK && d->pre.n)
+        st = kvt_k_attn_prefill(&g->kv, l, g->q, c->n_heads, d->pre.groups, d->pre.n,
+                                d->tables, d->pre.max_n, d->pre.max_ctx, scale, g->att,
+                                g->stream);
+    if (st == KVT_OK && d->dec.n)
+        st = kvt_k_attn_decode(&g->kv, l, g->q, c->n_heads, d->dec.groups, d->dec.n, d->tables,
+                               d->dec.max_n, d->dec.max_ctx, scale, g->att, g->stream);
+    if (st == KVT_OK)
+        st = kvt_gpu_gemm_bf16(g->blas, L->wo, g->att, g->x, R, e->q_dim, H, 1.0f);
+    if (st == KVT_OK)
+        st = kvt_k_rmsnorm(g->x, L->mlp_norm, R, H, c->rms_eps, g->hn, g->stream);
+    if (st == KVT_OK)
+        st = kvt_gpu_gemm_bf16(g->blas, L->w_gu, g->hn, g->gu, R, H, 2 * I, 0.0f);
+    if (st == KVT_OK)
+        st = kvt_k_swiglu(g->gu, R, I, g->act, g->stream);
+    if (st == KVT_OK)
+        st = kvt_gpu_gemm_bf16(g->blas, L->w_down, g->act, g->x, R, I, H, 1.0f);
+    return st;
+}
+
+/* Logits of rows [r0, r0 + n) into out[n][vocab], logit_rows at a time. */
+static kvt_status_t logits_out(kvt_engine_t *e, size_t r0, size_t n, float *out)
+{
+    kvt_gpu_engine_t *g = e->gpu;
+    const kvt_model_config_t *c = &e->cfg;
+    size_t H = c->hidden, V = c->vocab_size;
+    kvt_status_t st = KVT_OK;
+    for (size_t c0 = 0; c0 < n && st == KVT_OK; c0 += g->logit_rows) {
+        size_t cn = n - c0 < g->logit_rows ? n - c0 : g->logit_rows;
+        st = kvt_k_rmsnorm(g->x + (r0 + c0) * H, g->final_norm, cn, H, c->rms_eps, g->hn,
+                           g->stream);
+        if (st == KVT_OK)
+            st = kvt_gpu_gemm_bf16(g->blas, g->lm_head, g->hn, g->logits, cn, H, V, 0.0f);
+        if (st == KVT_OK)
+            st = kvt_gpu_d2h(g->h_logits, g->logits, cn * V * sizeof(float), g->stream);
+        if (st == KVT_OK)
+            st = kvt_gpu_stream_sync(g->stream);
+        if (st == KVT_OK)
+            memcpy(out + c0 * V, g->h_logits, cn * V * sizeof(float));
+    }
+    return st;
+}
+
+kvt_status_t kvt_gpu_engine_pass(kvt_engine_t *e, const kvt_fwd_group_t *groups,
+                                 size_t n_groups, size_t n_rows, float *logits,
+                                 size_t logits_row0, size_t n_logits)
+{
+    kvt_gpu_engine_t *g = e->gpu;
+    pass_dev_t d;
+    kvt_status_t st = kvt_gpu_use(g->device);
+    if (st == KVT_OK)
+        st = upload(e, groups, n_groups, n_rows, &d);
+    if (st == KVT_OK)
+        st = kvt_k_embed(g->embed, d.tok, n_rows, e->cfg.hidden, g->x, g->stream);
+    for (uint32_t l = 0; l < e->cfg.n_layers && st == KVT_OK; l++)
+        st = layer(e, l, n_rows, &d);
+    if (st == KVT_OK && n_logits)
+        st = logits_out(e, logits_row0, n_logits, logits);
+    else if (st == KVT_OK)
+        st = kvt_gpu_stream_sync(g->stream);
+    if (st != KVT_OK) {
+        /* Wait for what was queued before reporting: the upload staging
+         * and the slots must be idle when the call returns. */
+        (void)kvt_gpu_stream_sync(g->stream);
+        kvt_log_error("engine: gpu pass failed rows=%zu groups=%zu status=%s", n_rows, n_groups,
+                      kvt_status_str(st));
+        return KVT_ERR_IO;
+    }
+    return KVT_OK;
+}
+
+/* --- block moves --- */
+
+size_t kvt_gpu_engine_stage_blocks(const kvt_engine_t *e) { return e->gpu->stage_blocks; }
+
+void *kvt_gpu_engine_stage_buf(const kvt_engine_t *e, size_t i)
+{
+    const kvt_gpu_engine_t *g = e->gpu;
+    return i < g->stage_blocks ? g->stage + i * e->pool.stride : NULL;
+}
+
+/* Append one block copy to the list, merged into the previous one when
+ * both ends continue it (a sequence's slots are often consecutive). */
+static void copy_add(const kvt_engine_t *e, size_t *n, void *dst, const void *src)
+{
+    kvt_gpu_engine_t *g = e->gpu;
+    size_t pad = e->pool.stride - e->pool.payload_len;
+    if (*n > 0) {
+        size_t k = *n - 1, span = g->cp_bytes[k] + pad;
+        if ((uint8_t *)g->cp_dst[k] + span == (uint8_t *)dst &&
+            (const uint8_t *)g->cp_src[k] + span == (const uint8_t *)src) {
+            g->cp_bytes[k] += e->pool.stride;
+            return;
+        }
+    }
+    g->cp_dst[*n] = dst;
+    g->cp_src[*n] = src;
+    g->cp_bytes[*n] = e->pool.payload_len;
+    (*n)++;
+}
+
+static kvt_status_t copy_run(const kvt_engine_t *e, size_t n, int kind)
+{
+    kvt_gpu_engine_t *g = e->gpu;
+    kvt_status_t st = kvt_gpu_use(g->device);
+    if (st == KVT_OK && n)
+        st = kvt_gpu_copy_batch(g->cp_dst, g->cp_src, g->cp_bytes, n, kind, g->copy);
+    if (st == KVT_OK)
+        st = kvt_gpu_stream_sync(g->copy);
+    else
+        (void)kvt_gpu_stream_sync(g->copy);
+    return st;
+}
+
+kvt_status_t kvt_gpu_engine_seq_blocks(const kvt_engine_t *e, const kvt_seq_t *s, size_t from,
+                                       size_t n, kvt_block_header_t *hdrs,
+                                       const void **payloads)
+{
+    kvt_gpu_engine_t *g = e->gpu;
+    size_t stride = e->pool.stride, nc = 0;
+    if (n > g->stage_blocks)
+        return KVT_ERR_TOO_LARGE;
+    for (size_t i = 0; i < n; i++)
+        copy_add(e, &nc, g->stage + i * stride, kvt_kv_pool_data(&e->pool, s->slots[from + i]));
+    kvt_status_t st = copy_run(e, nc, 1);
+    if (st != KVT_OK) {
+        kvt_log_error("engine: block copy to the host failed blocks=%zu status=%s", n,
+                      kvt_status_str(st));
+        return KVT_ERR_IO;
+    }
+    for (size_t i = 0; i < n && st == KVT_OK; i++) {
+        size_t b = from + i;
+        const kvt_block_key_t *parent = b ? &s->keys[b - 1] : &s->root;
+        payloads[i] = g->stage + i * stride;
+        st = kvt_block_header_make(&hdrs[i], &e->identity, parent, (uint32_t)b,
+                                   s->tokens + b * e->B, payloads[i]);
+    }
+    return st;
+}
+
+/* One staging's worth of pool_put_batch: begin each block (verification on
+ * the host payload), stage it, copy all at once, then end or abort. */
+static kvt_status_t put_chunk(kvt_engine_t *e, const kvt_block_header_t *hdrs,
+                              const void *const *payloads, size_t n, kvt_status_t *st)
+{
+    kvt_gpu_engine_t *g = e->gpu;
+    size_t stride = e->pool.stride, na = 0, nc = 0;
+    for (size_t i = 0; i < n; i++) {
+        uint32_t slot, parent;
+        st[i] = kvt_kv_pool_put_begin(&e->pool, &e->identity, &hdrs[i], payloads[i],
+                                      hdrs[i].payload_len, &slot, &parent);
+        if (st[i] != KVT_OK)
+            continue;
+        uint8_t *sb = g->stage + i * stride;
+        if (payloads[i] != sb)
+            memcpy(sb, payloads[i], e->pool.payload_len);
+        g->put_slot[na] = slot;
+        g->put_parent[na] = parent;
+        g->put_idx[na++] = i;
+        copy_add(e, &nc, kvt_kv_pool_data(&e->pool, slot), sb);
+    }
+    kvt_status_t cs = copy_run(e, nc, 0);
+    if (cs != KVT_OK) {
+        kvt_log_error("engine: block copy to the device failed blocks=%zu status=%s", na,
+                      kvt_status_str(cs));
+        for (size_t j = na; j-- > 0;) {
+            kvt_kv_pool_put_abort(&e->pool, g->put_slot[j], g->put_parent[j]);
+            st[g->put_idx[j]] = KVT_ERR_IO;
+        }
+        return KVT_ERR_IO;
+    }
+    for (size_t j = 0; j < na; j++)
+        kvt_kv_pool_put_end(&e->pool, g->put_slot[j], g->put_parent[j]);
+    return KVT_OK;
+}
+
+kvt_status_t kvt_gpu_engine_put_batch(kvt_engine_t *e, const kvt_block_header_t *hdrs,
+                                      const void *const *payloads, size_t n, kvt_status_t *st)
+{
+    size_t S = e->gpu->stage_blocks;
+    for (size_t c0 = 0; c0 < n; c0 += S) {
+        size_t cn = n - c0 < S ? n - c0 : S;
+        if (put_chunk(e, hdrs + c0, payloads + c0, cn, st + c0) != KVT_OK) {
+            for (size_t i = c0 + cn; i < n; i++)
+                st[i] = KVT_ERR_IO;
+            return KVT_ERR_IO;
+        }
+    }
+    return KVT_OK;
+}
