@@ -10,10 +10,12 @@
  * S = Q.K^T and O += P.V are mma.sync m16n8k16 bf16 -> f32 with ldmatrix
  * fragments, the softmax runs online in f32 registers (log2 domain), the
  * diagonal tile is masked and tiles past the block's last position are
- * never loaded.  Blocks of the latest query tiles are launched first; 8 warps a block.
- * f32 KV on this path is rounded to bf16 as it is copied into shared
- * memory (P is rounded to bf16 for the tensor cores anyway); the
- * accumulation stays f32.  head_dim 64 and 128 take it; any other
+ * never loaded.  Blocks of the latest query tiles are launched first.
+ * f32 KV on this path is loaded synchronously (one buffer): each key is
+ * split into bf16 hi + lo halves (S = Q.K_hi + Q.K_lo keeps ~16 bits, so
+ * large, peaked scores stay accurate) and V is rounded to bf16 (P is
+ * rounded to bf16 for the tensor cores anyway); the accumulation stays
+ * f32.  head_dim 64 and 128 take it; any other
  * head_dim (<= 256), or a pool not 16-byte aligned, goes to the decode
  * kernels below, which handle groups of any n.
  *
