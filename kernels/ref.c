@@ -132,6 +132,8 @@ static uint32_t sample_row(const float *logits, uint32_t vocab, float temperatur
     if (temperature == 0.0f || top_k == 1 || !isfinite(logits[best]))
         return best;
     float zmax = logits[best] / temperature;
+    if (!isfinite(zmax))
+        return best; /* the top logit overflows: the greedy limit */
     for (uint32_t i = 0; i < vocab; i++) {
         float z = isnan(logits[i]) ? -INFINITY : logits[i] / temperature;
         c[i] = (cand_t){.z = z, .id = i};
