@@ -155,8 +155,9 @@ static kvt_status_t alloc_stage(kvt_engine_t *e, kvt_gpu_engine_t *g)
     g->put_slot = kvt_malloc("engine.put_slot", n * sizeof(uint32_t));
     g->put_parent = kvt_malloc("engine.put_parent", n * sizeof(uint32_t));
     g->put_idx = kvt_malloc("engine.put_idx", n * sizeof(size_t));
+    g->mv_st = kvt_malloc("engine.mv_st", n * sizeof(kvt_status_t));
     if (!g->cp_dst || !g->cp_src || !g->cp_bytes || !g->put_slot || !g->put_parent ||
-        !g->put_idx)
+        !g->put_idx || !g->mv_st)
         return KVT_ERR_NOMEM;
     return kvt_gpu_host_alloc((void **)&g->stage, n * stride, "engine block staging");
 }
@@ -182,6 +183,11 @@ void kvt_gpu_engine_destroy(kvt_engine_t *e)
     kvt_free(g->put_slot);
     kvt_free(g->put_parent);
     kvt_free(g->put_idx);
+    kvt_free(g->mv_st);
+    kvt_threads_destroy(g->threads);
+    for (int i = 0; i <= KVT_GPU_MOVE_PARTS; i++)
+        if (g->ev[i])
+            kvt_gpu_event_destroy(g->ev[i]);
     kvt_gpu_host_free(g->h_up);
     kvt_gpu_host_free(g->h_logits);
     kvt_gpu_free(g->smem);
@@ -214,6 +220,10 @@ kvt_status_t kvt_gpu_engine_create(kvt_engine_t *e, uint32_t n_blocks)
         st = kvt_gpu_stream_create(&g->copy);
     if (st == KVT_OK)
         st = kvt_gpu_blas_create(g->stream, &g->blas);
+    if (st == KVT_OK)
+        st = kvt_threads_create(0, &g->threads);
+    for (int i = 0; i <= KVT_GPU_MOVE_PARTS && st == KVT_OK; i++)
+        st = kvt_gpu_event_create(&g->ev[i]);
     if (st == KVT_OK)
         st = kvt_gpu_weights_upload(e, g);
     if (st == KVT_OK)
@@ -331,7 +341,22 @@ static kvt_status_t layer(kvt_engine_t *e, uint32_t l, size_t R, const pass_dev_
     return st;
 }
 
-/* Logits of rows [r0, r0 + n) into out[n][vocab], logit_rows at a time. */
+typedef struct {
+    float *dst;
+    const float *src;
+    size_t row; /* floats per row */
+} rows_copy_t;
+
+static void rows_copy_run(void *arg, size_t b0, size_t b1, uint32_t tid)
+{
+    const rows_copy_t *c = arg;
+    (void)tid;
+    memcpy(c->dst + b0 * c->row, c->src + b0 * c->row, (b1 - b0) * c->row * sizeof(float));
+}
+
+/* Logits of rows [r0, r0 + n) into out[n][vocab], logit_rows at a time
+ * (pinned staging, then into the caller's array on every core: a decode
+ * step of 64 rows of a 128k vocabulary is 33 MB). */
 static kvt_status_t logits_out(kvt_engine_t *e, size_t r0, size_t n, float *out)
 {
     kvt_gpu_engine_t *g = e->gpu;
@@ -348,8 +373,10 @@ static kvt_status_t logits_out(kvt_engine_t *e, size_t r0, size_t n, float *out)
             st = kvt_gpu_d2h(g->h_logits, g->logits, cn * V * sizeof(float), g->stream);
         if (st == KVT_OK)
             st = kvt_gpu_stream_sync(g->stream);
-        if (st == KVT_OK)
-            memcpy(out + c0 * V, g->h_logits, cn * V * sizeof(float));
+        if (st == KVT_OK) {
+            rows_copy_t rc = {.dst = out + c0 * V, .src = g->h_logits, .row = V};
+            kvt_threads_for(g->threads, cn, 1, rows_copy_run, &rc);
+        }
     }
     return st;
 }
@@ -393,12 +420,13 @@ void *kvt_gpu_engine_stage_buf(const kvt_engine_t *e, size_t i)
 }
 
 /* Append one block copy to the list, merged into the previous one when
- * both ends continue it (a sequence's slots are often consecutive). */
-static void copy_add(const kvt_engine_t *e, size_t *n, void *dst, const void *src)
+ * both ends continue it (a sequence's slots are often consecutive) and it
+ * belongs to the same part (entries from `first` on). */
+static void copy_add(const kvt_engine_t *e, size_t *n, size_t first, void *dst, const void *src)
 {
     kvt_gpu_engine_t *g = e->gpu;
     size_t pad = e->pool.stride - e->pool.payload_len;
-    if (*n > 0) {
+    if (*n > first) {
         size_t k = *n - 1, span = g->cp_bytes[k] + pad;
         if ((uint8_t *)g->cp_dst[k] + span == (uint8_t *)dst &&
             (const uint8_t *)g->cp_src[k] + span == (const uint8_t *)src) {
@@ -412,67 +440,155 @@ static void copy_add(const kvt_engine_t *e, size_t *n, void *dst, const void *sr
     (*n)++;
 }
 
-static kvt_status_t copy_run(const kvt_engine_t *e, size_t n, int kind)
+/* Issue list entries [first, n) on the copy stream (no wait). */
+static kvt_status_t copy_issue(const kvt_engine_t *e, size_t first, size_t n, int kind)
 {
     kvt_gpu_engine_t *g = e->gpu;
-    kvt_status_t st = kvt_gpu_use(g->device);
-    if (st == KVT_OK && n)
-        st = kvt_gpu_copy_batch(g->cp_dst, g->cp_src, g->cp_bytes, n, kind, g->copy);
-    if (st == KVT_OK)
-        st = kvt_gpu_stream_sync(g->copy);
-    else
-        (void)kvt_gpu_stream_sync(g->copy);
-    return st;
+    if (n == first)
+        return KVT_OK;
+    return kvt_gpu_copy_batch(g->cp_dst + first, g->cp_src + first, g->cp_bytes + first,
+                              n - first, kind, g->copy);
 }
 
+/* Blocks per part of a move: host work on part k overlaps the copy of the
+ * next (or previous) part.  Parts of >= 8 MiB, at most KVT_GPU_MOVE_PARTS. */
+static size_t move_part(const kvt_engine_t *e, size_t n)
+{
+    size_t q = (n + KVT_GPU_MOVE_PARTS - 1) / KVT_GPU_MOVE_PARTS;
+    size_t min = ((size_t)8 << 20) / e->pool.stride + 1;
+    q = q > min ? q : min;
+    return q > n ? (n ? n : 1) : q;
+}
+
+/* Host work of a block move, one item per block, run on g->threads. */
+typedef struct {
+    const kvt_engine_t *e;
+    const kvt_seq_t *seq;                /* seq_blocks */
+    size_t from;
+    kvt_block_header_t *hdrs;
+    const void **payloads;
+    const kvt_block_header_t *in_hdrs;   /* put */
+    const void *const *in_payloads;
+    size_t base;                         /* first block of the part */
+} move_job_t;
+
+static void headers_run(void *arg, size_t b0, size_t b1, uint32_t tid)
+{
+    const move_job_t *j = arg;
+    const kvt_engine_t *e = j->e;
+    kvt_gpu_engine_t *g = e->gpu;
+    (void)tid;
+    for (size_t i = j->base + b0; i < j->base + b1; i++) {
+        size_t b = j->from + i;
+        const kvt_block_key_t *parent = b ? &j->seq->keys[b - 1] : &j->seq->root;
+        j->payloads[i] = g->stage + i * e->pool.stride;
+        g->mv_st[i] = kvt_block_header_make(&j->hdrs[i], &e->identity, parent, (uint32_t)b,
+                                            j->seq->tokens + b * e->B, j->payloads[i]);
+    }
+}
+
+/* pool_put's checks that need no pool state, then the image into its
+ * staging buffer (unless it is there already). */
+static void verify_run(void *arg, size_t b0, size_t b1, uint32_t tid)
+{
+    const move_job_t *j = arg;
+    const kvt_engine_t *e = j->e;
+    kvt_gpu_engine_t *g = e->gpu;
+    (void)tid;
+    for (size_t i = j->base + b0; i < j->base + b1; i++) {
+        const kvt_block_header_t *h = &j->in_hdrs[i];
+        g->mv_st[i] = kvt_kv_pool_put_verify(&e->pool, &e->identity, h, j->in_payloads[i],
+                                             h->payload_len);
+        uint8_t *sb = g->stage + i * e->pool.stride;
+        if (g->mv_st[i] == KVT_OK && j->in_payloads[i] != sb)
+            memcpy(sb, j->in_payloads[i], e->pool.payload_len);
+    }
+}
+
+/* Out: every part's copy is issued at once, an event after each; the
+ * headers (an xxh3 checksum over each image) of part k are made on every
+ * core as soon as its event has passed, while later parts still copy. */
 kvt_status_t kvt_gpu_engine_seq_blocks(const kvt_engine_t *e, const kvt_seq_t *s, size_t from,
                                        size_t n, kvt_block_header_t *hdrs,
                                        const void **payloads)
 {
     kvt_gpu_engine_t *g = e->gpu;
-    size_t stride = e->pool.stride, nc = 0;
+    size_t stride = e->pool.stride, nc = 0, q = move_part(e, n), parts = 0;
     if (n > g->stage_blocks)
         return KVT_ERR_TOO_LARGE;
-    for (size_t i = 0; i < n; i++)
-        copy_add(e, &nc, g->stage + i * stride, kvt_kv_pool_data(&e->pool, s->slots[from + i]));
-    kvt_status_t st = copy_run(e, nc, 1);
+    kvt_status_t st = kvt_gpu_use(g->device);
+    if (st == KVT_OK)
+        st = kvt_gpu_event_record(g->ev[0], g->copy);
+    for (size_t k0 = 0; k0 < n && st == KVT_OK; k0 += q, parts++) {
+        size_t first = nc;
+        for (size_t i = k0; i < n && i < k0 + q; i++)
+            copy_add(e, &nc, first, g->stage + i * stride,
+                     kvt_kv_pool_data(&e->pool, s->slots[from + i]));
+        st = copy_issue(e, first, nc, 1);
+        if (st == KVT_OK)
+            st = kvt_gpu_event_record(g->ev[parts + 1], g->copy);
+    }
+    move_job_t job = {.e = e, .seq = s, .from = from, .hdrs = hdrs, .payloads = payloads};
+    for (size_t k = 0; k < parts && st == KVT_OK; k++) {
+        float ms;
+        st = kvt_gpu_event_elapsed_ms(g->ev[0], g->ev[k + 1], &ms); /* waits for part k */
+        job.base = k * q;
+        if (st == KVT_OK)
+            kvt_threads_for(g->threads, (n - job.base < q ? n - job.base : q), 1, headers_run,
+                            &job);
+    }
+    kvt_status_t ss = kvt_gpu_stream_sync(g->copy);
+    st = st == KVT_OK ? ss : st;
     if (st != KVT_OK) {
         kvt_log_error("engine: block copy to the host failed blocks=%zu status=%s", n,
                       kvt_status_str(st));
         return KVT_ERR_IO;
     }
-    for (size_t i = 0; i < n && st == KVT_OK; i++) {
-        size_t b = from + i;
-        const kvt_block_key_t *parent = b ? &s->keys[b - 1] : &s->root;
-        payloads[i] = g->stage + i * stride;
-        st = kvt_block_header_make(&hdrs[i], &e->identity, parent, (uint32_t)b,
-                                   s->tokens + b * e->B, payloads[i]);
-    }
-    return st;
+    for (size_t i = 0; i < n; i++)
+        if (g->mv_st[i] != KVT_OK)
+            return g->mv_st[i];
+    return KVT_OK;
 }
 
-/* One staging's worth of pool_put_batch: begin each block (verification on
- * the host payload), stage it, copy all at once, then end or abort. */
+/* One staging's worth of pool_put_batch, in parts: verify and stage part
+ * k on every core, begin its blocks in the pool (in order: a chain's
+ * parent comes first), issue its copy, go on with part k + 1 while it
+ * runs; then wait once and end every block, or abort them all. */
 static kvt_status_t put_chunk(kvt_engine_t *e, const kvt_block_header_t *hdrs,
                               const void *const *payloads, size_t n, kvt_status_t *st)
 {
     kvt_gpu_engine_t *g = e->gpu;
-    size_t stride = e->pool.stride, na = 0, nc = 0;
-    for (size_t i = 0; i < n; i++) {
-        uint32_t slot, parent;
-        st[i] = kvt_kv_pool_put_begin(&e->pool, &e->identity, &hdrs[i], payloads[i],
-                                      hdrs[i].payload_len, &slot, &parent);
-        if (st[i] != KVT_OK)
-            continue;
-        uint8_t *sb = g->stage + i * stride;
-        if (payloads[i] != sb)
-            memcpy(sb, payloads[i], e->pool.payload_len);
-        g->put_slot[na] = slot;
-        g->put_parent[na] = parent;
-        g->put_idx[na++] = i;
-        copy_add(e, &nc, kvt_kv_pool_data(&e->pool, slot), sb);
+    size_t stride = e->pool.stride, na = 0, nc = 0, q = move_part(e, n);
+    move_job_t job = {.e = e, .in_hdrs = hdrs, .in_payloads = payloads};
+    for (size_t i = 0; i < n; i++)
+        st[i] = KVT_ERR_IO; /* for blocks a failed copy leaves unprocessed */
+    kvt_status_t cs = kvt_gpu_use(g->device);
+    for (size_t k0 = 0; k0 < n && cs == KVT_OK; k0 += q) {
+        size_t k1 = n - k0 < q ? n : k0 + q, first = nc;
+        job.base = k0;
+        kvt_threads_for(g->threads, k1 - k0, 1, verify_run, &job);
+        for (size_t i = k0; i < k1; i++) {
+            uint32_t slot, parent;
+            st[i] = g->mv_st[i];
+            if (st[i] != KVT_OK) {
+                kvt_log_warn("kv pool put rejected index=%u err=%s", hdrs[i].index,
+                             kvt_status_str(st[i]));
+                continue;
+            }
+            /* Verified above: begin checks only what needs the pool. */
+            st[i] = kvt_kv_pool_put_begin(&e->pool, &e->identity, &hdrs[i], NULL, 0, &slot,
+                                          &parent);
+            if (st[i] != KVT_OK)
+                continue;
+            g->put_slot[na] = slot;
+            g->put_parent[na] = parent;
+            g->put_idx[na++] = i;
+            copy_add(e, &nc, first, kvt_kv_pool_data(&e->pool, slot), g->stage + i * stride);
+        }
+        cs = copy_issue(e, first, nc, 0);
     }
-    kvt_status_t cs = copy_run(e, nc, 0);
+    kvt_status_t ss = kvt_gpu_stream_sync(g->copy);
+    cs = cs == KVT_OK ? ss : cs;
     if (cs != KVT_OK) {
         kvt_log_error("engine: block copy to the device failed blocks=%zu status=%s", na,
                       kvt_status_str(cs));
@@ -480,6 +596,9 @@ static kvt_status_t put_chunk(kvt_engine_t *e, const kvt_block_header_t *hdrs,
             kvt_kv_pool_put_abort(&e->pool, g->put_slot[j], g->put_parent[j]);
             st[g->put_idx[j]] = KVT_ERR_IO;
         }
+        for (size_t i = 0; i < n; i++)
+            if (st[i] == KVT_OK)
+                st[i] = KVT_ERR_IO;
         return KVT_ERR_IO;
     }
     for (size_t j = 0; j < na; j++)

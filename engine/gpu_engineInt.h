@@ -37,6 +37,8 @@
 /* Default pool cap on the GPU (engine.h: halved until it fits). */
 #define KVT_GPU_POOL_DEFAULT_BYTES (24ull << 30)
 #define KVT_GPU_POOL_MIN_BLOCKS 64
+/* Parts a block move is cut into, so host work overlaps the copies. */
+#define KVT_GPU_MOVE_PARTS 4
 
 typedef struct {
     const float *attn_norm, *mlp_norm; /* [hidden] */
@@ -52,6 +54,7 @@ struct kvt_gpu_engine {
     kvt_gpu_stream_t stream; /* passes */
     kvt_gpu_stream_t copy;   /* block moves */
     kvt_gpu_blas_t blas;     /* on stream */
+    kvt_threads_t *threads;  /* host work of block moves and the weight upload */
     kvt_k_kv_t kv;           /* the pool as the kernels see it */
     /* weights */
     uint8_t *wmem;
@@ -77,6 +80,8 @@ struct kvt_gpu_engine {
     size_t *cp_bytes;
     uint32_t *put_slot, *put_parent; /* [stage_blocks] blocks begun in a batch */
     size_t *put_idx;
+    kvt_status_t *mv_st;  /* [stage_blocks] per-block results of the parallel step */
+    kvt_gpu_event_t ev[KVT_GPU_MOVE_PARTS + 1]; /* start + one per part (seq_blocks) */
 };
 
 /* forward_cuda.c */

