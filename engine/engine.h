@@ -175,7 +175,7 @@ size_t kvt_engine_batch_blocks(const kvt_engine_t *engine);
 /* --- the staging of block moves (GPU) --- */
 
 /* Block images the staging holds: 0 on the CPU (no staging), else at
- * least 1 (enough for ~256 MiB, at most 1024). */
+ * least 64 (256 MiB of them when that is more, at most 1024). */
 size_t kvt_engine_stage_blocks(const kvt_engine_t *engine);
 /* Staging buffer i < stage_blocks: one block image of pinned host memory,
  * for callers that read blocks straight into it before pool_put_batch.

@@ -147,7 +147,8 @@ static kvt_status_t alloc_stage(kvt_engine_t *e, kvt_gpu_engine_t *g)
 {
     size_t stride = e->pool.stride;
     size_t n = KVT_GPU_STAGE_BYTES / stride;
-    n = n < 1 ? 1 : n > KVT_GPU_STAGE_MAX_BLOCKS ? KVT_GPU_STAGE_MAX_BLOCKS : n;
+    n = n < KVT_GPU_STAGE_MIN_BLOCKS ? KVT_GPU_STAGE_MIN_BLOCKS
+        : n > KVT_GPU_STAGE_MAX_BLOCKS ? KVT_GPU_STAGE_MAX_BLOCKS : n;
     g->stage_blocks = n;
     g->cp_dst = kvt_malloc("engine.cp_dst", n * sizeof(void *));
     g->cp_src = kvt_malloc("engine.cp_src", n * sizeof(void *));
@@ -451,11 +452,15 @@ static kvt_status_t copy_issue(const kvt_engine_t *e, size_t first, size_t n, in
 }
 
 /* Blocks per part of a move: host work on part k overlaps the copy of the
- * next (or previous) part.  Parts of >= 8 MiB, at most KVT_GPU_MOVE_PARTS. */
+ * next (or previous) part.  At most KVT_GPU_MOVE_PARTS parts, each of
+ * >= 8 MiB and at least one block per host thread (a block's checksum is
+ * one thread's sequential work: fewer blocks would leave cores idle). */
 static size_t move_part(const kvt_engine_t *e, size_t n)
 {
     size_t q = (n + KVT_GPU_MOVE_PARTS - 1) / KVT_GPU_MOVE_PARTS;
     size_t min = ((size_t)8 << 20) / e->pool.stride + 1;
+    size_t threads = kvt_threads_count(e->gpu->threads);
+    min = min > threads ? min : threads;
     q = q > min ? q : min;
     return q > n ? (n ? n : 1) : q;
 }

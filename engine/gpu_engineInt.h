@@ -31,8 +31,10 @@
 #define KVT_GPU_LOGIT_ROWS 128
 /* Block-table entries one pass uploads at most. */
 #define KVT_GPU_MAX_TABLE (16u << 20)
-/* Pinned staging for block moves, and its cap in blocks. */
+/* Pinned staging for block moves: 256 MiB, but at least 64 blocks (a
+ * move in parts of one block per host thread) and at most 1024. */
 #define KVT_GPU_STAGE_BYTES (256ull << 20)
+#define KVT_GPU_STAGE_MIN_BLOCKS 64
 #define KVT_GPU_STAGE_MAX_BLOCKS 1024
 /* Default pool cap on the GPU (engine.h: halved until it fits). */
 #define KVT_GPU_POOL_DEFAULT_BYTES (24ull << 30)
