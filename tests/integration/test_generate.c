@@ -217,7 +217,7 @@ static void test_bad_input(void **state)
     assert_int_equal(TU_RUN("generate", "--model", g_model, "--prompt", "x", "--format", "spm"),
                      2);
     assert_int_equal(TU_RUN("generate", "--model", g_model, "--prompt", "x", "--device",
-                            "cuda:0"),
+                            "cuda:99"),
                      2);
     assert_int_equal(TU_RUN("generate", "--model", g_model, "--prompt", "abc", "--anchor",
                             "xyz", "--suffix", "s"),
