@@ -451,17 +451,18 @@ static kvt_status_t copy_issue(const kvt_engine_t *e, size_t first, size_t n, in
                               n - first, kind, g->copy);
 }
 
-/* Blocks per part of a move: host work on part k overlaps the copy of the
- * next (or previous) part.  At most KVT_GPU_MOVE_PARTS parts, each of
- * >= 8 MiB and at least one block per host thread (a block's checksum is
- * one thread's sequential work: fewer blocks would leave cores idle). */
-static size_t move_part(const kvt_engine_t *e, size_t n)
+/* Blocks per part of a move (n blocks): host work on one part overlaps
+ * the copies of the others.  At most KVT_GPU_MOVE_PARTS parts, each of at
+ * least `bytes` and a multiple of the host threads (a block's checksum is
+ * one thread's sequential work: a last round of fewer blocks than threads
+ * would leave cores idle). */
+static size_t move_part(const kvt_engine_t *e, size_t n, size_t bytes)
 {
-    size_t q = (n + KVT_GPU_MOVE_PARTS - 1) / KVT_GPU_MOVE_PARTS;
-    size_t min = ((size_t)8 << 20) / e->pool.stride + 1;
     size_t threads = kvt_threads_count(e->gpu->threads);
-    min = min > threads ? min : threads;
+    size_t q = (n + KVT_GPU_MOVE_PARTS - 1) / KVT_GPU_MOVE_PARTS;
+    size_t min = (bytes + e->pool.stride - 1) / e->pool.stride;
     q = q > min ? q : min;
+    q = (q + threads - 1) / threads * threads;
     return q > n ? (n ? n : 1) : q;
 }
 
@@ -475,6 +476,7 @@ typedef struct {
     const kvt_block_header_t *in_hdrs;   /* put */
     const void *const *in_payloads;
     size_t base;                         /* first block of the part */
+    size_t sbase;                        /* its first staging slot (put) */
 } move_job_t;
 
 static void headers_run(void *arg, size_t b0, size_t b1, uint32_t tid)
@@ -492,21 +494,28 @@ static void headers_run(void *arg, size_t b0, size_t b1, uint32_t tid)
     }
 }
 
-/* pool_put's checks that need no pool state, then the image into its
- * staging buffer (unless it is there already). */
+/* The image into its staging slot (unless it is there already), then
+ * pool_put's checks that need no pool state on the staged bytes: the
+ * checksum (xxh3, invariant 3) reads what the copy just left in this
+ * core's cache, and what is verified is what goes to the device.  A
+ * header whose length is not the layout's is refused before anything is
+ * copied. */
 static void verify_run(void *arg, size_t b0, size_t b1, uint32_t tid)
 {
     const move_job_t *j = arg;
     const kvt_engine_t *e = j->e;
     kvt_gpu_engine_t *g = e->gpu;
     (void)tid;
-    for (size_t i = j->base + b0; i < j->base + b1; i++) {
-        const kvt_block_header_t *h = &j->in_hdrs[i];
-        g->mv_st[i] = kvt_kv_pool_put_verify(&e->pool, &e->identity, h, j->in_payloads[i],
-                                             h->payload_len);
-        uint8_t *sb = g->stage + i * e->pool.stride;
-        if (g->mv_st[i] == KVT_OK && j->in_payloads[i] != sb)
-            memcpy(sb, j->in_payloads[i], e->pool.payload_len);
+    for (size_t b = b0; b < b1; b++) {
+        const kvt_block_header_t *h = &j->in_hdrs[j->base + b];
+        const void *src = j->in_payloads[j->base + b];
+        uint8_t *sb = g->stage + (j->sbase + b) * e->pool.stride;
+        if (src != sb && h->payload_len == e->pool.payload_len) {
+            memcpy(sb, src, e->pool.payload_len);
+            src = sb;
+        }
+        g->mv_st[j->sbase + b] =
+            kvt_kv_pool_put_verify(&e->pool, &e->identity, h, src, h->payload_len);
     }
 }
 
@@ -518,7 +527,8 @@ kvt_status_t kvt_gpu_engine_seq_blocks(const kvt_engine_t *e, const kvt_seq_t *s
                                        const void **payloads)
 {
     kvt_gpu_engine_t *g = e->gpu;
-    size_t stride = e->pool.stride, nc = 0, q = move_part(e, n), parts = 0;
+    size_t stride = e->pool.stride, nc = 0, parts = 0;
+    size_t q = move_part(e, n, KVT_GPU_MOVE_OUT_BYTES);
     if (n > g->stage_blocks)
         return KVT_ERR_TOO_LARGE;
     kvt_status_t st = kvt_gpu_use(g->device);
@@ -555,26 +565,49 @@ kvt_status_t kvt_gpu_engine_seq_blocks(const kvt_engine_t *e, const kvt_seq_t *s
     return KVT_OK;
 }
 
-/* One staging's worth of pool_put_batch, in parts: verify and stage part
- * k on every core, begin its blocks in the pool (in order: a chain's
- * parent comes first), issue its copy, go on with part k + 1 while it
- * runs; then wait once and end every block, or abort them all. */
-static kvt_status_t put_chunk(kvt_engine_t *e, const kvt_block_header_t *hdrs,
-                              const void *const *payloads, size_t n, kvt_status_t *st)
+/* In: the batch in parts of q blocks through a ring of R = stage / q
+ * staging regions (part p in region p mod R).  Part p is staged and
+ * verified on every core, its blocks begun in the pool in order (a
+ * chain's parent comes first) and its copies issued with an event after
+ * them; before part p + R reuses the region, that event is waited for and
+ * part p's blocks are ended.  So host work of one part overlaps the copies
+ * of the R - 1 before it, across the whole batch.  A failed copy aborts
+ * every block begun and not yet ended; blocks ended before stay stored. */
+kvt_status_t kvt_gpu_engine_put_batch(kvt_engine_t *e, const kvt_block_header_t *hdrs,
+                                      const void *const *payloads, size_t n, kvt_status_t *st)
 {
     kvt_gpu_engine_t *g = e->gpu;
-    size_t stride = e->pool.stride, na = 0, nc = 0, q = move_part(e, n);
-    move_job_t job = {.e = e, .in_hdrs = hdrs, .in_payloads = payloads};
+    size_t S = g->stage_blocks, stride = e->pool.stride;
+    size_t q = move_part(e, n < S ? n : S, KVT_GPU_MOVE_IN_BYTES), R = S / q, nc = 0;
+    size_t na[KVT_GPU_MOVE_PARTS] = {0}; /* blocks begun per region */
+    size_t p0 = 0, p = 0;                /* parts [p0, p) issued, not yet ended */
+    R = R < KVT_GPU_MOVE_PARTS ? R : KVT_GPU_MOVE_PARTS;
     for (size_t i = 0; i < n; i++)
         st[i] = KVT_ERR_IO; /* for blocks a failed copy leaves unprocessed */
+    move_job_t job = {.e = e, .in_hdrs = hdrs, .in_payloads = payloads};
     kvt_status_t cs = kvt_gpu_use(g->device);
-    for (size_t k0 = 0; k0 < n && cs == KVT_OK; k0 += q) {
-        size_t k1 = n - k0 < q ? n : k0 + q, first = nc;
+    if (cs == KVT_OK)
+        cs = kvt_gpu_event_record(g->ev[0], g->copy);
+    for (; p * q < n && cs == KVT_OK; p++) {
+        size_t r = p % R, k0 = p * q, k1 = n - k0 < q ? n : k0 + q;
+        if (p - p0 == R) { /* region r still holds part p0 = p - R */
+            float ms;
+            cs = kvt_gpu_event_elapsed_ms(g->ev[0], g->ev[r + 1], &ms);
+            if (cs != KVT_OK)
+                break;
+            for (size_t j = 0; j < na[r]; j++)
+                kvt_kv_pool_put_end(&e->pool, g->put_slot[r * q + j], g->put_parent[r * q + j]);
+            na[r] = 0;
+            p0++;
+        }
         job.base = k0;
+        job.sbase = r * q;
         kvt_threads_for(g->threads, k1 - k0, 1, verify_run, &job);
+        nc = 0;
         for (size_t i = k0; i < k1; i++) {
             uint32_t slot, parent;
-            st[i] = g->mv_st[i];
+            size_t sl = r * q + (i - k0);
+            st[i] = g->mv_st[sl];
             if (st[i] != KVT_OK) {
                 kvt_log_warn("kv pool put rejected index=%u err=%s", hdrs[i].index,
                              kvt_status_str(st[i]));
@@ -585,43 +618,38 @@ static kvt_status_t put_chunk(kvt_engine_t *e, const kvt_block_header_t *hdrs,
                                           &parent);
             if (st[i] != KVT_OK)
                 continue;
-            g->put_slot[na] = slot;
-            g->put_parent[na] = parent;
-            g->put_idx[na++] = i;
-            copy_add(e, &nc, first, kvt_kv_pool_data(&e->pool, slot), g->stage + i * stride);
+            g->put_slot[r * q + na[r]] = slot;
+            g->put_parent[r * q + na[r]] = parent;
+            g->put_idx[r * q + na[r]++] = i;
+            copy_add(e, &nc, 0, kvt_kv_pool_data(&e->pool, slot), g->stage + sl * stride);
         }
-        cs = copy_issue(e, first, nc, 0);
+        cs = copy_issue(e, 0, nc, 0);
+        if (cs == KVT_OK)
+            cs = kvt_gpu_event_record(g->ev[r + 1], g->copy);
     }
     kvt_status_t ss = kvt_gpu_stream_sync(g->copy);
     cs = cs == KVT_OK ? ss : cs;
     if (cs != KVT_OK) {
-        kvt_log_error("engine: block copy to the device failed blocks=%zu status=%s", na,
+        kvt_log_error("engine: block copy to the device failed blocks=%zu status=%s", n,
                       kvt_status_str(cs));
-        for (size_t j = na; j-- > 0;) {
-            kvt_kv_pool_put_abort(&e->pool, g->put_slot[j], g->put_parent[j]);
-            st[g->put_idx[j]] = KVT_ERR_IO;
+        /* Children after parents: abort the newest part first. */
+        for (size_t pp = p; pp-- > p0;) {
+            size_t r = pp % R;
+            for (size_t j = na[r]; j-- > 0;) {
+                kvt_kv_pool_put_abort(&e->pool, g->put_slot[r * q + j],
+                                      g->put_parent[r * q + j]);
+                st[g->put_idx[r * q + j]] = KVT_ERR_IO;
+            }
         }
-        for (size_t i = 0; i < n; i++)
+        for (size_t i = p0 * q; i < n; i++)
             if (st[i] == KVT_OK)
                 st[i] = KVT_ERR_IO;
         return KVT_ERR_IO;
     }
-    for (size_t j = 0; j < na; j++)
-        kvt_kv_pool_put_end(&e->pool, g->put_slot[j], g->put_parent[j]);
-    return KVT_OK;
-}
-
-kvt_status_t kvt_gpu_engine_put_batch(kvt_engine_t *e, const kvt_block_header_t *hdrs,
-                                      const void *const *payloads, size_t n, kvt_status_t *st)
-{
-    size_t S = e->gpu->stage_blocks;
-    for (size_t c0 = 0; c0 < n; c0 += S) {
-        size_t cn = n - c0 < S ? n - c0 : S;
-        if (put_chunk(e, hdrs + c0, payloads + c0, cn, st + c0) != KVT_OK) {
-            for (size_t i = c0 + cn; i < n; i++)
-                st[i] = KVT_ERR_IO;
-            return KVT_ERR_IO;
-        }
+    for (size_t pp = p0; pp < p; pp++) {
+        size_t r = pp % R;
+        for (size_t j = 0; j < na[r]; j++)
+            kvt_kv_pool_put_end(&e->pool, g->put_slot[r * q + j], g->put_parent[r * q + j]);
     }
     return KVT_OK;
 }

@@ -39,8 +39,12 @@
 /* Default pool cap on the GPU (engine.h: halved until it fits). */
 #define KVT_GPU_POOL_DEFAULT_BYTES (24ull << 30)
 #define KVT_GPU_POOL_MIN_BLOCKS 64
-/* Parts a block move is cut into, so host work overlaps the copies. */
-#define KVT_GPU_MOVE_PARTS 4
+/* Parts a block move is cut into, so host work overlaps the copies: at
+ * most this many, of at least these many bytes out (seq_blocks) and in
+ * (pool_put_batch). */
+#define KVT_GPU_MOVE_PARTS 32
+#define KVT_GPU_MOVE_OUT_BYTES ((size_t)8 << 20)
+#define KVT_GPU_MOVE_IN_BYTES ((size_t)32 << 20)
 
 typedef struct {
     const float *attn_norm, *mlp_norm; /* [hidden] */
@@ -83,7 +87,7 @@ struct kvt_gpu_engine {
     uint32_t *put_slot, *put_parent; /* [stage_blocks] blocks begun in a batch */
     size_t *put_idx;
     kvt_status_t *mv_st;  /* [stage_blocks] per-block results of the parallel step */
-    kvt_gpu_event_t ev[KVT_GPU_MOVE_PARTS + 1]; /* start + one per part (seq_blocks) */
+    kvt_gpu_event_t ev[KVT_GPU_MOVE_PARTS + 1]; /* start + one per part / ring region */
 };
 
 /* forward_cuda.c */
