@@ -1,14 +1,17 @@
 /* Causal GQA attention over the paged KV pool (kernels.h: kvt_k_attn_*).
  *
  * Prefill (prefill_tc): flash attention on the tensor cores.  A thread
- * block takes BM = 16 * NW query rows of one group and one kv head, where
+ * block takes BM = 128 query rows of one group and one kv head (bf16 KV:
+ * 4 warps of 32 rows, two blocks an SM), where
  * a row is a (position, query head) pair packed position-major: HS =
  * min(n_rep, BM) heads of the kv head times P = BM / HS positions, so the
  * query heads that share a kv head share every K/V tile the block loads.
  * K/V tiles of 64 keys come from the pages (token p is row p % B of slot
  * table[p / B]) into shared memory through cp.async, double-buffered;
  * S = Q.K^T and O += P.V are mma.sync m16n8k16 bf16 -> f32 with ldmatrix
- * fragments, the softmax runs online in f32 registers (log2 domain), the
+ * fragments (each K/V fragment feeds both of a warp's m16 tiles), the
+ * softmax runs online in f32 registers (log2 domain, scale folded into
+ * the exponent's fma, O rescaled only when a row's max moves), the
  * diagonal tile is masked and tiles past the block's last position are
  * never loaded.  Blocks of the latest query tiles are launched first.
  * f32 KV on this path is loaded synchronously (one buffer): each key is
@@ -16,7 +19,8 @@
  * large, peaked scores stay accurate) and V is rounded to bf16 (P is
  * rounded to bf16 for the tensor cores anyway); the accumulation stays
  * f32.  head_dim 64 and 128 take it; any other
- * head_dim (<= 256), or a pool not 16-byte aligned, goes to the decode
+ * head_dim (<= 256), a pool not 16-byte aligned or a scale not above 0
+ * goes to the decode
  * kernels below, which handle groups of any n.
  *
  * Decode (decode_vec, decode_gen, decode_combine): flash-decoding.  A
@@ -55,10 +59,14 @@ constexpr int DEC_WARPS = 4;
 constexpr uint32_t DEC_MIN_CHUNK = 64;   /* keys per block at least */
 constexpr uint32_t DEC_MAX_CHUNKS = 1024;
 constexpr int PRE_BN = 64;               /* keys per K/V tile */
-/* Warps per prefill block (16 query rows each).  8 measured faster than 4
- * on the H100 (8k causal, 32/8 heads, hd 128: 238 vs 212 TFLOP/s): half
- * the K/V tile loads per row, the same 8 warps per SM (registers). */
-constexpr int PRE_WARPS = 8;
+/* Query rows per prefill block.  bf16 KV: 4 warps of 32 rows (two m16
+ * tiles: every K/V fragment read from shared memory feeds twice the
+ * mma's), two blocks an SM.  H100, 8k causal, 32/8 heads, hd 128: 317
+ * TFLOP/s; 8 warps of 16 rows gave 236 (bound by ldmatrix traffic), 8
+ * warps of 32 rows (256-row blocks, one an SM) 322 with 2, 3 or 4 K/V
+ * stages but no better at 2k.  f32 KV: 8 warps of 16 rows (its K hi/lo
+ * halves take the registers a second m16 tile would). */
+constexpr int PRE_BM = 128;
 constexpr float LOG2E = 1.4426950408889634f;
 constexpr unsigned FULL = 0xffffffffu;
 
@@ -425,9 +433,9 @@ __global__ void __launch_bounds__(DEC_WARPS * 32) decode_combine(DecArgs a)
 
 /* ---- prefill on the tensor cores ---- */
 
-template <int D> constexpr size_t pre_smem(int nw)
+template <int D> constexpr size_t pre_smem(int bm, int ns)
 {
-    return (size_t)(16 * nw + 4 * PRE_BN) * (D + 8) * sizeof(uint16_t);
+    return (size_t)(bm + 2 * ns * PRE_BN) * (D + 8) * sizeof(uint16_t);
 }
 
 /* K and V of keys [kt * BN, kt * BN + BN) into shared memory; keys past
@@ -489,12 +497,29 @@ __device__ __forceinline__ void pre_load_kv(const PreArgs &a, const uint32_t *ta
     }
 }
 
-template <int D, int NW, bool F32>
-__global__ void __launch_bounds__(NW * 32) prefill_tc(PreArgs a)
+/* Fast 2^x (MUFU, flush to zero): 2^-inf = +0. */
+__device__ __forceinline__ float fast_exp2(float x)
 {
-    constexpr int BM = 16 * NW, BN = PRE_BN, LD = D + 8, NT = NW * 32, CPR = D / 8;
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+    return y;
+}
+
+/* A block of NW warps takes BM = 16 * MT * NW query rows; a warp takes
+ * MT m16 tiles (32 rows for MT 2: each K/V fragment read from shared
+ * memory feeds twice the mma's, which halves the shared-memory traffic
+ * per flop; Q is then re-read from shared memory per 16-column step
+ * instead of being held in registers).  bf16 K/V tiles go through NS
+ * shared-memory stages (NS - 1 tiles in flight while one is computed);
+ * f32 ones are loaded synchronously into stage 0 (K's lo half in stage
+ * 1's K). */
+template <int D, int NW, int MT, int NS, bool F32>
+__global__ void __launch_bounds__(NW * 32, MT == 2 && NW == 4 ? 2 : 1) prefill_tc(PreArgs a)
+{
+    constexpr int WM = 16 * MT, BM = WM * NW, BN = PRE_BN, LD = D + 8, NT = NW * 32,
+                  CPR = D / 8;
     extern __shared__ __align__(16) uint16_t smem[];
-    uint16_t *sQ = smem, *sK = sQ + BM * LD, *sV = sK + 2 * BN * LD;
+    uint16_t *sQ = smem, *sK = sQ + BM * LD, *sV = sK + NS * BN * LD;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
 
     const uint32_t per_tile = a.n_groups * a.kv.n_kv * a.n_slices;
@@ -523,30 +548,46 @@ __global__ void __launch_bounds__(NW * 32) prefill_tc(PreArgs a)
         else
             cp_async16(dq, a.q, 0);
     }
-    if constexpr (!F32)
+    const uint32_t n_kt = pl / BN + 1;
+    if constexpr (!F32) {
         pre_load_kv<D, NT, F32>(a, table, kvh, 0, pl, sK, nullptr, sV);
-    cp_async_commit();
-
-    /* This thread's two rows (quad row g and g + 8 of the warp's 16). */
-    uint32_t pos_r[2];
-    bool ok_r[2];
-    size_t out_r[2];
+        cp_async_commit();
 #pragma unroll
-    for (int k = 0; k < 2; k++) {
-        uint32_t rr = warp * 16 + (lane >> 2) + 8 * k, pi = rr / a.HS,
-                 j = slice * a.HS + rr % a.HS;
-        ok_r[k] = pi < qn && j < a.n_rep;
-        pos_r[k] = ok_r[k] ? pf + pi : pl;
-        out_r[k] = ok_r[k] ? ((size_t)(g.row0 + q0 + pi) * a.n_heads + kvh * a.n_rep + j) * D : 0;
+        for (int k = 1; k < NS - 1; k++) {
+            if (k < n_kt)
+                pre_load_kv<D, NT, F32>(a, table, kvh, k, pl, sK + k * BN * LD, nullptr,
+                                        sV + k * BN * LD);
+            cp_async_commit();
+        }
+    } else {
+        cp_async_commit();
     }
 
-    float o[D / 8][4], m_r[2] = {-INFINITY, -INFINITY}, l_r[2] = {0.0f, 0.0f};
+    /* This thread's rows: quad row lane/4 and lane/4 + 8 of each of the
+     * warp's MT m16 tiles; rows past the group see keys up to pl. */
+    uint32_t pos_r[MT][2];
 #pragma unroll
-    for (int dt = 0; dt < D / 8; dt++)
-        o[dt][0] = o[dt][1] = o[dt][2] = o[dt][3] = 0.0f;
-    uint32_t qa[D / 16][4];
+    for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+        for (int k = 0; k < 2; k++) {
+            uint32_t rr = warp * WM + mt * 16 + (lane >> 2) + 8 * k, pi = rr / a.HS,
+                     j = slice * a.HS + rr % a.HS;
+            pos_r[mt][k] = pi < qn && j < a.n_rep ? pf + pi : pl;
+        }
 
-    const uint32_t n_kt = pl / BN + 1;
+    float o[MT][D / 8][4], m_r[MT][2], l_r[MT][2];
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++) {
+        m_r[mt][0] = m_r[mt][1] = -INFINITY;
+        l_r[mt][0] = l_r[mt][1] = 0.0f;
+#pragma unroll
+        for (int dt = 0; dt < D / 8; dt++)
+            o[mt][dt][0] = o[mt][dt][1] = o[mt][dt][2] = o[mt][dt][3] = 0.0f;
+    }
+    uint32_t qa[MT == 1 ? D / 16 : 1][4]; /* MT 1: all of the warp's Q */
+    const uint16_t *qw =
+        sQ + (warp * WM + (lane & 7) + ((lane >> 3) & 1) * 8) * LD + (lane >> 4) * 8;
+
     for (uint32_t kt = 0; kt < n_kt; kt++) {
         /* bf16: tile kt + 1 flies while kt is computed (two buffers).
          * f32: loaded synchronously, one buffer; K's lo half sits in the
@@ -554,43 +595,63 @@ __global__ void __launch_bounds__(NW * 32) prefill_tc(PreArgs a)
         if constexpr (F32) {
             pre_load_kv<D, NT, F32>(a, table, kvh, kt, pl, sK, sK + BN * LD, sV);
             cp_async_wait<0>();
-        } else if (kt + 1 < n_kt) {
-            int nb = (kt + 1) & 1;
-            pre_load_kv<D, NT, F32>(a, table, kvh, kt + 1, pl, sK + nb * BN * LD, nullptr,
-                                    sV + nb * BN * LD);
-            cp_async_commit();
-            cp_async_wait<1>();
         } else {
-            cp_async_wait<0>();
+            if (kt + NS - 1 < n_kt) {
+                int nb = (kt + NS - 1) % NS;
+                pre_load_kv<D, NT, F32>(a, table, kvh, kt + NS - 1, pl, sK + nb * BN * LD,
+                                        nullptr, sV + nb * BN * LD);
+            }
+            cp_async_commit(); /* possibly empty: one group a tile */
+            cp_async_wait<NS - 1>();
         }
         __syncthreads();
-        if (kt == 0) {
+        if constexpr (MT == 1) {
+            if (kt == 0) {
 #pragma unroll
-            for (int kk = 0; kk < D / 16; kk++)
-                ldmatrix_x4(qa[kk], sQ + (warp * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LD +
-                                        kk * 16 + (lane >> 4) * 8);
+                for (int kk = 0; kk < D / 16; kk++)
+                    ldmatrix_x4(qa[kk], qw + kk * 16);
+            }
         }
-        const int buf = F32 ? 0 : (kt & 1);
+        const int buf = F32 ? 0 : kt % NS;
         const uint16_t *ks = sK + buf * BN * LD, *vs = sV + buf * BN * LD;
 
-        float s[BN / 8][4];
+        float s[MT][BN / 8][4];
 #pragma unroll
-        for (int nt = 0; nt < BN / 8; nt++)
-            s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
+        for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+            for (int nt = 0; nt < BN / 8; nt++)
+                s[mt][nt][0] = s[mt][nt][1] = s[mt][nt][2] = s[mt][nt][3] = 0.0f;
 #pragma unroll
         for (int kk = 0; kk < D / 16; kk++) {
+            uint32_t qf[MT][4];
+#pragma unroll
+            for (int mt = 0; mt < MT; mt++) {
+                if constexpr (MT == 1) {
+#pragma unroll
+                    for (int e = 0; e < 4; e++)
+                        qf[mt][e] = qa[kk][e];
+                } else {
+                    ldmatrix_x4(qf[mt], qw + mt * 16 * LD + kk * 16);
+                }
+            }
 #pragma unroll
             for (int np = 0; np < BN / 16; np++) {
                 uint32_t b[4];
                 int off = (np * 16 + (lane & 7) + ((lane >> 4) << 3)) * LD + kk * 16 +
                           ((lane >> 3) & 1) * 8;
                 ldmatrix_x4(b, ks + off);
-                mma_bf16(s[2 * np], qa[kk], b[0], b[1]);
-                mma_bf16(s[2 * np + 1], qa[kk], b[2], b[3]);
+#pragma unroll
+                for (int mt = 0; mt < MT; mt++) {
+                    mma_bf16(s[mt][2 * np], qf[mt], b[0], b[1]);
+                    mma_bf16(s[mt][2 * np + 1], qf[mt], b[2], b[3]);
+                }
                 if constexpr (F32) {
                     ldmatrix_x4(b, sK + BN * LD + off);
-                    mma_bf16(s[2 * np], qa[kk], b[0], b[1]);
-                    mma_bf16(s[2 * np + 1], qa[kk], b[2], b[3]);
+#pragma unroll
+                    for (int mt = 0; mt < MT; mt++) {
+                        mma_bf16(s[mt][2 * np], qf[mt], b[0], b[1]);
+                        mma_bf16(s[mt][2 * np + 1], qf[mt], b[2], b[3]);
+                    }
                 }
             }
         }
@@ -598,78 +659,102 @@ __global__ void __launch_bounds__(NW * 32) prefill_tc(PreArgs a)
         /* Scale, mask keys past each row's position (only where some are),
          * online softmax. */
         const bool mask = (kt + 1) * BN - 1 > pf;
-        float mx[2] = {m_r[0], m_r[1]};
+        uint32_t pa[MT][BN / 16][4];
 #pragma unroll
-        for (int nt = 0; nt < BN / 8; nt++) {
+        for (int mt = 0; mt < MT; mt++) {
+            /* The max is taken over the raw scores (scale > 0, the
+             * launcher's rule), the scale folded into the exponent's fma. */
+            float mx[2] = {-INFINITY, -INFINITY};
 #pragma unroll
-            for (int e = 0; e < 4; e++) {
-                float v = s[nt][e] * a.scale_log2;
-                uint32_t key = kt * BN + nt * 8 + (lane & 3) * 2 + (e & 1);
-                if (mask && key > pos_r[e >> 1])
-                    v = -INFINITY;
-                s[nt][e] = v;
-                mx[e >> 1] = fmaxf(mx[e >> 1], v);
+            for (int nt = 0; nt < BN / 8; nt++) {
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    uint32_t key = kt * BN + nt * 8 + (lane & 3) * 2 + (e & 1);
+                    if (mask && key > pos_r[mt][e >> 1])
+                        s[mt][nt][e] = -INFINITY;
+                    mx[e >> 1] = fmaxf(mx[e >> 1], s[mt][nt][e]);
+                }
+            }
+            float corr[2], nm[2];
+#pragma unroll
+            for (int k = 0; k < 2; k++) {
+                mx[k] = fmaxf(mx[k], __shfl_xor_sync(FULL, mx[k], 1));
+                mx[k] = fmaxf(mx[k], __shfl_xor_sync(FULL, mx[k], 2));
+                /* tile 0 holds key 0: the new max is finite */
+                float m = fmaxf(m_r[mt][k], mx[k] * a.scale_log2);
+                corr[k] = fast_exp2(m_r[mt][k] - m);
+                m_r[mt][k] = m;
+                nm[k] = -m;
+                l_r[mt][k] *= corr[k];
+            }
+            /* O is rescaled only where some row's max moved (most tiles
+             * past the first few leave it). */
+            if (__any_sync(FULL, corr[0] != 1.0f || corr[1] != 1.0f)) {
+#pragma unroll
+                for (int dt = 0; dt < D / 8; dt++) {
+                    o[mt][dt][0] *= corr[0];
+                    o[mt][dt][1] *= corr[0];
+                    o[mt][dt][2] *= corr[1];
+                    o[mt][dt][3] *= corr[1];
+                }
+            }
+#pragma unroll
+            for (int nt = 0; nt < BN / 8; nt++) {
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    float p = fast_exp2(fmaf(s[mt][nt][e], a.scale_log2, nm[e >> 1]));
+                    s[mt][nt][e] = p;
+                    l_r[mt][e >> 1] += p;
+                }
+            }
+            /* P to bf16 A fragments (the C layout of m16n8 is the A
+             * layout of m16k16). */
+#pragma unroll
+            for (int kk = 0; kk < BN / 16; kk++) {
+                pa[mt][kk][0] = pack_bf16(s[mt][2 * kk][0], s[mt][2 * kk][1]);
+                pa[mt][kk][1] = pack_bf16(s[mt][2 * kk][2], s[mt][2 * kk][3]);
+                pa[mt][kk][2] = pack_bf16(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
+                pa[mt][kk][3] = pack_bf16(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
             }
         }
-        float corr[2];
-#pragma unroll
-        for (int k = 0; k < 2; k++) {
-            mx[k] = fmaxf(mx[k], __shfl_xor_sync(FULL, mx[k], 1));
-            mx[k] = fmaxf(mx[k], __shfl_xor_sync(FULL, mx[k], 2));
-            corr[k] = exp2f(m_r[k] - mx[k]); /* tile 0 holds key 0: mx finite */
-            m_r[k] = mx[k];
-            l_r[k] *= corr[k];
-        }
-#pragma unroll
-        for (int dt = 0; dt < D / 8; dt++) {
-            o[dt][0] *= corr[0];
-            o[dt][1] *= corr[0];
-            o[dt][2] *= corr[1];
-            o[dt][3] *= corr[1];
-        }
-#pragma unroll
-        for (int nt = 0; nt < BN / 8; nt++) {
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                float p = exp2f(s[nt][e] - m_r[e >> 1]);
-                s[nt][e] = p;
-                l_r[e >> 1] += p;
-            }
-        }
-        /* O += P . V, P from the score registers (C layout = A layout). */
+        /* O += P . V. */
 #pragma unroll
         for (int kk = 0; kk < BN / 16; kk++) {
-            uint32_t pa[4] = {pack_bf16(s[2 * kk][0], s[2 * kk][1]),
-                              pack_bf16(s[2 * kk][2], s[2 * kk][3]),
-                              pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]),
-                              pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3])};
 #pragma unroll
             for (int dp = 0; dp < D / 16; dp++) {
                 uint32_t b[4];
                 ldmatrix_x4_trans(b, vs + (kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LD +
                                          dp * 16 + (lane >> 4) * 8);
-                mma_bf16(o[2 * dp], pa, b[0], b[1]);
-                mma_bf16(o[2 * dp + 1], pa, b[2], b[3]);
+#pragma unroll
+                for (int mt = 0; mt < MT; mt++) {
+                    mma_bf16(o[mt][2 * dp], pa[mt][kk], b[0], b[1]);
+                    mma_bf16(o[mt][2 * dp + 1], pa[mt][kk], b[2], b[3]);
+                }
             }
         }
         __syncthreads(); /* the buffer is refilled two tiles on */
     }
 
 #pragma unroll
-    for (int k = 0; k < 2; k++) {
-        l_r[k] += __shfl_xor_sync(FULL, l_r[k], 1);
-        l_r[k] += __shfl_xor_sync(FULL, l_r[k], 2);
-        l_r[k] = 1.0f / l_r[k];
-    }
+    for (int mt = 0; mt < MT; mt++)
 #pragma unroll
-    for (int dt = 0; dt < D / 8; dt++) {
-        int d = dt * 8 + (lane & 3) * 2;
+        for (int k = 0; k < 2; k++) {
+            float l = l_r[mt][k];
+            l += __shfl_xor_sync(FULL, l, 1);
+            l += __shfl_xor_sync(FULL, l, 2);
+            l = 1.0f / l;
+            uint32_t rr = warp * WM + mt * 16 + (lane >> 2) + 8 * k, pi = rr / a.HS,
+                     j = slice * a.HS + rr % a.HS;
+            if (pi >= qn || j >= a.n_rep)
+                continue;
+            uint16_t *op =
+                a.out + ((size_t)(g.row0 + q0 + pi) * a.n_heads + kvh * a.n_rep + j) * D +
+                (lane & 3) * 2;
 #pragma unroll
-        for (int k = 0; k < 2; k++)
-            if (ok_r[k])
-                *reinterpret_cast<uint32_t *>(a.out + out_r[k] + d) =
-                    pack_bf16(o[dt][2 * k] * l_r[k], o[dt][2 * k + 1] * l_r[k]);
-    }
+            for (int dt = 0; dt < D / 8; dt++)
+                *reinterpret_cast<uint32_t *>(op + dt * 8) =
+                    pack_bf16(o[mt][dt][2 * k] * l, o[mt][dt][2 * k + 1] * l);
+        }
 }
 
 /* ---- host side ---- */
@@ -866,19 +951,20 @@ kvt_status_t run_decode(const kvt_k_kv_t *kv, uint32_t layer, const uint16_t *q,
     return e == cudaSuccess ? KVT_OK : cuda_fail("decode launch", e);
 }
 
-template <int D, int NW, bool F32>
+template <int D, int NW, int MT, int NS, bool F32>
 cudaError_t launch_prefill(const PreArgs &a, uint32_t blocks, cudaStream_t st)
 {
+    static_assert(16 * NW * MT == PRE_BM, "block rows");
     static bool attr_set; /* benign race: setting it twice is harmless */
-    size_t smem = pre_smem<D>(NW);
+    size_t smem = pre_smem<D>(PRE_BM, NS);
     if (!attr_set) {
-        cudaError_t e = cudaFuncSetAttribute(prefill_tc<D, NW, F32>,
+        cudaError_t e = cudaFuncSetAttribute(prefill_tc<D, NW, MT, NS, F32>,
                                              cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
         if (e != cudaSuccess)
             return e;
         attr_set = true;
     }
-    prefill_tc<D, NW, F32><<<blocks, NW * 32, smem, st>>>(a);
+    prefill_tc<D, NW, MT, NS, F32><<<blocks, NW * 32, smem, st>>>(a);
     return cudaGetLastError();
 }
 
@@ -909,7 +995,10 @@ extern "C" kvt_status_t kvt_k_attn_prefill(const kvt_k_kv_t *kv, uint32_t layer,
         return rc;
     cudaStream_t st = reinterpret_cast<cudaStream_t>(s);
     uint32_t hd = kv->head_dim;
-    if ((hd != 64 && hd != 128) || !aligned16(kv, q, out))
+    /* The tensor-core path folds the scale into its exponentials after a
+     * max over the raw scores: it takes scale > 0 (1/sqrt(hd) always). */
+    if ((hd != 64 && hd != 128) || !aligned16(kv, q, out) || !(scale > 0.0f) ||
+        isinf(scale))
         return run_decode(kv, layer, q, n_heads, groups, n_groups, tables, max_n, max_ctx, scale,
                           out, st);
     PreArgs a = {};
@@ -921,7 +1010,7 @@ extern "C" kvt_status_t kvt_k_attn_prefill(const kvt_k_kv_t *kv, uint32_t layer,
     a.n_heads = n_heads;
     a.n_rep = n_heads / kv->n_kv_heads;
     a.n_groups = n_groups;
-    const uint32_t BM = 16 * PRE_WARPS;
+    const uint32_t BM = PRE_BM;
     a.HS = a.n_rep < BM ? a.n_rep : BM;
     a.P = BM / a.HS;
     a.n_slices = (a.n_rep + a.HS - 1) / a.HS;
@@ -935,10 +1024,10 @@ extern "C" kvt_status_t kvt_k_attn_prefill(const kvt_k_kv_t *kv, uint32_t layer,
     cudaError_t e;
     uint32_t nb = (uint32_t)blocks;
     if (hd == 64)
-        e = kv->f32 ? launch_prefill<64, PRE_WARPS, true>(a, nb, st)
-                    : launch_prefill<64, PRE_WARPS, false>(a, nb, st);
+        e = kv->f32 ? launch_prefill<64, 8, 1, 2, true>(a, nb, st)
+                    : launch_prefill<64, 4, 2, 2, false>(a, nb, st);
     else
-        e = kv->f32 ? launch_prefill<128, PRE_WARPS, true>(a, nb, st)
-                    : launch_prefill<128, PRE_WARPS, false>(a, nb, st);
+        e = kv->f32 ? launch_prefill<128, 8, 1, 2, true>(a, nb, st)
+                    : launch_prefill<128, 4, 2, 2, false>(a, nb, st);
     return e == cudaSuccess ? KVT_OK : cuda_fail("prefill launch", e);
 }
