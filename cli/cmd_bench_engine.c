@@ -943,8 +943,11 @@ int kvt_cmd_bench_engine(int argc, char **argv)
         kvt_log_error("bad kv dtype value=\"%s\" expected=bf16|f32", kv);
         return KVT_EXIT_USAGE;
     }
-    if (kvt_config_u64(&cfg, "threads", 0) > 1024) {
-        kvt_log_error("bad --threads (at most 1024)");
+    if (kvt_config_u64(&cfg, "threads", 0) > 1024 ||
+        kvt_config_u64(&cfg, "pool-blocks", 0) > UINT32_MAX ||
+        kvt_config_u64(&cfg, "prefill-chunk", 0) > UINT32_MAX) {
+        kvt_log_error("bad --threads, --pool-blocks or --prefill-chunk (threads <= 1024, "
+                      "the others < 2^32)");
         return KVT_EXIT_USAGE;
     }
     kvt_device_t dev;

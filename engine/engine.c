@@ -255,6 +255,8 @@ kvt_status_t kvt_engine_pool_put(kvt_engine_t *e, const kvt_block_header_t *hdr,
 {
     if (!e->gpu)
         return kvt_kv_pool_put(&e->pool, &e->identity, hdr, payload, payload_len);
+    if (!payload)
+        return KVT_ERR_INVALID; /* as the CPU path answers */
     /* The batch takes the image's length from the header: check the
      * caller's length as the CPU path's verification does. */
     if (payload_len != hdr->payload_len) {

@@ -19,8 +19,11 @@
  * decode): every reduction runs in a fixed order per row.  With f32 KV,
  * resumed and one-shot prefill give bitwise identical blocks.
  *
- * Threads: one engine is driven by one caller thread at a time; it runs
- * its own worker threads (opts.n_threads) inside each call.
+ * Threads: one engine is driven by one caller thread at a time -- every
+ * call, const ones included (on the GPU, kvt_engine_seq_block(s) write the
+ * engine's shared pinned staging); it runs its own worker threads inside
+ * each call (opts.n_threads on the CPU; the GPU engine uses one per core
+ * for host-side block work).
  *
  * Devices (opts.device): the same engine runs on the CPU (the reference
  * path) or on a CUDA GPU.  On the GPU the pool's slots live in device
