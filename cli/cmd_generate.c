@@ -301,8 +301,8 @@ static kvt_status_t prefill(gen_t *g)
                                            &g->cached_tokens);
     if (st != KVT_OK)
         return st;
-    size_t todo = g->n_prompt - g->cached_tokens;
-    return kvt_engine_prefill(g->engine, g->seq, g->ids + g->cached_tokens, todo, g->logits, 0);
+    size_t n_new = g->n_prompt - g->cached_tokens;
+    return kvt_engine_prefill(g->engine, g->seq, g->ids + g->cached_tokens, n_new, g->logits, 0);
 }
 
 /* A model's vocabulary is often padded past its tokenizer's (and random
