@@ -13,6 +13,15 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
+/* splitmix64: the drivers' deterministic mutation stream. */
+static inline uint64_t fuzz_splitmix64(uint64_t *state)
+{
+    uint64_t z = (*state += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
 /* dir/seed_NN.bin; 0 on success, 1 (with a message) on failure. */
 static inline int fuzz_write_seed(const char *dir, int i, const uint8_t *bytes, size_t len)
 {

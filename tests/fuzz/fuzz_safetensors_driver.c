@@ -36,13 +36,7 @@ static input_t g_seeds[MAX_SEEDS];
 static int g_n_seeds;
 static uint64_t g_rng = 0x7361666574656e73ull;
 
-static uint64_t rnd(void)
-{
-    uint64_t z = (g_rng += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
+static uint64_t rnd(void) { return fuzz_splitmix64(&g_rng); }
 
 /* header, padded with spaces to a multiple of 8 when `pad`, then data_len
  * pseudo-random data bytes. */
