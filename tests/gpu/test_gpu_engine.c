@@ -34,6 +34,7 @@
 #include <stddef.h>
 #include <cmocka.h>
 // clang-format on
+#include "tests/support/random_model.h"
 
 #include <cjson/cJSON.h>
 #include <math.h>
@@ -57,23 +58,6 @@ static const char *const g_name[M_COUNT] = {"tiny", "tiny-qwen2", "gqa-hd64", "g
 static kvt_model_t *g_models[M_COUNT];
 static char *g_dirs[2];
 
-static uint64_t g_rng;
-
-static double urand(void)
-{
-    uint64_t z = (g_rng += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    z ^= z >> 31;
-    return (double)(z >> 11) * 0x1.0p-52 - 1.0;
-}
-
-static void fill(float *p, size_t n, double scale, double offset)
-{
-    for (size_t i = 0; i < n; i++)
-        p[i] = (float)(offset + scale * urand());
-}
-
 static kvt_model_t *memory_model(uint32_t head_dim)
 {
     kvt_model_config_t c = {
@@ -81,28 +65,7 @@ static kvt_model_t *memory_model(uint32_t head_dim)
         .intermediate = 6 * head_dim, .n_layers = 3, .n_heads = 8, .n_kv_heads = 2,
         .head_dim = head_dim, .max_pos = 4096, .rms_eps = 1e-5f, .rope_theta = 500000.0f,
     };
-    kvt_model_t *m = NULL;
-    assert_int_equal(kvt_model_alloc(&c, &m), KVT_OK);
-    g_rng = 0x6e6e0000u + head_dim;
-    size_t H = c.hidden, Q = (size_t)c.n_heads * head_dim, KV = (size_t)c.n_kv_heads * head_dim;
-    fill(m->embed, (size_t)c.vocab_size * H, 1.0, 0.0);
-    for (uint32_t l = 0; l < c.n_layers; l++) {
-        kvt_layer_weights_t *w = &m->layers[l];
-        fill(w->attn_norm, H, 0.2, 1.0);
-        fill(w->mlp_norm, H, 0.2, 1.0);
-        fill(w->wq, Q * H, 1.5 * sqrt(3.0 / H), 0.0);
-        fill(w->wk, KV * H, 1.5 * sqrt(3.0 / H), 0.0);
-        fill(w->wv, KV * H, sqrt(3.0 / H), 0.0);
-        fill(w->wo, H * Q, sqrt(3.0 / Q), 0.0);
-        fill(w->w_gate, (size_t)c.intermediate * H, sqrt(3.0 / H), 0.0);
-        fill(w->w_up, (size_t)c.intermediate * H, sqrt(3.0 / H), 0.0);
-        fill(w->w_down, H * c.intermediate, sqrt(3.0 / c.intermediate), 0.0);
-    }
-    fill(m->final_norm, H, 0.2, 1.0);
-    fill(m->lm_head, (size_t)c.vocab_size * H, sqrt(3.0 / H), 0.0);
-    for (int i = 0; i < 32; i++)
-        m->digest[i] = (uint8_t)(head_dim + i);
-    return m;
+    return tu_random_model(&c, 0x6e6e0000u + head_dim, (uint8_t)head_dim);
 }
 
 static char *preset_dir(const char *preset)

@@ -24,6 +24,7 @@
 #include "engine/engine.h"
 #include "engine/model.h"
 #include "engine/ops.h"
+#include "tests/support/random_model.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -39,23 +40,6 @@ typedef enum { M_LLAMA_GQA, M_QWEN2, M_LLAMA3, M_LINEAR, M_ODD_HEAD, M_COUNT } m
 
 static const char *const g_kind_name[M_COUNT] = {"llama-gqa", "qwen2", "llama3-rope",
                                                  "linear-rope", "odd-head-dim"};
-
-static uint64_t g_rng;
-
-static double urand(void) /* [-1, 1) */
-{
-    uint64_t z = (g_rng += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    z ^= z >> 31;
-    return (double)(z >> 11) * 0x1.0p-52 - 1.0;
-}
-
-static void fill(float *p, size_t n, double scale, double offset)
-{
-    for (size_t i = 0; i < n; i++)
-        p[i] = (float)(offset + scale * urand());
-}
 
 static kvt_model_config_t config_of(model_kind_t kind)
 {
@@ -93,36 +77,7 @@ static kvt_model_config_t config_of(model_kind_t kind)
 static kvt_model_t *make_model(model_kind_t kind)
 {
     kvt_model_config_t c = config_of(kind);
-    kvt_model_t *m = NULL;
-    assert_int_equal(kvt_model_alloc(&c, &m), KVT_OK);
-    g_rng = 0x5eed0000u + (uint64_t)kind;
-    size_t H = c.hidden, Q = (size_t)c.n_heads * c.head_dim, KV = (size_t)c.n_kv_heads * c.head_dim;
-    fill(m->embed, (size_t)c.vocab_size * H, 1.0, 0.0);
-    for (uint32_t l = 0; l < c.n_layers; l++) {
-        kvt_layer_weights_t *w = &m->layers[l];
-        fill(w->attn_norm, H, 0.2, 1.0);
-        fill(w->mlp_norm, H, 0.2, 1.0);
-        /* Uniform(-a, a) with a = sqrt(3 / in): unit-variance outputs, so
-         * attention scores and activations stay in a realistic range. */
-        fill(w->wq, Q * H, 1.5 * sqrt(3.0 / H), 0.0);
-        fill(w->wk, KV * H, 1.5 * sqrt(3.0 / H), 0.0);
-        fill(w->wv, KV * H, sqrt(3.0 / H), 0.0);
-        fill(w->wo, H * Q, sqrt(3.0 / Q), 0.0);
-        fill(w->w_gate, (size_t)c.intermediate * H, sqrt(3.0 / H), 0.0);
-        fill(w->w_up, (size_t)c.intermediate * H, sqrt(3.0 / H), 0.0);
-        fill(w->w_down, H * c.intermediate, sqrt(3.0 / c.intermediate), 0.0);
-        if (c.qkv_bias) {
-            fill(w->bq, Q, 0.5, 0.0);
-            fill(w->bk, KV, 0.5, 0.0);
-            fill(w->bv, KV, 0.5, 0.0);
-        }
-    }
-    fill(m->final_norm, H, 0.2, 1.0);
-    if (!c.tie_embeddings)
-        fill(m->lm_head, (size_t)c.vocab_size * H, sqrt(3.0 / H), 0.0);
-    for (int i = 0; i < 32; i++)
-        m->digest[i] = (uint8_t)(kind * 31 + i);
-    return m;
+    return tu_random_model(&c, 0x5eed0000u + (uint64_t)kind, (uint8_t)(kind * 31));
 }
 
 static void make_tokens(uint32_t *t, size_t n, uint32_t seed, uint32_t vocab)
