@@ -289,6 +289,24 @@ void kvt_engine_pool_stats(const kvt_engine_t *e, uint32_t *used_p, uint32_t *to
     kvt_kv_pool_stats(&e->pool, used_p, total_p, indexed_p);
 }
 
+void kvt_engine_set_event_fn(kvt_engine_t *e, kvt_block_event_fn fn, void *arg)
+{
+    e->pool.on_event = fn;
+    e->pool.event_arg = arg;
+}
+
+void kvt_engine_pool_foreach(const kvt_engine_t *e, kvt_block_event_fn fn, void *arg)
+{
+    for (uint32_t i = 0; i < e->pool.n_slots; i++) {
+        const kvt_kv_slot_t *s = &e->pool.slots[i];
+        if (s->state != KVT_SLOT_INDEXED)
+            continue;
+        kvt_block_event_t ev = {.kind = KVT_EVENT_STORED, .tier = KVT_TIER_GPU, .key = s->key,
+                                .parent = s->parent, .index = s->index};
+        fn(&ev, arg);
+    }
+}
+
 /* --- sequences --- */
 
 kvt_status_t kvt_engine_seq_create(kvt_engine_t *e, const kvt_block_key_t *root,

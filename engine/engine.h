@@ -40,6 +40,7 @@
 #include "common/status.h"
 #include "engine/model.h"
 #include "kvstore/block.h"
+#include "kvstore/events.h"
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -116,6 +117,16 @@ kvt_status_t kvt_engine_pool_put(kvt_engine_t *engine, const kvt_block_header_t 
  * of that copy are not in the pool and their st[] say so). */
 kvt_status_t kvt_engine_pool_put_batch(kvt_engine_t *engine, const kvt_block_header_t *hdrs,
                                        const void *const *payloads, size_t n, kvt_status_t *st);
+/* Report every key entering (KVT_EVENT_STORED) or leaving (EVICTED, or
+ * DROPPED when a batched put's copy failed) the pool's content index, with
+ * tier KVT_TIER_GPU (T0, on the CPU too), so a node can publish its pool to
+ * the coordinator (invariant 7).  fn runs inside the engine call that
+ * caused the event, on the caller's thread; it must be quick and must not
+ * call the engine.  NULL turns reporting off. */
+void kvt_engine_set_event_fn(kvt_engine_t *engine, kvt_block_event_fn fn, void *arg);
+/* Visit every indexed block of the pool (key, parent, index) -- a snapshot
+ * for the same purpose.  fn must not call the engine. */
+void kvt_engine_pool_foreach(const kvt_engine_t *engine, kvt_block_event_fn fn, void *arg);
 /* Slots in use / total, and indexed (keyed) blocks. */
 void kvt_engine_pool_stats(const kvt_engine_t *engine, uint32_t *used_p, uint32_t *total_p,
                            uint32_t *indexed_p);

@@ -114,10 +114,22 @@ void kvt_kv_pool_cleanup(kvt_kv_pool_t *pool)
     memset(pool, 0, sizeof(*pool));
 }
 
+/* Tell the owner (a node publishing KV events) that a key entered or left
+ * the index (tier T0). */
+static void emit(const kvt_kv_pool_t *pool, kvt_event_kind_t kind, const kvt_kv_slot_t *s)
+{
+    if (!pool->on_event)
+        return;
+    kvt_block_event_t ev = {.seq = kvt_event_seq_next(), .kind = kind, .tier = KVT_TIER_GPU,
+                            .key = s->key, .parent = s->parent, .index = s->index};
+    pool->on_event(&ev, pool->event_arg);
+}
+
 /* Remove an evictable leaf from the index; its parent may become one. */
 static void evict(kvt_kv_pool_t *pool, uint32_t slot)
 {
     kvt_kv_slot_t *s = &pool->slots[slot];
+    emit(pool, KVT_EVENT_EVICTED, s);
     kvt_keymap_del(&pool->index, &s->key);
     if (s->parent_slot != KVT_SLOT_NONE) {
         kvt_kv_slot_t *p = &pool->slots[s->parent_slot];
@@ -195,6 +207,7 @@ uint32_t kvt_kv_pool_publish(kvt_kv_pool_t *pool, uint32_t slot, const kvt_block
     s->n_children = 0;
     /* Sized for n_slots at init: cannot grow, cannot fail. */
     (void)kvt_keymap_put(&pool->index, key, slot);
+    emit(pool, KVT_EVENT_STORED, s);
     s->parent_slot = index > 0 ? kvt_kv_pool_find(pool, parent) : KVT_SLOT_NONE;
     if (s->parent_slot != KVT_SLOT_NONE) {
         kvt_kv_slot_t *p = &pool->slots[s->parent_slot];
@@ -283,6 +296,7 @@ void kvt_kv_pool_put_abort(kvt_kv_pool_t *pool, uint32_t slot, uint32_t parent)
     kvt_kv_slot_t *s = &pool->slots[slot];
     /* Published by begin, still held (refs 1) and childless: it leaves the
      * index as an eviction would, then goes back to the free stack. */
+    emit(pool, KVT_EVENT_DROPPED, s);
     kvt_keymap_del(&pool->index, &s->key);
     if (s->parent_slot != KVT_SLOT_NONE) {
         kvt_kv_slot_t *p = &pool->slots[s->parent_slot];

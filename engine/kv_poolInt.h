@@ -23,6 +23,7 @@
 #define KVT_ENGINE_KV_POOL_INT_H
 
 #include "kvstore/block.h"
+#include "kvstore/events.h"
 #include "kvstore/keymap.h"
 #include "kvstore/lru_heap.h"
 
@@ -61,6 +62,8 @@ typedef struct {
     uint32_t n_free;
     uint64_t clock;
     uint64_t evictions;
+    kvt_block_event_fn on_event; /* may be NULL: keys entering/leaving the index */
+    void *event_arg;
 } kvt_kv_pool_t;
 
 /* KVT_ERR_INVALID (bad layout, n_slots 0), KVT_ERR_TOO_LARGE (region over

@@ -546,3 +546,17 @@ kvt_status_t kvt_disk_index_load(kvt_disk_tier_t *tier)
     rocksdb_writebatch_destroy(junk);
     return st;
 }
+
+void kvt_disk_tier_resident(kvt_disk_tier_t *tier, kvt_block_event_fn fn, void *arg)
+{
+    pthread_mutex_lock(&tier->mu);
+    for (uint32_t id = 0; id < tier->cap; id++) {
+        const entry_t *e = &tier->ents[id];
+        if (e->state != E_RESIDENT)
+            continue;
+        kvt_block_event_t ev = {.kind = KVT_EVENT_STORED, .tier = KVT_TIER_DISK, .key = e->key,
+                                .parent = e->parent, .index = e->index};
+        fn(&ev, arg);
+    }
+    pthread_mutex_unlock(&tier->mu);
+}

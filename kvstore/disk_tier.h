@@ -92,6 +92,12 @@ typedef kvt_status_t (*kvt_disk_visit_fn)(const kvt_block_header_t *hdr, uint64_
                                           void *arg);
 kvt_status_t kvt_disk_tier_foreach(kvt_disk_tier_t *tier, kvt_disk_visit_fn fn, void *arg);
 
+/* Visit every resident block's key, parent and index from the in-memory
+ * index (no disk reads; tier == KVT_TIER_DISK, kind STORED) -- the
+ * snapshot a node sends its coordinator.  fn runs with the tier's lock
+ * held: it must be quick and must not call the tier. */
+void kvt_disk_tier_resident(kvt_disk_tier_t *tier, kvt_block_event_fn fn, void *arg);
+
 /* Read every block and check header, key, identity, checksum, meta record
  * and prefix closure.  Removes nothing unless repair (then bad blocks and
  * their descendants are deleted).  Returns KVT_OK when the scan ran, even if

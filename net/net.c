@@ -535,6 +535,12 @@ void kvt_net_worker_progress(kvt_net_worker_t *w)
         reap_zombies(w);
 }
 
+void kvt_net_worker_signal(kvt_net_worker_t *w)
+{
+    atomic_store(&w->signaled, true);
+    (void)ucp_worker_signal(w->uw); /* documented safe from any thread */
+}
+
 void kvt_net_worker_wait(kvt_net_worker_t *w, int timeout_ms)
 {
     uint64_t deadline = kvt_net_deadline(timeout_ms);
@@ -542,7 +548,7 @@ void kvt_net_worker_wait(kvt_net_worker_t *w, int timeout_ms)
         unsigned n = ucp_worker_progress(w->uw) + deliver_queued(w);
         if (w->zombies)
             reap_zombies(w);
-        if (n || kvt_time_ns() >= deadline)
+        if (n || atomic_exchange(&w->signaled, false) || kvt_time_ns() >= deadline)
             return;
         kvt_net_step(w, deadline, true);
     }

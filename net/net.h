@@ -62,6 +62,11 @@ void kvt_net_worker_progress(kvt_net_worker_t *worker);
  * passes (0: just progress). */
 void kvt_net_worker_wait(kvt_net_worker_t *worker, int timeout_ms);
 
+/* Wake the worker's thread out of kvt_net_worker_wait (or a blocking call's
+ * wait) at once.  The one call any thread may make on a worker: other
+ * threads hand work to the owner through their own queue, then signal. */
+void kvt_net_worker_signal(kvt_net_worker_t *worker);
+
 /* --- connections --- */
 
 /* Listen on host:port (port 0: any free port; see kvt_net_listener_port).

@@ -14,6 +14,7 @@
 
 #include "net/net.h"
 
+#include <stdatomic.h>
 #include <ucp/api/ucp.h>
 
 #define NET_AM_DATA 17u            /* user messages */
@@ -129,6 +130,7 @@ struct kvt_net_worker {
     size_t rndv_bytes, rndv_cap, rndv_ep_cap; /* receives in flight, budgets */
     uint64_t next_req_id;
     size_t n_sends;               /* sends whose completion has not run */
+    atomic_bool signaled;         /* kvt_net_worker_signal since the last wait */
 };
 
 /* UCX status to ours (peer failures and cancels are KVT_ERR_CLOSED). */

@@ -147,6 +147,7 @@ static kvt_status_t check_node_register(const ctx_t *c, const Kvtier__NodeRegist
     CHECK(check_str(c, "node_id", m->node_id));
     CHECK(check_str(c, "role", m->role));
     CHECK(check_str(c, "ucx_address", m->ucx_address));
+    CHECK(check_str(c, "device", m->device));
     return check_str(c, "http_address", m->http_address);
 }
 
@@ -178,6 +179,7 @@ static kvt_status_t check_prefill_request(const ctx_t *c, const Kvtier__PrefillR
     CHECK(check_count(c, "tokens", m->n_tokens, KVT_PROTO_MAX_TOKENS));
     CHECK(check_blob(c, "tenant_salt", &m->tenant_salt, KVT_PROTO_MAX_STRING));
     CHECK(check_str(c, "decode_node", m->decode_node));
+    CHECK(check_str(c, "peer", m->peer));
     return check_sampling(c, m->temperature, m->top_p);
 }
 
@@ -193,6 +195,8 @@ static kvt_status_t check_decode_request(const ctx_t *c, const Kvtier__DecodeReq
     CHECK(check_count(c, "tokens", m->n_tokens, KVT_PROTO_MAX_TOKENS));
     CHECK(check_keys(c, "block_keys", m->n_block_keys, m->block_keys));
     CHECK(check_str(c, "prefill_node", m->prefill_node));
+    CHECK(check_str(c, "peer", m->peer));
+    CHECK(check_blob(c, "tenant_salt", &m->tenant_salt, KVT_PROTO_MAX_STRING));
     CHECK(check_sampling(c, m->temperature, m->top_p));
     return check_count(c, "stop_tokens", m->n_stop_tokens, KVT_PROTO_MAX_TOKENS);
 }
@@ -201,6 +205,7 @@ static kvt_status_t check_token_stream(const ctx_t *c, const Kvtier__TokenStream
 {
     CHECK(check_str(c, "request_id", m->request_id));
     CHECK(check_count(c, "tokens", m->n_tokens, KVT_PROTO_MAX_TOKENS));
+    CHECK(check_str(c, "error", m->error));
     return check_str(c, "finish_reason", m->finish_reason);
 }
 
@@ -227,6 +232,7 @@ static kvt_status_t check_fetch_reply(const ctx_t *c, const Kvtier__BlockFetchRe
 
 static kvt_status_t check_error(const ctx_t *c, const Kvtier__Error *m)
 {
+    CHECK(check_str(c, "request_id", m->request_id));
     return check_str(c, "message", m->message);
 }
 
@@ -263,6 +269,8 @@ static kvt_status_t check_body(const kvt_msg_t *m)
     case KVTIER__ENVELOPE__BODY_RELEASE:
     case KVTIER__ENVELOPE__BODY_ACK: return KVT_OK; /* integers only */
     case KVTIER__ENVELOPE__BODY_ERROR: return check_error(&c, m->error);
+    case KVTIER__ENVELOPE__BODY_SNAPSHOT_REQUEST: return KVT_OK; /* empty */
+    case KVTIER__ENVELOPE__BODY_CANCEL: return check_str(&c, "request_id", m->cancel->request_id);
     default: return reject(&c, "body", "unknown body type", (size_t)m->body_case, 0);
     }
 }
@@ -416,6 +424,8 @@ const char *kvt_msg_body_name(Kvtier__Envelope__BodyCase body)
     case KVTIER__ENVELOPE__BODY_RELEASE: return "release";
     case KVTIER__ENVELOPE__BODY_ACK: return "ack";
     case KVTIER__ENVELOPE__BODY_ERROR: return "error";
+    case KVTIER__ENVELOPE__BODY_SNAPSHOT_REQUEST: return "snapshot_request";
+    case KVTIER__ENVELOPE__BODY_CANCEL: return "cancel";
     default: return "unknown";
     }
 }
