@@ -23,7 +23,7 @@
 #include "engine/model.h"
 #include "engine/prompt.h"
 #include "engine/sample.h"
-#include "engine/tier_io.h"
+#include "engine/request.h"
 #include "engine/tokenizer.h"
 
 #include <limits.h>
@@ -82,8 +82,7 @@ typedef struct {
     uint32_t stop[MAX_STOP];
     size_t n_stop;
     /* results */
-    size_t cached_tokens, stored_blocks;
-    kvt_tier_load_stats_t load;
+    kvt_prompt_stats_t ps;
     uint64_t t_start, t_first, t_end;
     const char *finish;
 } gen_t;
@@ -111,27 +110,6 @@ static kvt_status_t load_tokenizer(const char *dir, kvt_tokenizer_t **tok_p)
         (size_t)snprintf(cfg, sizeof(cfg), "%s/tokenizer_config.json", dir) >= sizeof(cfg))
         return KVT_ERR_INVALID;
     return kvt_tokenizer_load(json, cfg, tok_p);
-}
-
-static void add_stop(gen_t *g, uint32_t id)
-{
-    for (size_t i = 0; i < g->n_stop; i++)
-        if (g->stop[i] == id)
-            return;
-    if (g->n_stop < MAX_STOP)
-        g->stop[g->n_stop++] = id;
-}
-
-/* Stop on the model's eos ids, the tokenizer's eos and the FIM end token. */
-static void collect_stops(gen_t *g, const kvt_fim_tokens_t *fim)
-{
-    for (uint32_t i = 0; i < g->model->cfg.n_eos; i++)
-        add_stop(g, g->model->cfg.eos_ids[i]);
-    uint32_t eos;
-    if (kvt_tokenizer_eos(g->tok, &eos))
-        add_stop(g, eos);
-    if (fim && fim->found && fim->has_eot)
-        add_stop(g, fim->eot);
 }
 
 static bool is_stop(const gen_t *g, uint32_t id)
@@ -244,7 +222,8 @@ static kvt_status_t build_prompt(gen_t *g, const gen_args_t *a)
     };
     pr.anchor_len = a->anchor ? strlen(a->anchor) : pr.prefix_len;
     pr.add_bos = kvt_tokenizer_add_bos(g->tok, &pr.bos);
-    collect_stops(g, have_fim ? &fim : NULL);
+    g->n_stop = kvt_prompt_stop_ids(&g->model->cfg, g->tok, have_fim ? &fim : NULL, g->stop,
+                                    MAX_STOP);
     size_t need = 0;
     kvt_status_t st = kvt_prompt_build(g->tok, &fim, &pr, NULL, 0, &need, NULL);
     if (st != KVT_OK && st != KVT_ERR_TOO_LARGE)
@@ -275,34 +254,6 @@ static kvt_status_t open_tier(gen_t *g, const gen_args_t *a)
     if (st != KVT_OK)
         kvt_log_error("cannot open the tier data=%s status=%s", a->data, kvt_status_str(st));
     return st;
-}
-
-/* Load the prompt's longest stored prefix from the tier into the pool. */
-static kvt_status_t load_cached(gen_t *g, const kvt_block_key_t *root)
-{
-    const kvt_block_identity_t *id = kvt_engine_identity(g->engine);
-    kvt_status_t st;
-    uint32_t b = id->layout.block_tokens;
-    size_t max_keys = g->n_prompt / b;
-    kvt_block_key_t *keys = kvt_calloc("generate key chain", max_keys + 1, sizeof(*keys));
-    if (!keys)
-        return KVT_ERR_NOMEM;
-    size_t n_keys = 0;
-    st = kvt_block_key_chain(root, b, g->ids, g->n_prompt, keys, max_keys, &n_keys);
-    if (st == KVT_OK)
-        st = kvt_engine_tier_load(g->engine, g->tier, keys, n_keys, &g->load);
-    kvt_free(keys);
-    return st;
-}
-
-static kvt_status_t prefill(gen_t *g)
-{
-    kvt_status_t st = kvt_engine_seq_reuse(g->engine, g->seq, g->ids, g->n_prompt,
-                                           &g->cached_tokens);
-    if (st != KVT_OK)
-        return st;
-    size_t n_new = g->n_prompt - g->cached_tokens;
-    return kvt_engine_prefill(g->engine, g->seq, g->ids + g->cached_tokens, n_new, g->logits, 0);
 }
 
 /* A model's vocabulary is often padded past its tokenizer's (and random
@@ -382,19 +333,14 @@ static kvt_status_t run(gen_t *g, const gen_args_t *a)
     kvt_block_key_t root;
     const kvt_block_identity_t *id = kvt_engine_identity(g->engine);
     st = kvt_block_key_root(id->fingerprint, a->tenant, strlen(a->tenant), &root);
-    if (st == KVT_OK && g->tier)
-        st = load_cached(g, &root);
+    /* The same path as the prefill node's: the tier's longest prefix in,
+     * the rest computed, the prompt's full blocks stored. */
+    kvt_prompt_src_t src = {.reuse = true, .tier = g->tier, .store = true};
     if (st == KVT_OK)
-        st = kvt_engine_seq_create(g->engine, &root, &g->seq);
-    if (st == KVT_OK)
-        st = prefill(g);
+        st = kvt_engine_run_prompt(g->engine, &root, g->ids, g->n_prompt, &src, &g->seq,
+                                   g->logits, &g->ps);
     if (st == KVT_OK)
         st = decode_loop(g, a->max_tokens);
-    if (st == KVT_OK && g->tier) {
-        size_t from = g->load.loaded_blocks, to = g->n_prompt / id->layout.block_tokens;
-        st = kvt_engine_tier_store(g->engine, g->tier, g->seq, from < to ? from : to, to,
-                                   &g->stored_blocks);
-    }
     return st;
 }
 
@@ -442,15 +388,15 @@ static int print_result(const gen_t *g, const gen_args_t *a)
         cJSON_AddItemToArray(toks, cJSON_CreateNumber(g->ids[g->n_prompt + i]));
     kvt_json_add_u64(o, "prompt_tokens", g->n_prompt);
     kvt_json_add_u64(o, "completion_tokens", g->n_gen);
-    kvt_json_add_u64(o, "cached_tokens", g->cached_tokens);
+    kvt_json_add_u64(o, "cached_tokens", g->ps.cached_tokens);
     cJSON_AddNumberToObject(o, "ttft_ms", ttft_ms);
     cJSON_AddNumberToObject(o, "decode_tokens_per_s", tps);
     cJSON_AddStringToObject(o, "finish_reason", g->finish);
     cJSON_AddStringToObject(o, "format", kvt_prompt_format_name(a->format));
     if (g->tier) {
-        kvt_json_add_u64(o, "tier_blocks_loaded", g->load.loaded_blocks);
-        kvt_json_add_u64(o, "tier_blocks_failed", g->load.failed_blocks);
-        kvt_json_add_u64(o, "tier_blocks_stored", g->stored_blocks);
+        kvt_json_add_u64(o, "tier_blocks_loaded", g->ps.pool_blocks + g->ps.tier_blocks);
+        kvt_json_add_u64(o, "tier_blocks_failed", g->ps.failed_blocks);
+        kvt_json_add_u64(o, "tier_blocks_stored", g->ps.stored_blocks);
     }
     kvt_free(text);
     return kvt_json_print(o);

@@ -152,3 +152,27 @@ kvt_status_t kvt_prompt_build(const kvt_tokenizer_t *tok, const kvt_fim_tokens_t
         *stable_p = stable;
     return n > cap ? KVT_ERR_TOO_LARGE : KVT_OK;
 }
+
+static size_t add_stop(uint32_t *ids, size_t n, size_t cap, uint32_t id)
+{
+    for (size_t i = 0; i < n; i++)
+        if (ids[i] == id)
+            return n;
+    if (n < cap)
+        ids[n++] = id;
+    return n;
+}
+
+size_t kvt_prompt_stop_ids(const kvt_model_config_t *cfg, const kvt_tokenizer_t *tok,
+                           const kvt_fim_tokens_t *fim, uint32_t *ids, size_t cap)
+{
+    size_t n = 0;
+    for (uint32_t i = 0; i < cfg->n_eos; i++)
+        n = add_stop(ids, n, cap, cfg->eos_ids[i]);
+    uint32_t eos;
+    if (kvt_tokenizer_eos(tok, &eos))
+        n = add_stop(ids, n, cap, eos);
+    if (fim && fim->found && fim->has_eot)
+        n = add_stop(ids, n, cap, fim->eot);
+    return n;
+}

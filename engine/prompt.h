@@ -20,6 +20,7 @@
 #define KVT_ENGINE_PROMPT_H
 
 #include "common/status.h"
+#include "engine/model.h"
 #include "engine/tokenizer.h"
 
 #include <stdbool.h>
@@ -60,5 +61,11 @@ kvt_status_t kvt_prompt_fim_tokens(const kvt_tokenizer_t *tok, const char *spec,
 kvt_status_t kvt_prompt_build(const kvt_tokenizer_t *tok, const kvt_fim_tokens_t *fim,
                               const kvt_prompt_t *prompt, uint32_t *ids, size_t cap,
                               size_t *n_p, size_t *stable_p);
+
+/* The ids generation stops at: the model's eos ids, the tokenizer's eos
+ * and, when fim is given and found, the FIM end-of-text token; duplicates
+ * once.  Writes at most cap ids; returns how many. */
+size_t kvt_prompt_stop_ids(const kvt_model_config_t *cfg, const kvt_tokenizer_t *tok,
+                           const kvt_fim_tokens_t *fim, uint32_t *ids, size_t cap);
 
 #endif

@@ -150,3 +150,10 @@ bool kvt_keymap_del(kvt_keymap_t *map, const kvt_block_key_t *key)
     map->count--;
     return true;
 }
+
+void kvt_keymap_foreach(const kvt_keymap_t *map, kvt_keymap_visit_fn fn, void *arg)
+{
+    for (uint32_t i = 0; i < map->cap; i++)
+        if (map->used[i])
+            fn(&map->keys[i], map->vals[i], arg);
+}

@@ -27,5 +27,9 @@ bool kvt_keymap_get(const kvt_keymap_t *map, const kvt_block_key_t *key, uint32_
 /* Insert or overwrite; KVT_ERR_NOMEM if growing fails (map unchanged). */
 kvt_status_t kvt_keymap_put(kvt_keymap_t *map, const kvt_block_key_t *key, uint32_t val);
 bool kvt_keymap_del(kvt_keymap_t *map, const kvt_block_key_t *key);
+/* Visit every entry, in no particular order; the map must not change
+ * during the walk. */
+typedef void (*kvt_keymap_visit_fn)(const kvt_block_key_t *key, uint32_t val, void *arg);
+void kvt_keymap_foreach(const kvt_keymap_t *map, kvt_keymap_visit_fn fn, void *arg);
 
 #endif

@@ -1,0 +1,57 @@
+/* One request's prompt on the engine: bring in the blocks that are cached
+ * somewhere (the pool T0, the node's tier T1/T2, a peer's block server),
+ * compute the rest, return the last position's logits.  Shared by
+ * `kvtier generate`, the prefill node and the decode node, so a prompt is
+ * processed the same way wherever it runs.
+ *
+ * Invariant 3: a block that cannot be read or fails verification (tier or
+ * peer) stops the import there; it and everything after it are computed,
+ * and the failure is counted.  Storing is best effort (tier_io.h). */
+#ifndef KVT_ENGINE_REQUEST_H
+#define KVT_ENGINE_REQUEST_H
+
+#include "engine/engine.h"
+#include "kvstore/block_client.h"
+#include "kvstore/tier.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+
+typedef struct {
+    bool reuse;                 /* false: compute every token, store nothing
+                                   (the no-cache baseline) */
+    kvt_tier_t *tier;           /* the node's tier to load from, or NULL */
+    bool store;                 /* put the prompt's full blocks (and pulled
+                                   ones) into tier after prefill */
+    kvt_block_client_t *peer;   /* a peer's block server, or NULL */
+    size_t peer_blocks;         /* leading full blocks the peer holds */
+    int peer_timeout_ms;        /* 0: 10000 */
+} kvt_prompt_src_t;
+
+typedef struct {
+    size_t cached_tokens;       /* prompt tokens not computed */
+    size_t pool_blocks;         /* full blocks the pool held already */
+    size_t tier_blocks;         /* loaded from the tier */
+    size_t peer_blocks;         /* pulled from the peer */
+    size_t failed_blocks;       /* tier or peer blocks refused (recomputed) */
+    size_t stored_blocks;       /* leading full blocks the tier holds after */
+} kvt_prompt_stats_t;
+
+/* A new sequence (root: the tenant's root key) holding tokens[0..n) with
+ * its KV computed or imported; logits[vocab] gets the last position's.
+ * On error nothing is left referenced (*seq_p untouched); the engine's
+ * errors pass through (KVT_ERR_FULL, KVT_ERR_TOO_LARGE, KVT_ERR_IO). */
+kvt_status_t kvt_engine_run_prompt(kvt_engine_t *engine, const kvt_block_key_t *root,
+                                   const uint32_t *tokens, size_t n,
+                                   const kvt_prompt_src_t *src, kvt_seq_t **seq_p,
+                                   float *logits, kvt_prompt_stats_t *stats_p);
+
+/* Import blocks [from, to) of keys from a peer into the pool (and into
+ * tier when it is not NULL), in batches; *imported_p = how many leading
+ * ones made it (a missing or bad block stops there; *failed_p = 1 then). */
+kvt_status_t kvt_engine_peer_load(kvt_engine_t *engine, kvt_block_client_t *peer,
+                                  const kvt_block_key_t *keys, size_t from, size_t to,
+                                  kvt_tier_t *tier, int timeout_ms, size_t *imported_p,
+                                  size_t *failed_p);
+
+#endif
