@@ -7,6 +7,7 @@
 #include "proto/msg.h"
 
 #include <stdbool.h>
+#include <stdio.h>
 #include <string.h>
 
 struct kvt_block_client {
@@ -262,4 +263,86 @@ kvt_status_t kvt_block_client_pull(kvt_block_client_t *client, kvt_pull_t *items
     kvt_free(pending);
     kvt_free(retry);
     return st;
+}
+
+bool kvt_block_client_alive(const kvt_block_client_t *client)
+{
+    return kvt_net_ep_alive(client->ep);
+}
+
+/* --- clients of several peers --- */
+
+#define PEERS_MAX 64
+#define PEER_ADDR_MAX 256
+
+typedef struct {
+    char addr[PEER_ADDR_MAX];
+    kvt_block_client_t *client;
+    uint64_t used;
+} peer_t;
+
+struct kvt_block_peers {
+    kvt_net_worker_t *worker;
+    peer_t peers[PEERS_MAX];
+    uint64_t clock;
+};
+
+kvt_status_t kvt_block_peers_create(kvt_net_worker_t *worker, kvt_block_peers_t **peers_p)
+{
+    kvt_block_peers_t *p = kvt_calloc("block peers", 1, sizeof(*p));
+    if (!p)
+        return KVT_ERR_NOMEM;
+    p->worker = worker;
+    *peers_p = p;
+    return KVT_OK;
+}
+
+void kvt_block_peers_destroy(kvt_block_peers_t *p)
+{
+    if (!p)
+        return;
+    for (size_t i = 0; i < PEERS_MAX; i++)
+        kvt_block_client_close(p->peers[i].client);
+    kvt_free(p);
+}
+
+/* The entry of addr, else a free one, else the least recently used one
+ * (closed). */
+static peer_t *peer_slot(kvt_block_peers_t *p, const char *addr)
+{
+    peer_t *free_e = NULL, *lru = &p->peers[0];
+    for (size_t i = 0; i < PEERS_MAX; i++) {
+        peer_t *e = &p->peers[i];
+        if (e->client && strcmp(e->addr, addr) == 0)
+            return e;
+        if (!e->client && !free_e)
+            free_e = e;
+        if (e->used < lru->used)
+            lru = e;
+    }
+    if (free_e)
+        return free_e;
+    kvt_block_client_close(lru->client);
+    memset(lru, 0, sizeof(*lru));
+    return lru;
+}
+
+kvt_block_client_t *kvt_block_peers_get(kvt_block_peers_t *p, const char *addr, int timeout_ms)
+{
+    if (!addr || strlen(addr) >= PEER_ADDR_MAX)
+        return NULL;
+    peer_t *e = peer_slot(p, addr);
+    if (e->client && !kvt_block_client_alive(e->client)) {
+        kvt_block_client_close(e->client);
+        e->client = NULL;
+    }
+    if (!e->client) {
+        if (kvt_block_client_connect(p->worker, addr, timeout_ms, &e->client) != KVT_OK) {
+            e->client = NULL;
+            return NULL;
+        }
+        snprintf(e->addr, sizeof(e->addr), "%s", addr);
+    }
+    e->used = ++p->clock;
+    return e->client;
 }

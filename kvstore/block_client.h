@@ -39,4 +39,19 @@ void kvt_block_client_close(kvt_block_client_t *client);
 kvt_status_t kvt_block_client_pull(kvt_block_client_t *client, kvt_pull_t *items, size_t n,
                                    const kvt_block_identity_t *expect, int timeout_ms);
 
+/* The connection is still up (a dead peer's client should be closed). */
+bool kvt_block_client_alive(const kvt_block_client_t *client);
+
+/* Clients of several peers on one worker, connected on first use and
+ * reconnected when their peer died: the prefill and decode nodes pull
+ * from whichever node the coordinator names.  At most 64 peers (the least
+ * recently used one is closed beyond).  Same thread as the worker. */
+typedef struct kvt_block_peers kvt_block_peers_t;
+kvt_status_t kvt_block_peers_create(kvt_net_worker_t *worker, kvt_block_peers_t **peers_p);
+void kvt_block_peers_destroy(kvt_block_peers_t *peers);
+/* The client of `addr` (HOST:PORT); NULL (logged) when it cannot connect
+ * within timeout_ms. */
+kvt_block_client_t *kvt_block_peers_get(kvt_block_peers_t *peers, const char *addr,
+                                        int timeout_ms);
+
 #endif

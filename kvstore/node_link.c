@@ -162,6 +162,19 @@ kvt_status_t kvt_node_link_send(kvt_node_link_t *l, kvt_msg_t *msg)
 
 bool kvt_node_link_connected(kvt_node_link_t *l) { return atomic_load(&l->connected); }
 
+kvt_status_t kvt_node_link_send_error(kvt_node_link_t *l, const char *request_id,
+                                      kvt_status_t code, const char *message)
+{
+    Kvtier__Error err = KVTIER__ERROR__INIT;
+    err.code = (uint32_t)-(int64_t)code;
+    err.message = (char *)message;
+    err.request_id = (char *)request_id;
+    kvt_msg_t env = KVTIER__ENVELOPE__INIT;
+    env.body_case = KVTIER__ENVELOPE__BODY_ERROR;
+    env.error = &err;
+    return kvt_node_link_send(l, &env);
+}
+
 void kvt_node_link_stats(kvt_node_link_t *l, kvt_node_link_stats_t *stats_p)
 {
     pthread_mutex_lock(&l->lock);

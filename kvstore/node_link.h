@@ -84,6 +84,9 @@ void kvt_node_link_event(const kvt_block_event_t *event, void *link);
  * encoder's errors. */
 kvt_status_t kvt_node_link_send(kvt_node_link_t *link, kvt_msg_t *msg);
 bool kvt_node_link_connected(kvt_node_link_t *link);
+/* An Error envelope answering request_id (kvt_node_link_send's errors). */
+kvt_status_t kvt_node_link_send_error(kvt_node_link_t *link, const char *request_id,
+                                      kvt_status_t code, const char *message);
 
 typedef struct {
     uint64_t connects, snapshots, deltas, events, heartbeats, sent, bad_messages;
