@@ -56,6 +56,11 @@ int kvt_cmd_bench_engine(int argc, char **argv);
 int kvt_cmd_generate(int argc, char **argv);
 /* `kvtier bench pull` (cmd_bench_pull.c); argv[0] is "pull". */
 int kvt_cmd_bench_pull(int argc, char **argv);
+/* `kvtier serve|coord|prefill|decode` (cmd_serve.c). */
+int kvt_cmd_serve(int argc, char **argv);
+int kvt_cmd_coord(int argc, char **argv);
+int kvt_cmd_prefill(int argc, char **argv);
+int kvt_cmd_decode(int argc, char **argv);
 /* `kvtier model init|info` (cmd_model.c). */
 int kvt_cmd_model(int argc, char **argv);
 

@@ -16,6 +16,11 @@ static const char g_usage[] =
     "\n"
     "kvtier is a distributed KV-cache tier for LLM serving.  Commands:\n"
     "\n"
+    "  serve        all roles in one process (the embedded default): the\n"
+    "               OpenAI-compatible API, one prefill and one decode node\n"
+    "  coord        the coordinator: HTTP API, EFIM anchors, routing\n"
+    "  prefill      a prefill node (computes and serves KV blocks)\n"
+    "  decode       a decode node (pulls blocks, continuous batching)\n"
     "  kv stats     a node's tier: layout, identity, blocks, lifetime counters\n"
     "  kv verify    read every stored block and check it (--repair removes bad ones)\n"
     "  kv ls        list stored blocks (key, index, tokens, bytes)\n"
@@ -31,8 +36,7 @@ static const char g_usage[] =
     "  version      print the version\n"
     "  help         this text\n"
     "\n"
-    "Not built yet: serve, coord, prefill, decode, warm,\n"
-    "kv export|import, bench efim.\n"
+    "Not built yet: warm, kv export|import.\n"
     "\n"
     "Every command documents its flags with --help.  Every flag --name can\n"
     "also be set as KVT_NAME in the environment (upper case, '-' -> '_');\n"
@@ -131,6 +135,14 @@ int main(int argc, char **argv)
         return kvt_cmd_model(argc - 1, argv + 1);
     if (!strcmp(cmd, "generate"))
         return kvt_cmd_generate(argc - 1, argv + 1);
+    if (!strcmp(cmd, "serve"))
+        return kvt_cmd_serve(argc - 1, argv + 1);
+    if (!strcmp(cmd, "coord"))
+        return kvt_cmd_coord(argc - 1, argv + 1);
+    if (!strcmp(cmd, "prefill"))
+        return kvt_cmd_prefill(argc - 1, argv + 1);
+    if (!strcmp(cmd, "decode"))
+        return kvt_cmd_decode(argc - 1, argv + 1);
     kvt_log_error("unknown command command=\"%s\"", cmd);
     fputs("run 'kvtier help' for the commands\n", stderr);
     return KVT_EXIT_USAGE;
