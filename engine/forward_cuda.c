@@ -31,10 +31,14 @@
 #include "engine/gpu_engineInt.h"
 
 #include "common/alloc.h"
+#include "common/hash.h"
 #include "common/log.h"
+#include "common/time.h"
 
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
+#include <xxhash.h>
 
 #define ALIGN_UP(x, a) (((x) + (a) - 1) / (a) * (a))
 
@@ -79,8 +83,9 @@ static void size_pass(kvt_engine_t *e, kvt_gpu_engine_t *g)
         rows = KVT_GPU_MAX_TABLE / per_seq ? KVT_GPU_MAX_TABLE / per_seq : 1;
     e->decode_rows = rows;
     g->max_table = rows * per_seq;
-    /* tok, pos, slot, offset per row; two group arrays of 4 words each */
-    g->up_cap = 4 * e->rows_cap + 8 * rows + g->max_table;
+    /* tok, pos, slot, offset per row; the decode plan (4 words); two
+     * group arrays of 4 words each */
+    g->up_cap = 4 * e->rows_cap + 4 + 8 * rows + g->max_table;
     g->logit_rows = e->rows_cap < KVT_GPU_LOGIT_ROWS ? e->rows_cap : KVT_GPU_LOGIT_ROWS;
 }
 
@@ -165,6 +170,8 @@ static kvt_status_t alloc_stage(kvt_engine_t *e, kvt_gpu_engine_t *g)
 
 /* --- create / destroy --- */
 
+static void graphs_clear(kvt_gpu_engine_t *g);
+
 void kvt_gpu_engine_destroy(kvt_engine_t *e)
 {
     kvt_gpu_engine_t *g = e->gpu;
@@ -175,6 +182,19 @@ void kvt_gpu_engine_destroy(kvt_engine_t *e)
         (void)kvt_gpu_stream_sync(g->stream);
     if (g->copy)
         (void)kvt_gpu_stream_sync(g->copy);
+    if (g->mv_out_bytes || g->mv_in_bytes)
+        kvt_log_info("engine: block moves out_mb=%llu out_ms=%.1f out_wait_ms=%.1f "
+                     "out_host_ms=%.1f in_mb=%llu in_ms=%.1f in_wait_ms=%.1f in_host_ms=%.1f",
+                     (unsigned long long)(g->mv_out_bytes >> 20), g->mv_out_ns / 1e6,
+                     g->mv_out_wait_ns / 1e6, g->mv_out_host_ns / 1e6,
+                     (unsigned long long)(g->mv_in_bytes >> 20), g->mv_in_ns / 1e6,
+                     g->mv_in_wait_ns / 1e6, g->mv_in_host_ns / 1e6);
+    if (g->graph_launches)
+        kvt_log_info("engine: decode graphs captures=%llu launches=%llu",
+                     (unsigned long long)g->graph_captures,
+                     (unsigned long long)g->graph_launches);
+    graphs_clear(g);
+    kvt_gpu_free(g->dec_scratch);
     kvt_gpu_free(e->pool.region);
     kvt_kv_pool_cleanup(&e->pool);
     kvt_gpu_host_free(g->stage);
@@ -215,6 +235,8 @@ kvt_status_t kvt_gpu_engine_create(kvt_engine_t *e, uint32_t n_blocks)
     if (!g)
         return KVT_ERR_NOMEM;
     g->device = dev;
+    const char *gv = getenv("KVT_GPU_GRAPHS");
+    g->graphs_on = !gv || strcmp(gv, "0") != 0;
     e->gpu = g;
     st = kvt_gpu_stream_create(&g->stream);
     if (st == KVT_OK)
@@ -240,9 +262,11 @@ kvt_status_t kvt_gpu_engine_create(kvt_engine_t *e, uint32_t n_blocks)
         return st;
     }
     kvt_log_info("engine created device=cuda:%d blocks=%u block_tokens=%u kv_dtype=%s "
-                 "chunk=%zu decode_rows=%zu weights_mb=%zu pool_mb=%zu stage_blocks=%zu",
+                 "chunk=%zu decode_rows=%zu weights_mb=%zu pool_mb=%zu stage_blocks=%zu "
+                 "decode_graphs=%s",
                  dev, e->pool.n_slots, e->B, kvt_dtype_name(e->kv_dtype), e->chunk,
-                 e->decode_rows, g->wbytes >> 20, e->pool.region_len >> 20, g->stage_blocks);
+                 e->decode_rows, g->wbytes >> 20, e->pool.region_len >> 20, g->stage_blocks,
+                 g->graphs_on ? "on" : "off");
     return KVT_OK;
 }
 
@@ -256,24 +280,34 @@ typedef struct {
 typedef struct {
     const uint32_t *tok, *pos, *slot, *off, *tables; /* device */
     att_set_t pre, dec;
+    /* Graph decode: the attention reads its chunking from plan (device);
+     * NULL for plain launches. */
+    const uint32_t *plan;
+    uint32_t plan_host[2]; /* what the upload sent: chunk, n_chunks */
+    uint32_t chunk_cap;
+    void *scratch;
 } pass_dev_t;
 
-/* Pack the pass's host arrays into the pinned upload and send them. */
+/* Pack the pass's host arrays into the pinned upload and send them: per
+ * row tok, pos, slot, offset; 4 words of decode plan (with `plan`, the
+ * decode attention's chunking for this step, which a graph reads); the
+ * prefill then the decode groups; the block tables.  For a given row
+ * count every array but the tables' contents sits at the same place. */
 static kvt_status_t upload(kvt_engine_t *e, const kvt_fwd_group_t *groups, size_t n_groups,
-                           size_t R, pass_dev_t *d)
+                           size_t R, bool plan, pass_dev_t *d)
 {
     kvt_gpu_engine_t *g = e->gpu;
     uint32_t *h = g->h_up, *pos = h + R, *slot = h + 2 * R, *off = h + 3 * R;
+    uint32_t *hplan = h + 4 * R;
     memcpy(h, e->row_tok, R * sizeof(uint32_t));
     size_t np = 0, nd = 0;
     for (size_t gi = 0; gi < n_groups; gi++)
         np += groups[gi].n > 1;
     nd = n_groups - np;
-    kvt_k_group_t *gp = (kvt_k_group_t *)(h + 4 * R), *gd = gp + np;
+    kvt_k_group_t *gp = (kvt_k_group_t *)(h + 4 * R + 4), *gd = gp + np;
     uint32_t *tables = (uint32_t *)(gd + nd);
     size_t t = 0;
-    d->pre = (att_set_t){0};
-    d->dec = (att_set_t){0};
+    *d = (pass_dev_t){0};
     for (size_t gi = 0; gi < n_groups; gi++) {
         const kvt_fwd_group_t *fg = &groups[gi];
         size_t end = fg->pos0 + fg->n, nb = (end + e->B - 1) / e->B;
@@ -297,15 +331,24 @@ static kvt_status_t upload(kvt_engine_t *e, const kvt_fwd_group_t *groups, size_
         set->max_ctx = end > set->max_ctx ? (uint32_t)end : set->max_ctx;
         t += nb;
     }
-    size_t words = 4 * R + 4 * n_groups + t;
+    size_t words = 4 * R + 4 + 4 * n_groups + t;
     uint32_t *u = g->d_up;
+    memset(hplan, 0, 4 * sizeof(uint32_t));
+    if (plan && d->dec.n) {
+        kvt_status_t st = kvt_k_attn_decode_plan(&g->kv, g->q, g->att, e->cfg.n_heads, d->dec.n,
+                                                 d->dec.max_n, d->dec.max_ctx, hplan);
+        if (st != KVT_OK)
+            return st;
+        d->plan_host[0] = hplan[0];
+        d->plan_host[1] = hplan[1];
+    }
     d->tok = u;
     d->pos = u + R;
     d->slot = u + 2 * R;
     d->off = u + 3 * R;
-    d->pre.groups = (const kvt_k_group_t *)(u + 4 * R);
+    d->pre.groups = (const kvt_k_group_t *)(u + 4 * R + 4);
     d->dec.groups = d->pre.groups + np;
-    d->tables = u + 4 * R + 4 * n_groups;
+    d->tables = u + 4 * R + 4 + 4 * n_groups;
     return kvt_gpu_h2d(u, h, words * sizeof(uint32_t), g->stream);
 }
 
@@ -326,7 +369,11 @@ static kvt_status_t layer(kvt_engine_t *e, uint32_t l, size_t R, const pass_dev_
         st = kvt_k_attn_prefill(&g->kv, l, g->q, c->n_heads, d->pre.groups, d->pre.n,
                                 d->tables, d->pre.max_n, d->pre.max_ctx, scale, g->att,
                                 g->stream);
-    if (st == KVT_OK && d->dec.n)
+    if (st == KVT_OK && d->dec.n && d->plan)
+        st = kvt_k_attn_decode_graph(&g->kv, l, g->q, c->n_heads, d->dec.groups, d->dec.n,
+                                     d->tables, d->dec.max_n, d->plan, d->chunk_cap, d->scratch,
+                                     scale, g->att, g->stream);
+    else if (st == KVT_OK && d->dec.n)
         st = kvt_k_attn_decode(&g->kv, l, g->q, c->n_heads, d->dec.groups, d->dec.n, d->tables,
                                d->dec.max_n, d->dec.max_ctx, scale, g->att, g->stream);
     if (st == KVT_OK)
@@ -355,31 +402,199 @@ static void rows_copy_run(void *arg, size_t b0, size_t b1, uint32_t tid)
     memcpy(c->dst + b0 * c->row, c->src + b0 * c->row, (b1 - b0) * c->row * sizeof(float));
 }
 
-/* Logits of rows [r0, r0 + n) into out[n][vocab], logit_rows at a time
- * (pinned staging, then into the caller's array on every core: a decode
- * step of 64 rows of a 128k vocabulary is 33 MB). */
-static kvt_status_t logits_out(kvt_engine_t *e, size_t r0, size_t n, float *out)
+/* Final norm and lm_head of rows [r0, r0 + cn) (cn <= logit_rows) into
+ * the pinned logits staging (queued, no wait). */
+static kvt_status_t logits_launch(kvt_engine_t *e, size_t r0, size_t cn)
 {
     kvt_gpu_engine_t *g = e->gpu;
     const kvt_model_config_t *c = &e->cfg;
     size_t H = c->hidden, V = c->vocab_size;
+    kvt_status_t st = kvt_k_rmsnorm(g->x + r0 * H, g->final_norm, cn, H, c->rms_eps, g->hn,
+                                    g->stream);
+    if (st == KVT_OK)
+        st = kvt_gpu_gemm_bf16(g->blas, g->lm_head, g->hn, g->logits, cn, H, V, 0.0f);
+    if (st == KVT_OK)
+        st = kvt_gpu_d2h(g->h_logits, g->logits, cn * V * sizeof(float), g->stream);
+    return st;
+}
+
+/* Wait for the stream, then cn rows of the staging into out on every core
+ * (a decode step of 64 rows of a 128k vocabulary is 33 MB). */
+static kvt_status_t logits_copy(kvt_engine_t *e, size_t cn, float *out)
+{
+    kvt_gpu_engine_t *g = e->gpu;
+    kvt_status_t st = kvt_gpu_stream_sync(g->stream);
+    if (st == KVT_OK) {
+        rows_copy_t rc = {.dst = out, .src = g->h_logits, .row = e->cfg.vocab_size};
+        kvt_threads_for(g->threads, cn, 1, rows_copy_run, &rc);
+    }
+    return st;
+}
+
+/* Logits of rows [r0, r0 + n) into out[n][vocab], logit_rows at a time. */
+static kvt_status_t logits_out(kvt_engine_t *e, size_t r0, size_t n, float *out)
+{
+    kvt_gpu_engine_t *g = e->gpu;
+    size_t V = e->cfg.vocab_size;
     kvt_status_t st = KVT_OK;
     for (size_t c0 = 0; c0 < n && st == KVT_OK; c0 += g->logit_rows) {
         size_t cn = n - c0 < g->logit_rows ? n - c0 : g->logit_rows;
-        st = kvt_k_rmsnorm(g->x + (r0 + c0) * H, g->final_norm, cn, H, c->rms_eps, g->hn,
-                           g->stream);
+        st = logits_launch(e, r0 + c0, cn);
         if (st == KVT_OK)
-            st = kvt_gpu_gemm_bf16(g->blas, g->lm_head, g->hn, g->logits, cn, H, V, 0.0f);
-        if (st == KVT_OK)
-            st = kvt_gpu_d2h(g->h_logits, g->logits, cn * V * sizeof(float), g->stream);
-        if (st == KVT_OK)
-            st = kvt_gpu_stream_sync(g->stream);
-        if (st == KVT_OK) {
-            rows_copy_t rc = {.dst = out + c0 * V, .src = g->h_logits, .row = V};
-            kvt_threads_for(g->threads, cn, 1, rows_copy_run, &rc);
-        }
+            st = logits_copy(e, cn, out + c0 * V);
     }
     return st;
+}
+
+/* The device work of a pass after the upload: embedding, the layers and,
+ * with `logit_rows` (one staging's worth at most), the logits of rows
+ * [0, logit_rows) into the staging.  Queued only: a graph capture records
+ * exactly this. */
+static kvt_status_t pass_body(kvt_engine_t *e, size_t R, const pass_dev_t *d,
+                              size_t logit_rows)
+{
+    kvt_gpu_engine_t *g = e->gpu;
+    kvt_status_t st = kvt_k_embed(g->embed, d->tok, R, e->cfg.hidden, g->x, g->stream);
+    for (uint32_t l = 0; l < e->cfg.n_layers && st == KVT_OK; l++)
+        st = layer(e, l, R, d);
+    if (st == KVT_OK && logit_rows)
+        st = logits_launch(e, 0, logit_rows);
+    return st;
+}
+
+/* --- decode graphs ---
+ *
+ * A decode step (every group one row, all rows' logits, at most one
+ * logits staging) replays a CUDA graph of pass_body instead of some 12
+ * launches a layer.  Everything that changes between steps is in the
+ * upload (tokens, positions, slots, groups, block tables, the attention's
+ * chunking), at the same device addresses for a given row count, so a
+ * graph is keyed by (rows, chunk rows of the attention grid: the step's
+ * chunk count rounded up to a power of two) and captured the second time
+ * in a row that a row count is seen (a steady batch), kept LRU.  The
+ * graph runs the same kernels with the same arguments as the plain pass,
+ * so its results are bitwise the plain pass's. */
+
+static uint32_t pow2_at_least(uint32_t v)
+{
+    uint32_t p = 1;
+    while (p < v)
+        p <<= 1;
+    return p;
+}
+
+static void graphs_clear(kvt_gpu_engine_t *g)
+{
+    for (int i = 0; i < KVT_GPU_GRAPHS; i++) {
+        kvt_gpu_graph_destroy(g->graphs[i].exec);
+        g->graphs[i] = (kvt_gpu_graph_slot_t){0};
+    }
+}
+
+/* Attention scratch for graphs of (R, cap): one buffer, grown on demand
+ * (the graphs that point at the old one go first; the stream is idle
+ * between passes but for this pass's upload, which does not touch it). */
+static kvt_status_t graph_scratch(kvt_engine_t *e, size_t R, uint32_t cap)
+{
+    kvt_gpu_engine_t *g = e->gpu;
+    size_t need = cap > 1 ? kvt_k_attn_decode_scratch(&g->kv, e->cfg.n_heads, (uint32_t)R, 1,
+                                                      cap)
+                          : 0;
+    if (need <= g->dec_scratch_bytes)
+        return KVT_OK;
+    graphs_clear(g);
+    kvt_status_t st = kvt_gpu_stream_sync(g->stream);
+    if (st != KVT_OK)
+        return st;
+    kvt_gpu_free(g->dec_scratch);
+    g->dec_scratch = NULL;
+    g->dec_scratch_bytes = 0;
+    size_t want = need > 2 * g->dec_scratch_bytes ? need : 2 * g->dec_scratch_bytes;
+    st = kvt_gpu_malloc(&g->dec_scratch, want, "decode graph scratch");
+    if (st == KVT_OK)
+        g->dec_scratch_bytes = want;
+    return st;
+}
+
+/* Capture pass_body for (R, cap) into a free or the least recently used
+ * slot; NULL when the capture failed (graphs are then turned off). */
+static kvt_gpu_graph_slot_t *graph_capture(kvt_engine_t *e, size_t R, uint32_t cap,
+                                           pass_dev_t *d)
+{
+    kvt_gpu_engine_t *g = e->gpu;
+    kvt_gpu_graph_slot_t *slot = &g->graphs[0];
+    for (int i = 1; i < KVT_GPU_GRAPHS && slot->exec; i++)
+        if (!g->graphs[i].exec || g->graphs[i].used < slot->used)
+            slot = &g->graphs[i];
+    kvt_gpu_graph_destroy(slot->exec);
+    *slot = (kvt_gpu_graph_slot_t){0};
+    kvt_gpu_graph_t exec = NULL;
+    kvt_status_t st = kvt_gpu_capture_begin(g->stream);
+    if (st == KVT_OK) {
+        kvt_status_t bs = pass_body(e, R, d, R);
+        st = kvt_gpu_capture_end(g->stream, bs != KVT_OK, &exec);
+    }
+    if (st != KVT_OK) {
+        kvt_log_warn("engine: decode graph capture failed, graphs off rows=%zu status=%s", R,
+                     kvt_status_str(st));
+        g->graphs_on = false;
+        return NULL;
+    }
+    *slot = (kvt_gpu_graph_slot_t){.exec = exec, .rows = (uint32_t)R, .chunk_cap = cap};
+    g->graph_captures++;
+    kvt_log_debug("engine: decode graph captured rows=%zu chunk_cap=%u", R, cap);
+    return slot;
+}
+
+/* Run the decode step as a graph if one fits or may be captured now;
+ * *ran_p false: the caller runs the plain pass. */
+static kvt_status_t graph_step(kvt_engine_t *e, size_t R, pass_dev_t *d, bool *ran_p)
+{
+    kvt_gpu_engine_t *g = e->gpu;
+    size_t last = g->graph_last_rows;
+    g->graph_last_rows = R;
+    *ran_p = false;
+    uint32_t cap = pow2_at_least(d->plan_host[1] ? d->plan_host[1] : 1);
+    kvt_gpu_graph_slot_t *slot = NULL;
+    for (int i = 0; i < KVT_GPU_GRAPHS && !slot; i++)
+        if (g->graphs[i].exec && g->graphs[i].rows == R && g->graphs[i].chunk_cap == cap)
+            slot = &g->graphs[i];
+    if (!slot && last != R)
+        return KVT_OK;
+    kvt_status_t st = KVT_OK;
+    if (!slot) {
+        st = graph_scratch(e, R, cap);
+        if (st != KVT_OK)
+            return st;
+        d->plan = g->d_up + 4 * R;
+        d->chunk_cap = cap;
+        d->scratch = g->dec_scratch;
+        slot = graph_capture(e, R, cap, d);
+        d->plan = NULL;
+        if (!slot)
+            return KVT_OK;
+    }
+    slot->used = ++g->graph_tick;
+    st = kvt_gpu_graph_launch(slot->exec, g->stream);
+    *ran_p = st == KVT_OK;
+    if (st == KVT_OK)
+        g->graph_launches++;
+    return st;
+}
+
+/* A decode step that a graph can run: single-row groups, one per row, the
+ * logits of every row, within one staging. */
+static bool graph_fits(const kvt_engine_t *e, const kvt_fwd_group_t *groups, size_t n_groups,
+                       size_t n_rows, size_t logits_row0, size_t n_logits)
+{
+    const kvt_gpu_engine_t *g = e->gpu;
+    if (!g->graphs_on || n_groups != n_rows || n_logits != n_rows || logits_row0 != 0 ||
+        n_rows > g->logit_rows || n_rows == 0)
+        return false;
+    for (size_t i = 0; i < n_groups; i++)
+        if (groups[i].n != 1 || groups[i].row0 != i)
+            return false;
+    return true;
 }
 
 kvt_status_t kvt_gpu_engine_pass(kvt_engine_t *e, const kvt_fwd_group_t *groups,
@@ -388,17 +603,23 @@ kvt_status_t kvt_gpu_engine_pass(kvt_engine_t *e, const kvt_fwd_group_t *groups,
 {
     kvt_gpu_engine_t *g = e->gpu;
     pass_dev_t d;
+    bool graph = graph_fits(e, groups, n_groups, n_rows, logits_row0, n_logits), ran = false;
     kvt_status_t st = kvt_gpu_use(g->device);
     if (st == KVT_OK)
-        st = upload(e, groups, n_groups, n_rows, &d);
-    if (st == KVT_OK)
-        st = kvt_k_embed(g->embed, d.tok, n_rows, e->cfg.hidden, g->x, g->stream);
-    for (uint32_t l = 0; l < e->cfg.n_layers && st == KVT_OK; l++)
-        st = layer(e, l, n_rows, &d);
-    if (st == KVT_OK && n_logits)
-        st = logits_out(e, logits_row0, n_logits, logits);
-    else if (st == KVT_OK)
-        st = kvt_gpu_stream_sync(g->stream);
+        st = upload(e, groups, n_groups, n_rows, graph, &d);
+    if (st == KVT_OK && graph)
+        st = graph_step(e, n_rows, &d, &ran);
+    else if (!graph)
+        g->graph_last_rows = 0;
+    if (st == KVT_OK && ran)
+        st = logits_copy(e, n_rows, logits);
+    else if (st == KVT_OK) {
+        st = pass_body(e, n_rows, &d, 0);
+        if (st == KVT_OK && n_logits)
+            st = logits_out(e, logits_row0, n_logits, logits);
+        else if (st == KVT_OK)
+            st = kvt_gpu_stream_sync(g->stream);
+    }
     if (st != KVT_OK) {
         /* Wait for what was queued before reporting: the upload staging
          * and the slots must be idle when the call returns. */
@@ -494,12 +715,32 @@ static void headers_run(void *arg, size_t b0, size_t b1, uint32_t tid)
     }
 }
 
-/* The image into its staging slot (unless it is there already), then
- * pool_put's checks that need no pool state on the staged bytes: the
- * checksum (xxh3, invariant 3) reads what the copy just left in this
- * core's cache, and what is verified is what goes to the device.  A
- * header whose length is not the layout's is refused before anything is
- * copied. */
+/* Copy an image into its staging slot and hash what was copied, a piece
+ * at a time, so the hash reads each piece from this core's cache right
+ * after the copy left it there (one pass over the source, none over the
+ * staging from memory). */
+#define COPY_HASH_PIECE ((size_t)64 << 10)
+
+static kvt_status_t copy_hash(uint8_t *dst, const uint8_t *src, size_t len, uint64_t *sum_p)
+{
+    XXH3_state_t *xs = XXH3_createState();
+    if (!xs)
+        return KVT_ERR_NOMEM;
+    (void)XXH3_64bits_reset(xs);
+    for (size_t at = 0; at < len; at += COPY_HASH_PIECE) {
+        size_t n = len - at < COPY_HASH_PIECE ? len - at : COPY_HASH_PIECE;
+        memcpy(dst + at, src + at, n);
+        (void)XXH3_64bits_update(xs, dst + at, n);
+    }
+    *sum_p = XXH3_64bits_digest(xs);
+    XXH3_freeState(xs);
+    return KVT_OK;
+}
+
+/* The image into its staging slot (unless it is there already) and
+ * kvt_kv_pool_put_verify's checks, in its order, on the staged bytes:
+ * identity, key, length (before anything is copied), then the xxh3
+ * checksum (invariant 3) of exactly the bytes that go to the device. */
 static void verify_run(void *arg, size_t b0, size_t b1, uint32_t tid)
 {
     const move_job_t *j = arg;
@@ -508,14 +749,21 @@ static void verify_run(void *arg, size_t b0, size_t b1, uint32_t tid)
     (void)tid;
     for (size_t b = b0; b < b1; b++) {
         const kvt_block_header_t *h = &j->in_hdrs[j->base + b];
-        const void *src = j->in_payloads[j->base + b];
+        const uint8_t *src = j->in_payloads[j->base + b];
         uint8_t *sb = g->stage + (j->sbase + b) * e->pool.stride;
-        if (src != sb && h->payload_len == e->pool.payload_len) {
-            memcpy(sb, src, e->pool.payload_len);
-            src = sb;
-        }
-        g->mv_st[j->sbase + b] =
-            kvt_kv_pool_put_verify(&e->pool, &e->identity, h, src, h->payload_len);
+        kvt_status_t st = kvt_block_header_check_identity(h, &e->identity);
+        if (st == KVT_OK)
+            st = kvt_block_header_check_key(h);
+        if (st == KVT_OK && h->payload_len != e->pool.payload_len)
+            st = KVT_ERR_CORRUPT;
+        uint64_t sum = 0;
+        if (st == KVT_OK && src != sb)
+            st = copy_hash(sb, src, h->payload_len, &sum);
+        else if (st == KVT_OK)
+            sum = kvt_xxh3_64(sb, h->payload_len);
+        if (st == KVT_OK && sum != h->checksum)
+            st = KVT_ERR_CORRUPT;
+        g->mv_st[j->sbase + b] = st;
     }
 }
 
@@ -531,6 +779,7 @@ kvt_status_t kvt_gpu_engine_seq_blocks(const kvt_engine_t *e, const kvt_seq_t *s
     size_t q = move_part(e, n, KVT_GPU_MOVE_OUT_BYTES);
     if (n > g->stage_blocks)
         return KVT_ERR_TOO_LARGE;
+    uint64_t t0 = kvt_time_ns();
     kvt_status_t st = kvt_gpu_use(g->device);
     if (st == KVT_OK)
         st = kvt_gpu_event_record(g->ev[0], g->copy);
@@ -546,13 +795,19 @@ kvt_status_t kvt_gpu_engine_seq_blocks(const kvt_engine_t *e, const kvt_seq_t *s
     move_job_t job = {.e = e, .seq = s, .from = from, .hdrs = hdrs, .payloads = payloads};
     for (size_t k = 0; k < parts && st == KVT_OK; k++) {
         float ms;
+        uint64_t t1 = kvt_time_ns();
         st = kvt_gpu_event_elapsed_ms(g->ev[0], g->ev[k + 1], &ms); /* waits for part k */
+        uint64_t t2 = kvt_time_ns();
         job.base = k * q;
         if (st == KVT_OK)
             kvt_threads_for(g->threads, (n - job.base < q ? n - job.base : q), 1, headers_run,
                             &job);
+        g->mv_out_wait_ns += t2 - t1;
+        g->mv_out_host_ns += kvt_time_ns() - t2;
     }
     kvt_status_t ss = kvt_gpu_stream_sync(g->copy);
+    g->mv_out_ns += kvt_time_ns() - t0;
+    g->mv_out_bytes += n * e->pool.payload_len;
     st = st == KVT_OK ? ss : st;
     if (st != KVT_OK) {
         kvt_log_error("engine: block copy to the host failed blocks=%zu status=%s", n,
@@ -585,6 +840,7 @@ kvt_status_t kvt_gpu_engine_put_batch(kvt_engine_t *e, const kvt_block_header_t 
     for (size_t i = 0; i < n; i++)
         st[i] = KVT_ERR_IO; /* for blocks a failed copy leaves unprocessed */
     move_job_t job = {.e = e, .in_hdrs = hdrs, .in_payloads = payloads};
+    uint64_t t0 = kvt_time_ns();
     kvt_status_t cs = kvt_gpu_use(g->device);
     if (cs == KVT_OK)
         cs = kvt_gpu_event_record(g->ev[0], g->copy);
@@ -592,7 +848,9 @@ kvt_status_t kvt_gpu_engine_put_batch(kvt_engine_t *e, const kvt_block_header_t 
         size_t r = p % R, k0 = p * q, k1 = n - k0 < q ? n : k0 + q;
         if (p - p0 == R) { /* region r still holds part p0 = p - R */
             float ms;
+            uint64_t t1 = kvt_time_ns();
             cs = kvt_gpu_event_elapsed_ms(g->ev[0], g->ev[r + 1], &ms);
+            g->mv_in_wait_ns += kvt_time_ns() - t1;
             if (cs != KVT_OK)
                 break;
             for (size_t j = 0; j < na[r]; j++)
@@ -602,7 +860,9 @@ kvt_status_t kvt_gpu_engine_put_batch(kvt_engine_t *e, const kvt_block_header_t 
         }
         job.base = k0;
         job.sbase = r * q;
+        uint64_t t1 = kvt_time_ns();
         kvt_threads_for(g->threads, k1 - k0, 1, verify_run, &job);
+        g->mv_in_host_ns += kvt_time_ns() - t1;
         nc = 0;
         for (size_t i = k0; i < k1; i++) {
             uint32_t slot, parent;
@@ -627,7 +887,11 @@ kvt_status_t kvt_gpu_engine_put_batch(kvt_engine_t *e, const kvt_block_header_t 
         if (cs == KVT_OK)
             cs = kvt_gpu_event_record(g->ev[r + 1], g->copy);
     }
+    uint64_t t1 = kvt_time_ns();
     kvt_status_t ss = kvt_gpu_stream_sync(g->copy);
+    g->mv_in_wait_ns += kvt_time_ns() - t1;
+    g->mv_in_ns += kvt_time_ns() - t0;
+    g->mv_in_bytes += n * e->pool.payload_len;
     cs = cs == KVT_OK ? ss : cs;
     if (cs != KVT_OK) {
         kvt_log_error("engine: block copy to the device failed blocks=%zu status=%s", n,

@@ -46,6 +46,16 @@
 #define KVT_GPU_MOVE_OUT_BYTES ((size_t)8 << 20)
 #define KVT_GPU_MOVE_IN_BYTES ((size_t)32 << 20)
 
+/* Decode-step graphs kept (forward_cuda.c: keyed by rows and attention
+ * chunk rows, least recently used replaced). */
+#define KVT_GPU_GRAPHS 8
+
+typedef struct {
+    kvt_gpu_graph_t exec; /* NULL: free */
+    uint32_t rows, chunk_cap;
+    uint64_t used;
+} kvt_gpu_graph_slot_t;
+
 typedef struct {
     const float *attn_norm, *mlp_norm; /* [hidden] */
     const uint16_t *w_qkv;             /* [q_dim + 2 kv_dim][hidden] */
@@ -88,6 +98,16 @@ struct kvt_gpu_engine {
     size_t *put_idx;
     kvt_status_t *mv_st;  /* [stage_blocks] per-block results of the parallel step */
     kvt_gpu_event_t ev[KVT_GPU_MOVE_PARTS + 1]; /* start + one per part / ring region */
+    /* decode graphs (KVT_GPU_GRAPHS=0 in the environment turns them off) */
+    bool graphs_on;
+    kvt_gpu_graph_slot_t graphs[KVT_GPU_GRAPHS];
+    uint64_t graph_tick, graph_captures, graph_launches;
+    size_t graph_last_rows;   /* rows of the previous pass if it was a decode step */
+    void *dec_scratch;        /* the graphs' decode attention partials */
+    size_t dec_scratch_bytes;
+    /* block move phases, ns since create (logged at destroy) */
+    uint64_t mv_out_ns, mv_out_wait_ns, mv_out_host_ns, mv_out_bytes;
+    uint64_t mv_in_ns, mv_in_wait_ns, mv_in_host_ns, mv_in_bytes;
 };
 
 /* forward_cuda.c */

@@ -78,6 +78,10 @@ struct DecArgs {
     const uint32_t *tables;
     float2 *part_ml;  /* [group * max_n + i][head][chunk]: (max, sum) */
     float *part_acc;  /* [group * max_n + i][head][chunk][hd] */
+    /* Graph launches: {chunk, n_chunks} read from the device at run time
+     * (the grid has at least n_chunks chunk rows; the rest return), so one
+     * captured launch serves every context length.  Null: the fields. */
+    const uint32_t *plan;
     uint32_t n_heads, n_rep, n_slices, max_n, chunk, n_chunks;
     float scale_log2;
 };
@@ -110,6 +114,17 @@ __device__ __forceinline__ float warp_sum(float v)
 __device__ __forceinline__ float rescale(float m, float mx)
 {
     return m == -INFINITY ? 0.0f : exp2f(m - mx);
+}
+
+/* The step's chunking from a.plan (graph launches); false for a block
+ * past the chunks in use. */
+__device__ __forceinline__ bool dec_plan(DecArgs &a)
+{
+    if (!a.plan)
+        return true;
+    a.chunk = __ldg(a.plan);
+    a.n_chunks = __ldg(a.plan + 1);
+    return blockIdx.y < a.n_chunks;
 }
 
 /* One output element of a decode block: the final bf16 when the context
@@ -167,7 +182,7 @@ __global__ void __launch_bounds__(DEC_WARPS * 32) decode_vec(DecArgs a)
     __shared__ float s_acc[DEC_WARPS][HPB][HD];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, sub = lane % L, grp = lane / L;
     DecWork w;
-    if (!dec_work(a, w))
+    if (!dec_plan(a) || !dec_work(a, w))
         return;
     const uint32_t j0 = w.slice * HPB, head0 = w.kvh * a.n_rep + j0;
     const int nh = (int)min((uint32_t)HPB, a.n_rep - j0);
@@ -317,7 +332,7 @@ __global__ void __launch_bounds__(DEC_WARPS * 32) decode_gen(DecArgs a)
     __shared__ float s_q[DEC_WARPS][256];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     DecWork w;
-    if (!dec_work(a, w))
+    if (!dec_plan(a) || !dec_work(a, w))
         return;
     const uint32_t hd = a.kv.hd, *table = a.tables + w.g.table_off;
     for (uint32_t j = warp; j < a.n_rep; j += DEC_WARPS) {
@@ -392,6 +407,8 @@ __global__ void __launch_bounds__(DEC_WARPS * 32) decode_combine(DecArgs a)
 {
     __shared__ float s_w[DEC_MAX_CHUNKS];
     __shared__ float red[DEC_WARPS];
+    if (a.plan && (!dec_plan(a) || a.n_chunks == 1))
+        return; /* one chunk: the decode blocks wrote the output */
     uint32_t head = blockIdx.x % a.n_heads, rowidx = blockIdx.x / a.n_heads;
     uint32_t i = rowidx % a.max_n, gi = rowidx / a.max_n;
     Group g = a.groups[gi];
@@ -875,15 +892,13 @@ template <int HD, bool F32> void launch_vec(int hpb, dim3 grid, cudaStream_t st,
     }
 }
 
-kvt_status_t run_decode(const kvt_k_kv_t *kv, uint32_t layer, const uint16_t *q,
-                        uint32_t n_heads, const kvt_k_group_t *groups, uint32_t n_groups,
-                        const uint32_t *tables, uint32_t max_n, uint32_t max_ctx, float scale,
-                        uint16_t *out, cudaStream_t st)
+/* The launch-independent part of a decode: the view, the head slicing and
+ * the blocks of one chunk row (grid x). */
+kvt_status_t dec_setup(const kvt_k_kv_t *kv, uint32_t layer, const uint16_t *q, uint32_t n_heads,
+                       const kvt_k_group_t *groups, uint32_t n_groups, const uint32_t *tables,
+                       uint32_t max_n, float scale, uint16_t *out, DecArgs *a_p, int *hpb_p,
+                       bool *vec_p, uint32_t *blocks_p)
 {
-    int dev, sms;
-    kvt_status_t rc = device_info(&dev, &sms);
-    if (rc != KVT_OK)
-        return rc;
     DecArgs a = {};
     a.kv = make_view(kv, layer);
     a.q = q;
@@ -900,13 +915,22 @@ kvt_status_t run_decode(const kvt_k_kv_t *kv, uint32_t layer, const uint16_t *q,
     while (vec && hpb < 8 && (uint32_t)hpb < a.n_rep)
         hpb *= 2;
     a.n_slices = vec ? (a.n_rep + hpb - 1) / hpb : 1;
-
     uint64_t blocks = (uint64_t)n_groups * max_n * kv->n_kv_heads * a.n_slices;
     if (blocks >= (1ull << 31)) {
         kvt_log_error("attention decode grid too large blocks=%llu", (unsigned long long)blocks);
         return KVT_ERR_INVALID;
     }
-    /* Chunks: enough blocks for ~8 per SM, at least DEC_MIN_CHUNK keys each. */
+    *a_p = a;
+    *hpb_p = hpb;
+    *vec_p = vec;
+    *blocks_p = (uint32_t)blocks;
+    return KVT_OK;
+}
+
+/* Chunks: enough blocks for ~8 per SM, at least DEC_MIN_CHUNK keys each. */
+void dec_chunking(uint64_t blocks, int sms, uint32_t max_ctx, uint32_t *chunk_p,
+                  uint32_t *n_chunks_p)
+{
     uint64_t target = 8ull * sms, want = (target + blocks - 1) / blocks;
     uint64_t most = (max_ctx + DEC_MIN_CHUNK - 1) / DEC_MIN_CHUNK;
     uint64_t nc = want < most ? want : most;
@@ -914,21 +938,18 @@ kvt_status_t run_decode(const kvt_k_kv_t *kv, uint32_t layer, const uint16_t *q,
         nc = DEC_MAX_CHUNKS;
     if (nc < 1)
         nc = 1;
-    a.chunk = (uint32_t)((max_ctx + nc - 1) / nc);
-    a.chunk = (a.chunk + 31) & ~31u;
-    a.n_chunks = (max_ctx + a.chunk - 1) / a.chunk;
+    uint32_t chunk = (uint32_t)((max_ctx + nc - 1) / nc);
+    chunk = (chunk + 31) & ~31u;
+    *chunk_p = chunk;
+    *n_chunks_p = (max_ctx + chunk - 1) / chunk;
+}
 
-    void *scratch = nullptr;
-    if (a.n_chunks > 1) {
-        size_t parts = (size_t)n_groups * max_n * n_heads * a.n_chunks;
-        rc = scratch_alloc(dev, parts * (sizeof(float2) + (size_t)hd * sizeof(float)), st,
-                           &scratch);
-        if (rc != KVT_OK)
-            return rc;
-        a.part_ml = static_cast<float2 *>(scratch);
-        a.part_acc = reinterpret_cast<float *>(a.part_ml + parts);
-    }
-    dim3 grid((uint32_t)blocks, a.n_chunks);
+/* The decode kernel (grid y = chunk rows) and, with combine, the merge of
+ * the chunks. */
+cudaError_t dec_launch(const DecArgs &a, const kvt_k_kv_t *kv, bool vec, int hpb, dim3 grid,
+                       bool combine, uint32_t n_groups, cudaStream_t st)
+{
+    uint32_t hd = kv->head_dim;
     if (vec && hd == 64)
         kv->f32 ? launch_vec<64, true>(hpb, grid, st, a) : launch_vec<64, false>(hpb, grid, st, a);
     else if (vec)
@@ -939,10 +960,51 @@ kvt_status_t run_decode(const kvt_k_kv_t *kv, uint32_t layer, const uint16_t *q,
     else
         decode_gen<false><<<grid, DEC_WARPS * 32, 0, st>>>(a);
     cudaError_t e = cudaGetLastError();
-    if (e == cudaSuccess && a.n_chunks > 1) {
-        decode_combine<<<(uint32_t)((uint64_t)n_groups * max_n * n_heads), DEC_WARPS * 32, 0, st>>>(a);
+    if (e == cudaSuccess && combine) {
+        decode_combine<<<(uint32_t)((uint64_t)n_groups * a.max_n * a.n_heads), DEC_WARPS * 32, 0,
+                         st>>>(a);
         e = cudaGetLastError();
     }
+    return e;
+}
+
+size_t dec_scratch_bytes(uint32_t n_groups, uint32_t max_n, uint32_t n_heads, uint32_t n_chunks,
+                         uint32_t hd, size_t *parts_p)
+{
+    size_t parts = (size_t)n_groups * max_n * n_heads * n_chunks;
+    *parts_p = parts;
+    return parts * (sizeof(float2) + (size_t)hd * sizeof(float));
+}
+
+kvt_status_t run_decode(const kvt_k_kv_t *kv, uint32_t layer, const uint16_t *q,
+                        uint32_t n_heads, const kvt_k_group_t *groups, uint32_t n_groups,
+                        const uint32_t *tables, uint32_t max_n, uint32_t max_ctx, float scale,
+                        uint16_t *out, cudaStream_t st)
+{
+    int dev, sms, hpb;
+    bool vec;
+    uint32_t blocks;
+    DecArgs a;
+    kvt_status_t rc = device_info(&dev, &sms);
+    if (rc == KVT_OK)
+        rc = dec_setup(kv, layer, q, n_heads, groups, n_groups, tables, max_n, scale, out, &a,
+                       &hpb, &vec, &blocks);
+    if (rc != KVT_OK)
+        return rc;
+    dec_chunking(blocks, sms, max_ctx, &a.chunk, &a.n_chunks);
+
+    void *scratch = nullptr;
+    if (a.n_chunks > 1) {
+        size_t parts;
+        size_t bytes = dec_scratch_bytes(n_groups, max_n, n_heads, a.n_chunks, kv->head_dim, &parts);
+        rc = scratch_alloc(dev, bytes, st, &scratch);
+        if (rc != KVT_OK)
+            return rc;
+        a.part_ml = static_cast<float2 *>(scratch);
+        a.part_acc = reinterpret_cast<float *>(a.part_ml + parts);
+    }
+    cudaError_t e = dec_launch(a, kv, vec, hpb, dim3(blocks, a.n_chunks), a.n_chunks > 1,
+                               n_groups, st);
     if (scratch) {
         cudaError_t fe = cudaFreeAsync(scratch, st);
         if (e == cudaSuccess)
@@ -981,6 +1043,70 @@ extern "C" kvt_status_t kvt_k_attn_decode(const kvt_k_kv_t *kv, uint32_t layer, 
         return rc;
     return run_decode(kv, layer, q, n_heads, groups, n_groups, tables, max_n, max_ctx, scale, out,
                       reinterpret_cast<cudaStream_t>(s));
+}
+
+extern "C" kvt_status_t kvt_k_attn_decode_plan(const kvt_k_kv_t *kv, const uint16_t *q,
+                                               const uint16_t *out, uint32_t n_heads,
+                                               uint32_t n_groups, uint32_t max_n,
+                                               uint32_t max_ctx, uint32_t plan[2])
+{
+    int dev, sms, hpb;
+    bool vec;
+    uint32_t blocks;
+    DecArgs a;
+    if (!kv || kv->n_kv_heads == 0 || n_heads == 0 || n_heads % kv->n_kv_heads != 0 ||
+        n_groups == 0 || max_n == 0 || max_ctx < max_n)
+        return KVT_ERR_INVALID;
+    kvt_status_t rc = device_info(&dev, &sms);
+    if (rc == KVT_OK)
+        rc = dec_setup(kv, 0, q, n_heads, nullptr, n_groups, nullptr, max_n, 1.0f,
+                       const_cast<uint16_t *>(out), &a, &hpb, &vec, &blocks);
+    if (rc == KVT_OK)
+        dec_chunking(blocks, sms, max_ctx, &plan[0], &plan[1]);
+    return rc;
+}
+
+extern "C" size_t kvt_k_attn_decode_scratch(const kvt_k_kv_t *kv, uint32_t n_heads,
+                                            uint32_t n_groups, uint32_t max_n,
+                                            uint32_t chunk_cap)
+{
+    size_t parts;
+    return dec_scratch_bytes(n_groups, max_n, n_heads, chunk_cap, kv->head_dim, &parts);
+}
+
+extern "C" kvt_status_t kvt_k_attn_decode_graph(const kvt_k_kv_t *kv, uint32_t layer,
+                                                const uint16_t *q, uint32_t n_heads,
+                                                const kvt_k_group_t *groups, uint32_t n_groups,
+                                                const uint32_t *tables, uint32_t max_n,
+                                                const uint32_t *plan, uint32_t chunk_cap,
+                                                void *scratch, float scale, uint16_t *out,
+                                                kvt_gpu_stream_t s)
+{
+    int hpb;
+    bool vec;
+    uint32_t blocks;
+    DecArgs a;
+    kvt_status_t rc = check_args(kv, layer, q, n_heads, groups, tables, max_n, max_n, out);
+    if (rc == KVT_OK && (!plan || chunk_cap == 0 || chunk_cap > DEC_MAX_CHUNKS ||
+                         (chunk_cap > 1 && !scratch)))
+        rc = KVT_ERR_INVALID;
+    if (rc != KVT_OK || n_groups == 0 || max_n == 0)
+        return rc;
+    rc = dec_setup(kv, layer, q, n_heads, groups, n_groups, tables, max_n, scale, out, &a, &hpb,
+                   &vec, &blocks);
+    if (rc != KVT_OK)
+        return rc;
+    size_t parts;
+    (void)dec_scratch_bytes(n_groups, max_n, n_heads, chunk_cap, kv->head_dim, &parts);
+    a.plan = plan;
+    a.part_ml = static_cast<float2 *>(scratch);
+    a.part_acc = scratch ? reinterpret_cast<float *>(a.part_ml + parts) : nullptr;
+    /* Placeholders; every block reads the plan. */
+    a.chunk = 0;
+    a.n_chunks = chunk_cap;
+    cudaError_t e = dec_launch(a, kv, vec, hpb, dim3(blocks, chunk_cap), chunk_cap > 1, n_groups,
+                               reinterpret_cast<cudaStream_t>(s));
+    return e == cudaSuccess ? KVT_OK : cuda_fail("decode launch", e);
 }
 
 extern "C" kvt_status_t kvt_k_attn_prefill(const kvt_k_kv_t *kv, uint32_t layer,

@@ -4,8 +4,9 @@
  * Every CUDA error is converted here, at the boundary, into a kvt_status_t
  * and logged once with the CUDA error string.  Opaque handles are the CUDA
  * handles themselves, cast: kvt_gpu_stream_t is a cudaStream_t (NULL is the
- * legacy default stream), kvt_gpu_event_t a cudaEvent_t, kvt_gpu_blas_t a
- * cublasHandle_t.  Streams are created non-blocking, so they never
+ * legacy default stream), kvt_gpu_event_t a cudaEvent_t, kvt_gpu_graph_t a
+ * cudaGraphExec_t; kvt_gpu_blas_t is a cublasHandle_t with its workspace.
+ * Streams are created non-blocking, so they never
  * serialise behind work on the legacy default stream.
  *
  * kvt_gpu_copy_batch is a loop of cudaMemcpyAsync: cudaMemcpyBatchAsync
@@ -20,6 +21,7 @@
 #include <cuda_runtime_api.h>
 #include <limits.h>
 #include <stdio.h>
+#include <stdlib.h>
 
 kvt_status_t kvt_gpu_status(int cuda_err, const char *what)
 {
@@ -279,29 +281,93 @@ kvt_status_t kvt_gpu_event_elapsed_ms(kvt_gpu_event_t start, kvt_gpu_event_t end
     return st;
 }
 
-/* --- cuBLAS --- */
+/* --- graphs --- */
 
-kvt_status_t kvt_gpu_blas_create(kvt_gpu_stream_t s, kvt_gpu_blas_t *h_p)
+kvt_status_t kvt_gpu_capture_begin(kvt_gpu_stream_t s)
 {
-    cublasHandle_t h;
-    kvt_status_t st = blas_status(cublasCreate(&h), "cublasCreate");
-    if (st != KVT_OK)
-        return st;
-    st = blas_status(cublasSetStream(h, (cudaStream_t)s), "cublasSetStream");
-    if (st == KVT_OK)
-        st = blas_status(cublasSetMathMode(h, CUBLAS_DEFAULT_MATH), "cublasSetMathMode");
-    if (st != KVT_OK) {
-        cublasDestroy(h);
-        return st;
+    /* Thread-local: other threads' CUDA calls (another engine's block
+     * moves) neither break this capture nor are refused by it. */
+    return kvt_gpu_status(
+        (int)cudaStreamBeginCapture((cudaStream_t)s, cudaStreamCaptureModeThreadLocal),
+        "stream begin capture");
+}
+
+kvt_status_t kvt_gpu_capture_end(kvt_gpu_stream_t s, bool discard, kvt_gpu_graph_t *g_p)
+{
+    cudaGraph_t graph = NULL;
+    cudaGraphExec_t exec = NULL;
+    kvt_status_t st = kvt_gpu_status((int)cudaStreamEndCapture((cudaStream_t)s, &graph),
+                                     "stream end capture");
+    if (st == KVT_OK && !discard)
+        st = kvt_gpu_status((int)cudaGraphInstantiate(&exec, graph, 0), "graph instantiate");
+    if (graph)
+        (void)cudaGraphDestroy(graph);
+    if (st != KVT_OK || discard) {
+        if (exec)
+            (void)cudaGraphExecDestroy(exec);
+        return st != KVT_OK ? st : KVT_ERR_AGAIN;
     }
-    *h_p = (kvt_gpu_blas_t)h;
+    *g_p = (kvt_gpu_graph_t)exec;
     return KVT_OK;
 }
 
-void kvt_gpu_blas_destroy(kvt_gpu_blas_t h)
+kvt_status_t kvt_gpu_graph_launch(kvt_gpu_graph_t g, kvt_gpu_stream_t s)
 {
-    if (h)
-        (void)blas_status(cublasDestroy((cublasHandle_t)h), "cublasDestroy");
+    return kvt_gpu_status((int)cudaGraphLaunch((cudaGraphExec_t)g, (cudaStream_t)s),
+                          "graph launch");
+}
+
+void kvt_gpu_graph_destroy(kvt_gpu_graph_t g)
+{
+    if (g)
+        (void)kvt_gpu_status((int)cudaGraphExecDestroy((cudaGraphExec_t)g), "graph destroy");
+}
+
+/* --- cuBLAS --- */
+
+/* The handle and its workspace: cuBLAS takes a workspace of its own per
+ * stream otherwise, allocated on first use, which a stream capture cannot
+ * do; one set at create serves plain launches and graph captures alike, so
+ * both pick the same algorithms. */
+struct kvt_gpu_blas {
+    cublasHandle_t h;
+    void *ws;
+};
+
+#define BLAS_WORKSPACE ((size_t)32 << 20) /* cuBLAS's own default on Hopper */
+
+kvt_status_t kvt_gpu_blas_create(kvt_gpu_stream_t s, kvt_gpu_blas_t *h_p)
+{
+    struct kvt_gpu_blas *b = calloc(1, sizeof(*b));
+    if (!b)
+        return KVT_ERR_NOMEM;
+    kvt_status_t st = blas_status(cublasCreate(&b->h), "cublasCreate");
+    if (st != KVT_OK) {
+        free(b);
+        return st;
+    }
+    st = blas_status(cublasSetStream(b->h, (cudaStream_t)s), "cublasSetStream");
+    if (st == KVT_OK)
+        st = blas_status(cublasSetMathMode(b->h, CUBLAS_DEFAULT_MATH), "cublasSetMathMode");
+    if (st == KVT_OK)
+        st = kvt_gpu_malloc(&b->ws, BLAS_WORKSPACE, "cublas workspace");
+    if (st == KVT_OK)
+        st = blas_status(cublasSetWorkspace(b->h, b->ws, BLAS_WORKSPACE), "cublasSetWorkspace");
+    if (st != KVT_OK) {
+        kvt_gpu_blas_destroy(b);
+        return st;
+    }
+    *h_p = b;
+    return KVT_OK;
+}
+
+void kvt_gpu_blas_destroy(kvt_gpu_blas_t b)
+{
+    if (!b)
+        return;
+    (void)blas_status(cublasDestroy(b->h), "cublasDestroy");
+    kvt_gpu_free(b->ws);
+    free(b);
 }
 
 kvt_status_t kvt_gpu_gemm_bf16(kvt_gpu_blas_t h, const uint16_t *w, const uint16_t *x, float *y,
@@ -320,7 +386,7 @@ kvt_status_t kvt_gpu_gemm_bf16(kvt_gpu_blas_t h, const uint16_t *w, const uint16
      * out x rows with ld out. */
     const float alpha = 1.0f;
     int m = (int)out, n = (int)rows, k = (int)in;
-    return blas_status(cublasGemmEx((cublasHandle_t)h, CUBLAS_OP_T, CUBLAS_OP_N, m, n, k, &alpha,
+    return blas_status(cublasGemmEx(h->h, CUBLAS_OP_T, CUBLAS_OP_N, m, n, k, &alpha,
                                     w, CUDA_R_16BF, k, x, CUDA_R_16BF, k, &beta, y, CUDA_R_32F, m,
                                     CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
                        "cublasGemmEx");

@@ -7,8 +7,9 @@
  * when CUDA is (kernels/ is compiled by nvcc and the CUDA runtime); the CPU
  * build never includes this header.
  *
- * Handles are opaque: kvt_gpu_stream_t is a cudaStream_t, kvt_gpu_blas_t a
- * cublasHandle_t bound to one stream.  Device pointers are plain pointers
+ * Handles are opaque: kvt_gpu_stream_t is a cudaStream_t, kvt_gpu_graph_t a
+ * cudaGraphExec_t, kvt_gpu_blas_t a cublasHandle_t bound to one stream
+ * (with its own workspace, so its products can be captured).  Device pointers are plain pointers
  * that host code must never dereference.  Memory given to an async copy
  * belongs to the stream until the stream is synchronized. */
 #ifndef KVT_KERNELS_GPU_H
@@ -23,6 +24,7 @@
 typedef struct kvt_gpu_stream *kvt_gpu_stream_t;
 typedef struct kvt_gpu_blas *kvt_gpu_blas_t;
 typedef struct kvt_gpu_event *kvt_gpu_event_t;
+typedef struct kvt_gpu_graph *kvt_gpu_graph_t;
 
 /* Number of usable devices (0 when the driver or the device is missing;
  * never fails). */
@@ -61,6 +63,17 @@ void kvt_gpu_event_destroy(kvt_gpu_event_t e);
 kvt_status_t kvt_gpu_event_record(kvt_gpu_event_t e, kvt_gpu_stream_t s);
 /* Milliseconds between two recorded events (waits for `end`). */
 kvt_status_t kvt_gpu_event_elapsed_ms(kvt_gpu_event_t start, kvt_gpu_event_t end, float *ms_p);
+
+/* CUDA graphs: capture what the calling thread queues on s between begin
+ * and end (nothing runs meanwhile), then instantiate it.  end with discard
+ * (a launch failed during the capture) drops it and returns
+ * KVT_ERR_AGAIN; a capture that failed is KVT_ERR_IO, and the stream
+ * is usable again either way.  A launched graph runs on s like the work
+ * it captured; destroy it only when s is idle. */
+kvt_status_t kvt_gpu_capture_begin(kvt_gpu_stream_t s);
+kvt_status_t kvt_gpu_capture_end(kvt_gpu_stream_t s, bool discard, kvt_gpu_graph_t *g_p);
+kvt_status_t kvt_gpu_graph_launch(kvt_gpu_graph_t g, kvt_gpu_stream_t s);
+void kvt_gpu_graph_destroy(kvt_gpu_graph_t g);
 
 /* cuBLAS handle on stream s (tensor-op math allowed). */
 kvt_status_t kvt_gpu_blas_create(kvt_gpu_stream_t s, kvt_gpu_blas_t *h_p);

@@ -85,6 +85,25 @@ kvt_status_t kvt_k_attn_decode(const kvt_k_kv_t *kv, uint32_t layer, const uint1
                                uint32_t n_heads, const kvt_k_group_t *groups, uint32_t n_groups,
                                const uint32_t *tables, uint32_t max_n, uint32_t max_ctx,
                                float scale, uint16_t *out, kvt_gpu_stream_t s);
+/* Decode attention for a CUDA graph: one captured launch serves every
+ * context length.  The launch shape is fixed by (n_groups, max_n,
+ * chunk_cap); the step's chunking, plan = {chunk, n_chunks} (device, two
+ * words), is read when the graph runs, and the caller refreshes it before
+ * each replay from kvt_k_attn_decode_plan for the step's max_ctx (with the
+ * same kv, q, out, n_heads, n_groups, max_n), needing n_chunks <=
+ * chunk_cap.  scratch: kvt_k_attn_decode_scratch(..., chunk_cap) bytes of
+ * device memory (may be NULL when chunk_cap is 1).  Same arithmetic as
+ * kvt_k_attn_decode given the same chunking, so bitwise equal to it. */
+kvt_status_t kvt_k_attn_decode_plan(const kvt_k_kv_t *kv, const uint16_t *q, const uint16_t *out,
+                                    uint32_t n_heads, uint32_t n_groups, uint32_t max_n,
+                                    uint32_t max_ctx, uint32_t plan[2]);
+size_t kvt_k_attn_decode_scratch(const kvt_k_kv_t *kv, uint32_t n_heads, uint32_t n_groups,
+                                 uint32_t max_n, uint32_t chunk_cap);
+kvt_status_t kvt_k_attn_decode_graph(const kvt_k_kv_t *kv, uint32_t layer, const uint16_t *q,
+                                     uint32_t n_heads, const kvt_k_group_t *groups,
+                                     uint32_t n_groups, const uint32_t *tables, uint32_t max_n,
+                                     const uint32_t *plan, uint32_t chunk_cap, void *scratch,
+                                     float scale, uint16_t *out, kvt_gpu_stream_t s);
 /* Reference for both (host arrays; double accumulation). */
 void kvt_k_attn_ref(const kvt_k_kv_t *kv, uint32_t layer, const uint16_t *q, uint32_t n_heads,
                     const kvt_k_group_t *groups, uint32_t n_groups, const uint32_t *tables,

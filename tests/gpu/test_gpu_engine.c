@@ -19,9 +19,11 @@
  *       (kvt_engine_tier_store / tier_load) moves them too;
  *   (e) a block computed on the GPU imports into the CPU engine
  *       (pool_put verifies it) and the CPU engine resumes from it;
- *   (f) the oracle fixtures of test_oracle with f32 KV on the GPU. */
+ *   (f) the oracle fixtures of test_oracle with f32 KV on the GPU;
+ *   (g) decode steps replayed from CUDA graphs == plain launches, bitwise. */
 #include "common/hash.h"
 #include "engine/engine.h"
+#include "engine/gpu_engineInt.h" /* graph counters (test g) */
 #include "engine/model.h"
 #include "engine/model_init.h"
 #include "engine/tier_io.h"
@@ -414,6 +416,82 @@ static void test_gpu_batch_decode(void **state)
     }
 }
 
+/* --- (g) decode steps through CUDA graphs == plain launches, bitwise --- */
+
+/* An engine with decode graphs on or off (KVT_GPU_GRAPHS, read at create). */
+static void fx_open_graphs(fx_t *fx, const kvt_model_t *m, bool graphs)
+{
+    assert_int_equal(setenv("KVT_GPU_GRAPHS", graphs ? "1" : "0", 1), 0);
+    fx_open(fx, m, true, KVT_DTYPE_BF16, 128);
+    assert_int_equal(unsetenv("KVT_GPU_GRAPHS"), 0);
+}
+
+/* Batches of 1 and 3 sequences; contexts cross block boundaries (B = 16)
+ * and the decode attention's chunk counts (64 keys a chunk at least), so
+ * graphs are replayed, recaptured for a larger chunk grid, and fed block
+ * tables that grow.  A prefill between steps and a batch-size change sit
+ * in the middle.  Every step's logits must be bitwise the plain pass's,
+ * and the graph engine must have launched graphs. */
+static void test_gpu_graph_decode(void **state)
+{
+    (void)state;
+    enum { NS = 3, STEPS_G = 40 };
+    static const size_t len[NS] = {60, 120, 250};
+    for (int k = 0; k < M_COUNT; k++) {
+        const kvt_model_t *m = g_models[k];
+        fx_t fp, fg;
+        fx_open_graphs(&fp, m, false);
+        fx_open_graphs(&fg, m, true);
+        uint32_t V = fp.V;
+        kvt_seq_t *sp[NS], *sg[NS];
+        uint32_t tok[300];
+        for (int i = 0; i < NS; i++) {
+            make_tokens(tok, len[i], 700 + (uint32_t)i, V);
+            sp[i] = seq_new(&fp);
+            sg[i] = seq_new(&fg);
+            assert_int_equal(kvt_engine_prefill(fp.e, sp[i], tok, len[i], NULL, 0), KVT_OK);
+            assert_int_equal(kvt_engine_prefill(fg.e, sg[i], tok, len[i], NULL, 0), KVT_OK);
+        }
+        float *lp = malloc((size_t)NS * V * sizeof(float));
+        float *lg = malloc((size_t)NS * V * sizeof(float));
+        assert_non_null(lp);
+        assert_non_null(lg);
+        size_t differ = 0, steps = 0;
+        for (int step = 0; step < STEPS_G; step++) {
+            /* batch 1 (sequence 0) for the first half, then all three */
+            size_t nb = step < STEPS_G / 2 ? 1 : NS;
+            uint32_t next[NS];
+            for (size_t i = 0; i < nb; i++)
+                next[i] = (uint32_t)(step * 13 + i * 5 + 1) % V;
+            if (step == STEPS_G / 4) { /* a prefill between steps */
+                make_tokens(tok, 5, 999, V);
+                assert_int_equal(kvt_engine_prefill(fp.e, sp[1], tok, 5, NULL, 0), KVT_OK);
+                assert_int_equal(kvt_engine_prefill(fg.e, sg[1], tok, 5, NULL, 0), KVT_OK);
+            }
+            assert_int_equal(kvt_engine_decode(fp.e, sp, next, nb, lp), KVT_OK);
+            assert_int_equal(kvt_engine_decode(fg.e, sg, next, nb, lg), KVT_OK);
+            for (size_t i = 0; i < nb; i++, steps++)
+                differ += memcmp(lp + i * V, lg + i * V, V * sizeof(float)) != 0;
+        }
+        const kvt_gpu_engine_t *g = fg.e->gpu;
+        print_message("gpu graph decode %-10s %zu/%zu rows bitwise, captures %llu launches %llu\n",
+                      g_name[k], steps - differ, steps, (unsigned long long)g->graph_captures,
+                      (unsigned long long)g->graph_launches);
+        assert_int_equal(differ, 0);
+        assert_true(g->graph_launches >= STEPS_G - 4);
+        assert_true(g->graph_captures >= 3); /* batch 1, batch 3, a larger chunk grid */
+        assert_int_equal(fp.e->gpu->graph_launches, 0);
+        for (int i = 0; i < NS; i++) {
+            kvt_engine_seq_destroy(fp.e, sp[i]);
+            kvt_engine_seq_destroy(fg.e, sg[i]);
+        }
+        kvt_engine_destroy(fp.e);
+        kvt_engine_destroy(fg.e);
+        free(lp);
+        free(lg);
+    }
+}
+
 /* --- (d) block moves, (e) GPU blocks into the CPU engine --- */
 
 static void test_gpu_block_moves(void **state)
@@ -642,6 +720,7 @@ int main(void)
         cmocka_unit_test(test_gpu_vs_cpu),       cmocka_unit_test(test_gpu_resume),
         cmocka_unit_test(test_gpu_batch_decode), cmocka_unit_test(test_gpu_block_moves),
         cmocka_unit_test(test_gpu_tier_io),      cmocka_unit_test(test_gpu_oracle),
+        cmocka_unit_test(test_gpu_graph_decode),
     };
     return cmocka_run_group_tests(tests, setup_models, teardown_models);
 }
