@@ -12,6 +12,7 @@ PACKAGES=(
   libssl-dev libxxhash-dev libpcre2-dev libmicrohttpd-dev libcjson-dev
   libcmocka-dev clang libclang-rt-14-dev
   ucx-utils redis-server  # the same-run references of `kvtier bench pull`
+  curl jq                 # the quickstart's client of `kvtier serve`
 )
 
 missing=()
