@@ -504,16 +504,16 @@ static void test_no_body(void **state)
     kvt_msg_t m = KVTIER__ENVELOPE__INIT;
     m.version = KVT_PROTO_VERSION;
     assert_rejected(&m, "body=none", "reason=no body");
-    /* A body of a type this schema does not know: field 25, and field 9. */
-    const uint8_t unknown25[] = {0x08, 0x01, 0xca, 0x01, 0x03, 0x0a, 0x01, 0x61};
+    /* A body of a type this schema does not know: field 40, and field 9. */
+    const uint8_t unknown40[] = {0x08, 0x01, 0xc2, 0x02, 0x03, 0x0a, 0x01, 0x61};
     const uint8_t unknown9[] = {0x08, 0x01, 0x48, 0x05};
     char why[1024];
-    assert_int_equal(decode_why(unknown25, sizeof(unknown25), why, sizeof(why)),
+    assert_int_equal(decode_why(unknown40, sizeof(unknown40), why, sizeof(why)),
                      KVT_ERR_INVALID);
     assert_non_null(strstr(why, "reason=no body"));
     assert_int_equal(decode_why(unknown9, sizeof(unknown9), why, sizeof(why)), KVT_ERR_INVALID);
     /* The same unknown field beside a known body is kept, not rejected. */
-    const uint8_t beside[] = {0x08, 0x01, 0xba, 0x01, 0x00, 0xca, 0x01, 0x01, 0x61};
+    const uint8_t beside[] = {0x08, 0x01, 0xba, 0x01, 0x00, 0xc2, 0x02, 0x01, 0x61};
     kvt_msg_t *d = NULL;
     assert_int_equal(kvt_msg_decode(beside, sizeof(beside), &d), KVT_OK);
     assert_int_equal(d->body_case, ENV_CASE(ACK));
