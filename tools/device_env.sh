@@ -4,10 +4,13 @@
 # and points pkg-config, the linker and the loader at them.
 #   . tools/device_env.sh && cmake -S . -B build-gpu && make -C build-gpu -j16
 DEP=/opt/dep
-if [ ! -d "$DEP/usr/lib/x86_64-linux-gnu" ]; then
-  mkdir -p "$DEP"
-  for f in .deps/*.deb; do dpkg -x "$f" "$DEP"; done
-fi
+# Each .deb once (a stamp per file), so debs added later land on a machine
+# that is already warm.
+mkdir -p "$DEP/.stamps"
+for f in .deps/*.deb; do
+  stamp=$DEP/.stamps/$(basename "$f")
+  [ -e "$stamp" ] || { dpkg -x "$f" "$DEP" && touch "$stamp"; }
+done
 LIB=$DEP/usr/lib/x86_64-linux-gnu
 export PKG_CONFIG_LIBDIR=$LIB/pkgconfig:$DEP/usr/share/pkgconfig
 export PKG_CONFIG_SYSROOT_DIR=$DEP
