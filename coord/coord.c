@@ -52,8 +52,16 @@ static void handle(kvt_http_req_t *req, void *arg)
 {
     kvt_coord_t *c = arg;
     const char *path = kvt_http_req_path(req);
+    const char *method = kvt_http_req_method(req);
+    bool get = strcmp(method, "GET") == 0 || strcmp(method, "HEAD") == 0;
+    bool known = strcmp(path, "/healthz") == 0 || strcmp(path, "/readyz") == 0 ||
+                 strcmp(path, "/metrics") == 0 || strcmp(path, "/v1/models") == 0;
     if (strcmp(path, "/v1/completions") == 0) {
         kvt_coord_completions(c, req);
+    } else if (known && !get) { /* the other routes are read-only */
+        char *body = kvt_openai_error_json(405, "use GET", "invalid_request_error", NULL, NULL);
+        respond_json(req, 405, body ? body : "{}");
+        kvt_free(body);
     } else if (strcmp(path, "/healthz") == 0) {
         respond_json(req, 200, "{\"status\":\"ok\"}");
     } else if (strcmp(path, "/readyz") == 0) {
