@@ -17,6 +17,7 @@
 #include <limits.h>
 #include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -49,6 +50,13 @@ static void wait_for_signal(void)
         pause();
     kvt_log_info("stopping");
 }
+
+/* A daemon restarted on its fixed UCX port must bind it again at once:
+ * the connections its previous life accepted sit in TIME_WAIT on that
+ * port for a minute, and UCX's TCP listener sets SO_REUSEADDR only when
+ * asked.  Set before any UCX context reads its config (single-threaded
+ * here); an operator's own setting wins. */
+static void reuse_listen_addr(void) { setenv("UCX_TCP_CM_REUSEADDR", "y", 0); }
 
 static int engine_opts(const kvt_config_t *cfg, kvt_engine_opts_t *eo)
 {
@@ -129,6 +137,7 @@ int kvt_cmd_coord(int argc, char **argv)
     if (!cp.model_dir)
         return KVT_EXIT_USAGE;
     kvt_coord_t *c;
+    reuse_listen_addr();
     if (kvt_coord_start(&cp, &c) != KVT_OK)
         return KVT_EXIT_FAIL;
     fprintf(stderr, "kvtier coord: http=%s:%u ucx_port=%u\n", cp.http, kvt_coord_http_port(c),
@@ -183,6 +192,7 @@ int kvt_cmd_prefill(int argc, char **argv)
     pp.model = model;
     pp.tok = tok;
     kvt_prefill_t *node;
+    reuse_listen_addr();
     kvt_status_t st = kvt_prefill_start(&pp, &node);
     if (st == KVT_OK) {
         fprintf(stderr, "kvtier prefill: id=%s blocks_port=%u\n", pp.node_id,
@@ -357,6 +367,7 @@ int kvt_cmd_serve(int argc, char **argv)
         model_dir = dir;
     }
     serve_t s = {0};
+    reuse_listen_addr();
     kvt_status_t st = serve_start(&s, &cfg, model_dir, &eo);
     if (st == KVT_OK) {
         fprintf(stderr, "kvtier serve: http=%s:%u model=%s\n", kvt_config_str(&cfg, "http"),
