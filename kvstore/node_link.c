@@ -559,6 +559,16 @@ kvt_status_t kvt_node_link_create(const kvt_node_link_params_t *params, kvt_node
     return KVT_OK;
 }
 
+kvt_status_t kvt_node_link_set_ucx_address(kvt_node_link_t *l, const char *ucx_address)
+{
+    char *a = dup_str(ucx_address);
+    if (!a)
+        return KVT_ERR_NOMEM;
+    kvt_free(l->ucx_address);
+    l->ucx_address = a;
+    return KVT_OK;
+}
+
 kvt_status_t kvt_node_link_start(kvt_node_link_t *l)
 {
     if (pthread_create(&l->thread, NULL, link_main, l) != 0)

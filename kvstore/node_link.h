@@ -70,6 +70,10 @@ typedef struct {
  * kvt_node_link_event before kvt_node_link_start.  Strings are copied. */
 kvt_status_t kvt_node_link_create(const kvt_node_link_params_t *params,
                                   kvt_node_link_t **link_p);
+/* The node's block server address, when it is known only after create
+ * (the server needs the tier, which needs the link for its events): call
+ * before kvt_node_link_start.  KVT_ERR_NOMEM. */
+kvt_status_t kvt_node_link_set_ucx_address(kvt_node_link_t *link, const char *ucx_address);
 /* Start the thread (it connects in the background). */
 kvt_status_t kvt_node_link_start(kvt_node_link_t *link);
 /* Stop the thread, close the connection, free everything. */

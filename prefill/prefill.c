@@ -247,7 +247,8 @@ static kvt_status_t start_link(kvt_prefill_t *node)
     kvt_device_name(node->p.engine.device, dev, sizeof(dev));
     kvt_node_link_params_t lp = {
         .coord = node->p.coord, .node_id = node->p.node_id, .role = "prefill",
-        .ucx_address = node->advertise, .http_address = "", .device = dev,
+        .ucx_address = "", /* set once the block server is up */
+        .http_address = "", .device = dev,
         .block_tokens = kvt_engine_identity(node->engine)->layout.block_tokens,
         .kv_slots = 1, .host_capacity_bytes = node->p.host_capacity_bytes,
         .disk_capacity_bytes = node->p.disk_capacity_bytes,
@@ -293,6 +294,9 @@ static kvt_status_t start_parts(kvt_prefill_t *node)
     }
     if (st == KVT_OK) {
         make_advertise(node);
+        st = kvt_node_link_set_ucx_address(node->link, node->advertise);
+    }
+    if (st == KVT_OK) {
         kvt_net_worker_params_t wp = {.max_msg_bytes = KVT_PROTO_MAX_MSG};
         st = kvt_net_worker_create(&wp, &node->worker);
     }
