@@ -48,7 +48,7 @@ void kvt_cli_fmt_bytes(uint64_t bytes, char *out, size_t cap);
 int kvt_cmd_kv(int argc, char **argv);
 /* `kvtier kv serve` (cmd_kv_serve.c); argv[0] is "serve". */
 int kvt_cmd_kv_serve(int argc, char **argv);
-/* `kvtier bench kv|pull` (cmd_bench_kv.c). */
+/* `kvtier bench kv|pull|engine|efim` (cmd_bench_kv.c). */
 int kvt_cmd_bench(int argc, char **argv);
 /* `kvtier bench engine` (cmd_bench_engine.c); argv[0] is "engine". */
 int kvt_cmd_bench_engine(int argc, char **argv);
@@ -56,6 +56,8 @@ int kvt_cmd_bench_engine(int argc, char **argv);
 int kvt_cmd_generate(int argc, char **argv);
 /* `kvtier bench pull` (cmd_bench_pull.c); argv[0] is "pull". */
 int kvt_cmd_bench_pull(int argc, char **argv);
+/* `kvtier bench efim` (cmd_bench_efim.c); argv[0] is "efim". */
+int kvt_cmd_bench_efim(int argc, char **argv);
 /* `kvtier serve|coord|prefill|decode` (cmd_serve.c). */
 int kvt_cmd_serve(int argc, char **argv);
 int kvt_cmd_coord(int argc, char **argv);

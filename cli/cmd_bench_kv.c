@@ -435,15 +435,17 @@ static int bench_kv(int argc, char **argv)
 }
 
 static const char g_bench_usage[] =
-    "usage: kvtier bench <kv|pull|engine> [flags]\n"
+    "usage: kvtier bench <kv|pull|engine|efim> [flags]\n"
     "\n"
     "  kv       T1/T2 put and get throughput and latency beside memcpy and plain-file\n"
     "           references\n"
     "  pull     block pulls from a block server over UCX beside ucx_perftest (ucp_get)\n"
     "           and a Redis server on loopback holding the same blocks\n"
     "  engine   CPU engine prefill and decode beside a plain matrix product\n"
+    "  efim     the EFIM paper's multi-user infilling workload against a running server:\n"
+    "           no cache, FIM with cache and EFIM with cache, side by side\n"
     "\n"
-    "Not built yet: efim.  Run 'kvtier bench <kv|pull|engine> --help' for the flags.\n";
+    "Run 'kvtier bench <kv|pull|engine|efim> --help' for the flags.\n";
 
 int kvt_cmd_bench(int argc, char **argv)
 {
@@ -462,6 +464,8 @@ int kvt_cmd_bench(int argc, char **argv)
         return kvt_cmd_bench_pull(argc - 1, argv + 1);
     if (!strcmp(sub, "engine"))
         return kvt_cmd_bench_engine(argc - 1, argv + 1);
+    if (!strcmp(sub, "efim"))
+        return kvt_cmd_bench_efim(argc - 1, argv + 1);
     kvt_log_error("unknown bench subcommand subcommand=\"%s\"", sub);
     fputs(g_bench_usage, stderr);
     return KVT_EXIT_USAGE;
