@@ -527,6 +527,19 @@ static void test_same_as_generate(void **state)
     snprintf(typed, sizeof(typed), "%sa + b", pre);
     check_same(typed, suf, "efim", pre, 0, -1);
     check_same(typed, suf, "efim", pre, 0.8, 7);
+    /* "cache": false: the same answer, nothing reused. */
+    cJSON *req = mkreq(typed, suf, NULL, 16, 0, -1);
+    cJSON_AddBoolToObject(cJSON_GetObjectItem(req, "kvtier") ? cJSON_GetObjectItem(req, "kvtier")
+                                                             : cJSON_AddObjectToObject(req, "kvtier"),
+                          "cache", false);
+    resp_t r = complete(g_url, req);
+    cJSON_Delete(req);
+    assert_int_equal(r.status, 200);
+    assert_int_equal(resp_usage(&r, "cached_tokens"), 0);
+    char *ref = reference(typed, suf, "efim", NULL, 16, 0, -1);
+    assert_string_equal(resp_text(&r), ref);
+    free(ref);
+    resp_free(&r);
 }
 
 /* --- 2. a 5-round session on a real source file --- */
@@ -624,6 +637,37 @@ static void check_stream(const char *prompt, const char *suffix, int max_tokens)
     resp_free(&whole);
 }
 
+/* A stop string from the middle of the answer cuts both forms there. */
+static void check_stop(const char *prompt)
+{
+    char *ref = reference(prompt, NULL, NULL, NULL, 48, 0, -1);
+    size_t n = strlen(ref);
+    assert_true(n > 20);
+    char stop[8];
+    size_t at = n / 2;
+    while (at < n && ((unsigned char)ref[at] & 0xc0) == 0x80)
+        at++; /* start on a character */
+    snprintf(stop, sizeof(stop), "%.3s", ref + at);
+    size_t cut = (size_t)(strstr(ref, stop) - ref);
+    cJSON *req = mkreq(prompt, NULL, NULL, 48, 0, -1);
+    cJSON *arr = cJSON_AddArrayToObject(req, "stop");
+    cJSON_AddItemToArray(arr, cJSON_CreateString(stop));
+    resp_t whole = complete(g_url, req);
+    assert_int_equal(whole.status, 200);
+    assert_int_equal(strlen(resp_text(&whole)), cut);
+    assert_memory_equal(resp_text(&whole), ref, cut);
+    sse_t s = {0};
+    assert_int_equal(stream(g_url, req, &s), 200);
+    cJSON_Delete(req);
+    assert_true(s.done);
+    assert_false(s.error);
+    assert_string_equal(s.text, resp_text(&whole));
+    assert_string_equal(s.finish, "stop");
+    free(s.text);
+    free(ref);
+    resp_free(&whole);
+}
+
 static void test_stream(void **state)
 {
     (void)state;
@@ -631,6 +675,7 @@ static void test_stream(void **state)
     check_stream("for (int i = 0; ", "\n}\n", 200);
     /* A short prompt that ends at once. */
     check_stream("x", NULL, 1);
+    check_stop("while (running) {\n");
 }
 
 /* --- 4. bad input --- */
