@@ -7,6 +7,7 @@
  * loopback exactly as separate processes do.  Without --model it makes
  * (once) a random-weight `small` model under DATA/model. */
 #include "cli/cli.h"
+#include "cli/node_http.h"
 
 #include "common/log.h"
 #include "coord/coord.h"
@@ -140,7 +141,7 @@ int kvt_cmd_coord(int argc, char **argv)
     reuse_listen_addr();
     if (kvt_coord_start(&cp, &c) != KVT_OK)
         return KVT_EXIT_FAIL;
-    fprintf(stderr, "kvtier coord: http=%s:%u ucx_port=%u\n", cp.http, kvt_coord_http_port(c),
+    fprintf(stderr, "kvtier coord: http=%s (port %u) ucx_port=%u\n", cp.http, kvt_coord_http_port(c),
             kvt_coord_ucx_port(c));
     wait_for_signal();
     kvt_coord_stop(c);
@@ -155,6 +156,7 @@ static const kvt_opt_t g_prefill_opts[] = {
     {"listen", KVT_OPT_STR, "127.0.0.1:0", "UCX address of its block server (peers pull here)"},
     {"coord", KVT_OPT_STR, "127.0.0.1:7000", "the coordinator's UCX address"},
     {"node-id", KVT_OPT_STR, NULL, "unique node name (default: prefill-HOST-PID)"},
+    {"http", KVT_OPT_STR, NULL, "HTTP address of /healthz, /readyz, /metrics (default: none)"},
     {"host-capacity", KVT_OPT_SIZE, "1G", "host pool (T1) size"},
     {"disk-capacity", KVT_OPT_SIZE, "0", "disk tier (T2) size (0 = unlimited)"},
     ENGINE_OPTS,
@@ -194,10 +196,16 @@ int kvt_cmd_prefill(int argc, char **argv)
     kvt_prefill_t *node;
     reuse_listen_addr();
     kvt_status_t st = kvt_prefill_start(&pp, &node);
+    kvt_http_server_t *http = NULL;
+    const char *http_addr = kvt_config_str(&cfg, "http");
+    if (st == KVT_OK && http_addr && (st = kvt_node_http_start(http_addr, node, NULL, &http)) != KVT_OK)
+        kvt_prefill_stop(node);
     if (st == KVT_OK) {
         fprintf(stderr, "kvtier prefill: id=%s blocks_port=%u\n", pp.node_id,
                 kvt_prefill_port(node));
         wait_for_signal();
+        if (http)
+            kvt_http_stop(http);
         kvt_prefill_stop(node);
     }
     kvt_tokenizer_destroy(tok);
@@ -209,6 +217,7 @@ static const kvt_opt_t g_decode_opts[] = {
     {"model", KVT_OPT_STR, NULL, "model directory"},
     {"coord", KVT_OPT_STR, "127.0.0.1:7000", "the coordinator's UCX address"},
     {"node-id", KVT_OPT_STR, NULL, "unique node name (default: decode-HOST-PID)"},
+    {"http", KVT_OPT_STR, NULL, "HTTP address of /healthz, /readyz, /metrics (default: none)"},
     {"max-seqs", KVT_OPT_U64, "16", "sequences decoded together"},
     ENGINE_OPTS,
     KVT_CLI_OPT_LOG_LEVEL,
@@ -247,9 +256,15 @@ int kvt_cmd_decode(int argc, char **argv)
     dp.tok = tok;
     kvt_decode_t *node;
     kvt_status_t st = kvt_decode_start(&dp, &node);
+    kvt_http_server_t *http = NULL;
+    const char *http_addr = kvt_config_str(&cfg, "http");
+    if (st == KVT_OK && http_addr && (st = kvt_node_http_start(http_addr, NULL, node, &http)) != KVT_OK)
+        kvt_decode_stop(node);
     if (st == KVT_OK) {
         fprintf(stderr, "kvtier decode: id=%s\n", dp.node_id);
         wait_for_signal();
+        if (http)
+            kvt_http_stop(http);
         kvt_decode_stop(node);
     }
     kvt_tokenizer_destroy(tok);
@@ -334,9 +349,11 @@ static kvt_status_t serve_start(serve_t *s, const kvt_config_t *cfg, const char 
 
 static void serve_stop(serve_t *s)
 {
-    kvt_coord_stop(s->coord);
+    /* The nodes first: a coordinator that left first would have them
+     * retrying their links until they stop. */
     kvt_decode_stop(s->decode);
     kvt_prefill_stop(s->prefill);
+    kvt_coord_stop(s->coord);
     kvt_tokenizer_destroy(s->tok);
     kvt_model_destroy(s->model);
 }
@@ -370,7 +387,7 @@ int kvt_cmd_serve(int argc, char **argv)
     reuse_listen_addr();
     kvt_status_t st = serve_start(&s, &cfg, model_dir, &eo);
     if (st == KVT_OK) {
-        fprintf(stderr, "kvtier serve: http=%s:%u model=%s\n", kvt_config_str(&cfg, "http"),
+        fprintf(stderr, "kvtier serve: http=%s (port %u) model=%s\n", kvt_config_str(&cfg, "http"),
                 kvt_coord_http_port(s.coord), model_dir);
         wait_for_signal();
     }
