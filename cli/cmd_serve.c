@@ -30,7 +30,7 @@
     {"block-tokens", KVT_OPT_U64, "16", "tokens per KV block (B)"}
 
 #define COORD_OPTS                                                                           \
-    {"api-keys", KVT_OPT_STR, NULL, "KEY=TENANT,... (clients send Authorization: Bearer KEY)"}, \
+    {"api-keys", KVT_OPT_STR, NULL, "KEY=TENANT,... or @FILE (a KEY=TENANT per line); clients send Authorization: Bearer KEY"}, \
     {"model-name", KVT_OPT_STR, NULL, "the model id clients name (default: the model dir's name)"}, \
     {"rebase-tokens", KVT_OPT_U64, "512", "EFIM: new anchor when inc grows past this"},        \
     {"max-tokens-limit", KVT_OPT_U64, "4096", "largest max_tokens a request may ask"},        \

@@ -88,10 +88,48 @@ static void handle(kvt_http_req_t *req, void *arg)
 
 /* "KEY=TENANT,KEY2=TENANT2": every key maps to its tenant (the salt of
  * that tenant's block keys, invariant 6). */
+static kvt_status_t parse_key_list(kvt_coord_t *c, const char *spec);
+
+/* "@FILE": one KEY=TENANT per line; blank lines and lines starting with
+ * '#' are skipped (keys stay out of the process list and the environment). */
+static kvt_status_t parse_key_file(kvt_coord_t *c, const char *path)
+{
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        kvt_log_error("cannot read the api key file path=%s", path);
+        return KVT_ERR_IO;
+    }
+    char *list = kvt_calloc("coord api key file", 1, 1u << 20), line[512];
+    size_t at = 0;
+    kvt_status_t st = list ? KVT_OK : KVT_ERR_NOMEM;
+    while (st == KVT_OK && fgets(line, sizeof(line), f)) {
+        size_t n = strcspn(line, "\r\n");
+        line[n] = '\0';
+        if (n == 0 || line[0] == '#')
+            continue;
+        if (at + n + 2 >= (1u << 20) || strchr(line, ','))
+            st = KVT_ERR_INVALID;
+        else
+            at += (size_t)sprintf(list + at, "%s%s", at ? "," : "", line);
+    }
+    fclose(f);
+    if (st == KVT_OK)
+        st = at ? parse_key_list(c, list) : KVT_ERR_INVALID;
+    if (st != KVT_OK)
+        kvt_log_error("bad api key file path=%s (want KEY=TENANT lines)", path);
+    kvt_free(list);
+    return st;
+}
+
 static kvt_status_t parse_keys(kvt_coord_t *c, const char *spec)
 {
     if (!spec || !*spec)
         return KVT_OK;
+    return spec[0] == '@' ? parse_key_file(c, spec + 1) : parse_key_list(c, spec);
+}
+
+static kvt_status_t parse_key_list(kvt_coord_t *c, const char *spec)
+{
     c->keys = kvt_calloc("coord api keys", MAX_API_KEYS, sizeof(*c->keys));
     if (!c->keys)
         return KVT_ERR_NOMEM;

@@ -28,7 +28,8 @@ typedef struct {
     const char *model_name;      /* the id clients name; NULL: the directory's base name */
     const char *http;            /* HTTP HOST:PORT (port 0: any) */
     const char *listen;          /* UCX HOST:PORT the nodes connect to (port 0: any) */
-    const char *api_keys;        /* "KEY=TENANT,..." or NULL: no keys, one tenant "" */
+    const char *api_keys;        /* "KEY=TENANT,...", "@FILE" (a KEY=TENANT per line),
+                                    or NULL: no keys, one tenant "" */
     const char *fim_tokens;      /* "PRE,SUF,MID" or NULL: the tokenizer's */
     uint32_t rebase_tokens;      /* EFIM: new anchor when inc grows past it; 0: 512 */
     uint32_t max_anchors;        /* 0: 65536 */
