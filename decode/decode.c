@@ -18,21 +18,12 @@
 #include <stdio.h>
 #include <string.h>
 
-#define ID_MAX 128
-#define ADDR_MAX 256
 #define MAX_STOP 32
 #define PEER_CONNECT_MS 3000
 
 typedef struct {
-    char id[ID_MAX];
-    uint32_t *tokens;
-    size_t n;
-    uint8_t salt[KVT_PROTO_MAX_STRING];
-    size_t salt_len;
-    kvt_sample_params_t sp;
-    bool cache;
-    char peer[ADDR_MAX];
-    uint32_t peer_blocks, first_token, max_tokens;
+    kvt_node_req_t req;
+    uint32_t first_token, max_tokens;
     uint32_t stop[MAX_STOP];
     size_t n_stop;
     /* running */
@@ -45,7 +36,7 @@ typedef struct {
 } dseq_t;
 
 typedef struct {
-    char id[ID_MAX];
+    char id[KVT_NODE_REQ_ID_MAX];
 } cancel_t;
 
 struct kvt_decode {
@@ -83,7 +74,7 @@ static void dseq_free(kvt_decode_t *node, dseq_t *d)
         kvt_engine_seq_destroy(node->engine, d->seq);
     if (d->sampler_ready)
         kvt_sampler_cleanup(&d->sampler);
-    kvt_free(d->tokens);
+    kvt_node_req_cleanup(&d->req);
     kvt_free(d);
 }
 
@@ -92,23 +83,14 @@ static void dseq_free(kvt_decode_t *node, dseq_t *d)
 static dseq_t *dseq_from(kvt_decode_t *node, const Kvtier__DecodeRequest *m)
 {
     dseq_t *d = kvt_calloc("decode request", 1, sizeof(*d));
-    if (!d)
-        return NULL;
-    d->tokens = kvt_malloc("decode tokens", (m->n_tokens ? m->n_tokens : 1) * sizeof(uint32_t));
-    if (!d->tokens) {
+    if (d && kvt_node_req_init(&d->req, m->request_id, m->tokens, m->n_tokens,
+                               m->tenant_salt.data, m->tenant_salt.len, m->temperature, m->top_p,
+                               m->seed, m->cache, m->peer, m->peer_blocks) != KVT_OK) {
         kvt_free(d);
         return NULL;
     }
-    memcpy(d->tokens, m->tokens, m->n_tokens * sizeof(uint32_t));
-    d->n = m->n_tokens;
-    snprintf(d->id, sizeof(d->id), "%s", m->request_id ? m->request_id : "");
-    memcpy(d->salt, m->tenant_salt.data, m->tenant_salt.len);
-    d->salt_len = m->tenant_salt.len;
-    d->sp = (kvt_sample_params_t){.temperature = m->temperature, .top_p = m->top_p,
-                                  .seed = m->seed};
-    d->cache = m->cache;
-    snprintf(d->peer, sizeof(d->peer), "%s", m->peer ? m->peer : "");
-    d->peer_blocks = m->peer_blocks;
+    if (!d)
+        return NULL;
     d->first_token = m->first_token;
     d->max_tokens = m->max_tokens;
     memcpy(d->stop, node->default_stop, node->n_default_stop * sizeof(uint32_t));
@@ -120,7 +102,7 @@ static dseq_t *dseq_from(kvt_decode_t *node, const Kvtier__DecodeRequest *m)
 
 static bool dseq_is(const void *item, const void *id)
 {
-    return strcmp(((const dseq_t *)item)->id, id) == 0;
+    return strcmp(((const dseq_t *)item)->req.id, id) == 0;
 }
 
 static void on_msg(const kvt_msg_t *msg, void *arg)
@@ -166,7 +148,7 @@ static kvt_status_t send_tokens(kvt_decode_t *node, dseq_t *d, const uint32_t *t
                                 const char *finish, const char *error, bool first)
 {
     Kvtier__TokenStream ts = KVTIER__TOKEN_STREAM__INIT;
-    ts.request_id = d->id;
+    ts.request_id = d->req.id;
     ts.tokens = (uint32_t *)toks;
     ts.n_tokens = n;
     ts.done = finish != NULL;
@@ -207,7 +189,7 @@ static void take_token(kvt_decode_t *node, dseq_t *d, uint32_t tok, bool first)
             finish = "length";
     }
     if (send_tokens(node, d, &tok, n, finish, NULL, first) != KVT_OK) {
-        kvt_log_warn("decode node cannot stream, dropping the request id=%s", d->id);
+        kvt_log_warn("decode node cannot stream, dropping the request id=%s", d->req.id);
         finish = "error";
     }
     d->done = finish != NULL;
@@ -228,24 +210,23 @@ static uint32_t sample(kvt_decode_t *node, dseq_t *d, float *logits)
 
 static kvt_status_t start_seq(kvt_decode_t *node, dseq_t *d)
 {
-    if (d->n == 0 || d->n > node->p.model->cfg.max_pos ||
-        d->max_tokens > node->p.model->cfg.max_pos - d->n)
+    if (d->req.n == 0 || d->req.n > node->p.model->cfg.max_pos ||
+        d->max_tokens > node->p.model->cfg.max_pos - d->req.n)
         return KVT_ERR_TOO_LARGE;
-    kvt_status_t st = kvt_sampler_init(&d->sampler, &d->sp, node->p.model->cfg.vocab_size);
+    kvt_status_t st = kvt_sampler_init(&d->sampler, &d->req.sp, node->p.model->cfg.vocab_size);
     if (st != KVT_OK)
         return st;
     d->sampler_ready = true;
     kvt_block_key_t root;
-    st = kvt_block_key_root(kvt_engine_identity(node->engine)->fingerprint, d->salt, d->salt_len,
-                            &root);
+    st = kvt_node_req_root(node->engine, &d->req, &root);
     if (st != KVT_OK)
         return st;
-    kvt_prompt_src_t src = {.reuse = d->cache};
-    if (d->cache && d->peer[0] && d->peer_blocks) {
-        src.peer = kvt_block_peers_get(node->peers, d->peer, PEER_CONNECT_MS);
-        src.peer_blocks = d->peer_blocks;
+    kvt_prompt_src_t src = {.reuse = d->req.cache};
+    if (d->req.cache && d->req.peer[0] && d->req.peer_blocks) {
+        src.peer = kvt_block_peers_get(node->peers, d->req.peer, PEER_CONNECT_MS);
+        src.peer_blocks = d->req.peer_blocks;
     }
-    return kvt_engine_run_prompt(node->engine, &root, d->tokens, d->n, &src, &d->seq,
+    return kvt_engine_run_prompt(node->engine, &root, d->req.tokens, d->req.n, &src, &d->seq,
                                  node->logits, &d->ps);
 }
 
@@ -253,7 +234,7 @@ static void admit(kvt_decode_t *node, dseq_t *d)
 {
     kvt_status_t st = start_seq(node, d);
     if (st != KVT_OK) {
-        kvt_log_warn("decode request failed id=%s status=%s", d->id, kvt_status_str(st));
+        kvt_log_warn("decode request failed id=%s status=%s", d->req.id, kvt_status_str(st));
         send_tokens(node, d, NULL, 0, "error", kvt_status_str(st), true);
         pthread_mutex_lock(&node->stats_lock);
         node->stats.requests++;
@@ -267,7 +248,7 @@ static void admit(kvt_decode_t *node, dseq_t *d)
         /* Another device's rounding (a GPU prefill node): the client has
          * the prefill node's token, so that one is the sequence's. */
         kvt_log_warn("decode node's first token differs from the prefill node's id=%s "
-                     "here=%u prefill=%u", d->id, tok, d->first_token);
+                     "here=%u prefill=%u", d->req.id, tok, d->first_token);
         tok = d->first_token;
     }
     pthread_mutex_lock(&node->stats_lock);
@@ -309,7 +290,7 @@ static void apply_cancels(kvt_decode_t *node)
 {
     for (cancel_t *c; (c = kvt_queue_pop(node->cancels, 0));) {
         for (size_t i = 0; i < node->n_active; i++)
-            if (strcmp(node->active[i]->id, c->id) == 0)
+            if (strcmp(node->active[i]->req.id, c->id) == 0)
                 node->active[i]->done = true;
         kvt_free(c);
     }

@@ -5,6 +5,7 @@
 #include "common/log.h"
 #include "engine/tier_io.h"
 
+#include <stdio.h>
 #include <string.h>
 
 #define PEER_BATCH 64
@@ -147,4 +148,41 @@ kvt_status_t kvt_engine_run_prompt(kvt_engine_t *e, const kvt_block_key_t *root,
     *seq_p = seq;
     *stats_p = s;
     return KVT_OK;
+}
+
+kvt_status_t kvt_node_req_init(kvt_node_req_t *r, const char *id, const uint32_t *tokens,
+                               size_t n, const void *salt, size_t salt_len, float temperature,
+                               float top_p, uint64_t seed, bool cache, const char *peer,
+                               uint32_t peer_blocks)
+{
+    memset(r, 0, sizeof(*r));
+    if (salt_len > sizeof(r->salt))
+        return KVT_ERR_TOO_LARGE;
+    r->tokens = kvt_malloc("node request tokens", (n ? n : 1) * sizeof(uint32_t));
+    if (!r->tokens)
+        return KVT_ERR_NOMEM;
+    if (n)
+        memcpy(r->tokens, tokens, n * sizeof(uint32_t));
+    r->n = n;
+    snprintf(r->id, sizeof(r->id), "%s", id ? id : "");
+    if (salt_len)
+        memcpy(r->salt, salt, salt_len);
+    r->salt_len = salt_len;
+    r->sp = (kvt_sample_params_t){.temperature = temperature, .top_p = top_p, .seed = seed};
+    r->cache = cache;
+    snprintf(r->peer, sizeof(r->peer), "%s", peer ? peer : "");
+    r->peer_blocks = peer_blocks;
+    return KVT_OK;
+}
+
+void kvt_node_req_cleanup(kvt_node_req_t *r)
+{
+    kvt_free(r->tokens);
+    r->tokens = NULL;
+}
+
+kvt_status_t kvt_node_req_root(const kvt_engine_t *e, const kvt_node_req_t *r,
+                               kvt_block_key_t *root_p)
+{
+    return kvt_block_key_root(kvt_engine_identity(e)->fingerprint, r->salt, r->salt_len, root_p);
 }

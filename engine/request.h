@@ -11,6 +11,7 @@
 #define KVT_ENGINE_REQUEST_H
 
 #include "engine/engine.h"
+#include "engine/sample.h"
 #include "kvstore/block_client.h"
 #include "kvstore/tier.h"
 
@@ -36,6 +37,35 @@ typedef struct {
     size_t failed_blocks;       /* tier or peer blocks refused (recomputed) */
     size_t stored_blocks;       /* leading full blocks the tier holds after */
 } kvt_prompt_stats_t;
+
+/* A request as the coordinator sends it to a node (PrefillRequest or
+ * DecodeRequest), copied out of the message, which lives only for its
+ * callback.  Caller-owned storage: init copies, cleanup frees. */
+#define KVT_NODE_REQ_ID_MAX 128
+#define KVT_NODE_REQ_SALT_MAX 4096
+#define KVT_NODE_REQ_ADDR_MAX 256
+typedef struct {
+    char id[KVT_NODE_REQ_ID_MAX];
+    uint32_t *tokens;
+    size_t n;
+    uint8_t salt[KVT_NODE_REQ_SALT_MAX]; /* the tenant's (invariant 6) */
+    size_t salt_len;
+    kvt_sample_params_t sp;
+    bool cache;
+    char peer[KVT_NODE_REQ_ADDR_MAX];    /* block server to pull from, or "" */
+    uint32_t peer_blocks;
+} kvt_node_req_t;
+
+/* KVT_ERR_TOO_LARGE for a salt over KVT_NODE_REQ_SALT_MAX, KVT_ERR_NOMEM.
+ * Longer ids and addresses are cut (the codec bounds them anyway). */
+kvt_status_t kvt_node_req_init(kvt_node_req_t *r, const char *id, const uint32_t *tokens,
+                               size_t n, const void *salt, size_t salt_len, float temperature,
+                               float top_p, uint64_t seed, bool cache, const char *peer,
+                               uint32_t peer_blocks);
+void kvt_node_req_cleanup(kvt_node_req_t *r);
+/* The request's root key on this engine (fingerprint + tenant salt). */
+kvt_status_t kvt_node_req_root(const kvt_engine_t *engine, const kvt_node_req_t *r,
+                               kvt_block_key_t *root_p);
 
 /* A new sequence (root: the tenant's root key) holding tokens[0..n) with
  * its KV computed or imported; logits[vocab] gets the last position's.

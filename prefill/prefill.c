@@ -19,20 +19,11 @@
 #include <stdio.h>
 #include <string.h>
 
-#define ID_MAX 128
 #define ADDR_MAX 256
 #define PEER_CONNECT_MS 3000
 
 typedef struct {
-    char id[ID_MAX];
-    uint32_t *tokens;
-    size_t n;
-    uint8_t salt[KVT_PROTO_MAX_STRING];
-    size_t salt_len;
-    kvt_sample_params_t sp;
-    bool cache;
-    char peer[ADDR_MAX];
-    uint32_t peer_blocks;
+    kvt_node_req_t req;
     uint64_t t_recv;
 } job_t;
 
@@ -61,7 +52,7 @@ struct kvt_prefill {
 static void job_free(job_t *j)
 {
     if (j) {
-        kvt_free(j->tokens);
+        kvt_node_req_cleanup(&j->req);
         kvt_free(j);
     }
 }
@@ -71,30 +62,20 @@ static void job_free(job_t *j)
 static job_t *job_from(const Kvtier__PrefillRequest *m)
 {
     job_t *j = kvt_calloc("prefill job", 1, sizeof(*j));
-    if (!j)
-        return NULL;
-    j->tokens = kvt_malloc("prefill tokens", (m->n_tokens ? m->n_tokens : 1) * sizeof(uint32_t));
-    if (!j->tokens) {
+    if (j && kvt_node_req_init(&j->req, m->request_id, m->tokens, m->n_tokens,
+                               m->tenant_salt.data, m->tenant_salt.len, m->temperature, m->top_p,
+                               m->seed, m->cache, m->peer, m->peer_blocks) != KVT_OK) {
         kvt_free(j);
-        return NULL;
+        j = NULL;
     }
-    memcpy(j->tokens, m->tokens, m->n_tokens * sizeof(uint32_t));
-    j->n = m->n_tokens;
-    snprintf(j->id, sizeof(j->id), "%s", m->request_id ? m->request_id : "");
-    memcpy(j->salt, m->tenant_salt.data, m->tenant_salt.len);
-    j->salt_len = m->tenant_salt.len;
-    j->sp = (kvt_sample_params_t){.temperature = m->temperature, .top_p = m->top_p,
-                                  .seed = m->seed};
-    j->cache = m->cache;
-    snprintf(j->peer, sizeof(j->peer), "%s", m->peer ? m->peer : "");
-    j->peer_blocks = m->peer_blocks;
-    j->t_recv = kvt_time_ns();
+    if (j)
+        j->t_recv = kvt_time_ns();
     return j;
 }
 
 static bool job_is(const void *item, const void *id)
 {
-    return strcmp(((const job_t *)item)->id, id) == 0;
+    return strcmp(((const job_t *)item)->req.id, id) == 0;
 }
 
 static void on_msg(const kvt_msg_t *msg, void *arg)
@@ -133,7 +114,7 @@ static uint32_t sample_first(kvt_prefill_t *node, const job_t *j, kvt_status_t *
     for (uint32_t i = node->tok_vocab; i < vocab; i++)
         node->logits[i] = -INFINITY; /* ids with no text are never sampled */
     kvt_sampler_t s;
-    *st_p = kvt_sampler_init(&s, &j->sp, vocab);
+    *st_p = kvt_sampler_init(&s, &j->req.sp, vocab);
     if (*st_p != KVT_OK)
         return 0;
     uint32_t tok = kvt_sampler_next(&s, node->logits);
@@ -145,7 +126,7 @@ static kvt_status_t send_result(kvt_prefill_t *node, const job_t *j, uint32_t fi
                                 const kvt_prompt_stats_t *ps)
 {
     Kvtier__PrefillResult r = KVTIER__PREFILL_RESULT__INIT;
-    r.request_id = (char *)j->id;
+    r.request_id = (char *)j->req.id;
     r.first_token = first;
     r.cached_tokens = (uint32_t)ps->cached_tokens;
     r.stored_blocks = (uint32_t)ps->stored_blocks;
@@ -161,20 +142,19 @@ static kvt_status_t send_result(kvt_prefill_t *node, const job_t *j, uint32_t fi
 static kvt_status_t run_job(kvt_prefill_t *node, const job_t *j, uint32_t *first_p,
                             kvt_prompt_stats_t *ps)
 {
-    if (j->n == 0 || j->n > node->p.model->cfg.max_pos)
+    if (j->req.n == 0 || j->req.n > node->p.model->cfg.max_pos)
         return KVT_ERR_TOO_LARGE;
     kvt_block_key_t root;
-    kvt_status_t st = kvt_block_key_root(kvt_engine_identity(node->engine)->fingerprint, j->salt,
-                                         j->salt_len, &root);
+    kvt_status_t st = kvt_node_req_root(node->engine, &j->req, &root);
     if (st != KVT_OK)
         return st;
-    kvt_prompt_src_t src = {.reuse = j->cache, .tier = node->tier, .store = j->cache};
-    if (j->cache && j->peer[0] && j->peer_blocks) {
-        src.peer = kvt_block_peers_get(node->peers, j->peer, PEER_CONNECT_MS);
-        src.peer_blocks = j->peer_blocks;
+    kvt_prompt_src_t src = {.reuse = j->req.cache, .tier = node->tier, .store = j->req.cache};
+    if (j->req.cache && j->req.peer[0] && j->req.peer_blocks) {
+        src.peer = kvt_block_peers_get(node->peers, j->req.peer, PEER_CONNECT_MS);
+        src.peer_blocks = j->req.peer_blocks;
     }
     kvt_seq_t *seq;
-    st = kvt_engine_run_prompt(node->engine, &root, j->tokens, j->n, &src, &seq, node->logits,
+    st = kvt_engine_run_prompt(node->engine, &root, j->req.tokens, j->req.n, &src, &seq, node->logits,
                                ps);
     if (st != KVT_OK)
         return st;
@@ -191,16 +171,16 @@ static void handle(kvt_prefill_t *node, job_t *j)
     if (st == KVT_OK)
         st = send_result(node, j, first, &ps);
     else
-        kvt_node_link_send_error(node->link, j->id, st, "prefill failed");
+        kvt_node_link_send_error(node->link, j->req.id, st, "prefill failed");
     kvt_log_debug("prefill done id=%s tokens=%zu cached=%zu peer_blocks=%zu failed_blocks=%zu "
-                  "stored=%zu status=%s us=%llu", j->id, j->n, ps.cached_tokens, ps.peer_blocks,
+                  "stored=%zu status=%s us=%llu", j->req.id, j->req.n, ps.cached_tokens, ps.peer_blocks,
                   ps.failed_blocks, ps.stored_blocks, kvt_status_str(st),
                   (unsigned long long)((kvt_time_ns() - j->t_recv) / 1000));
     pthread_mutex_lock(&node->stats_lock);
     node->stats.requests++;
     node->stats.failed += st != KVT_OK;
     node->stats.cached_tokens += ps.cached_tokens;
-    node->stats.computed_tokens += st == KVT_OK ? j->n - ps.cached_tokens : 0;
+    node->stats.computed_tokens += st == KVT_OK ? j->req.n - ps.cached_tokens : 0;
     node->stats.peer_blocks += ps.peer_blocks;
     node->stats.failed_blocks += ps.failed_blocks;
     pthread_mutex_unlock(&node->stats_lock);
