@@ -1,8 +1,10 @@
 /* JSON output helpers for the CLI (see json_out.h). */
 #include "cli/json_out.h"
 
+#include "common/alloc.h"
 #include "common/hash.h"
 #include "common/log.h"
+#include "common/utf8.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -123,54 +125,12 @@ cJSON *kvt_json_machine(const char *dir)
     return o;
 }
 
-/* Length of the valid UTF-8 sequence at s[0..n), or 0 if it is not one
- * (overlong forms, surrogates and code points past U+10FFFF are invalid). */
-static size_t utf8_seq(const unsigned char *s, size_t n)
-{
-    unsigned char c = s[0];
-    size_t len = c < 0x80 ? 1 : c >= 0xc2 && c <= 0xdf ? 2 : c >= 0xe0 && c <= 0xef ? 3
-                 : c >= 0xf0 && c <= 0xf4 ? 4 : 0;
-    if (len == 0 || len > n || c == 0)
-        return 0;
-    unsigned char lo = 0x80, hi = 0xbf; /* bounds of the second byte */
-    if (c == 0xe0)
-        lo = 0xa0;
-    else if (c == 0xed)
-        hi = 0x9f;
-    else if (c == 0xf0)
-        lo = 0x90;
-    else if (c == 0xf4)
-        hi = 0x8f;
-    for (size_t i = 1; i < len; i++) {
-        unsigned char min = i == 1 ? lo : 0x80, max = i == 1 ? hi : 0xbf;
-        if (s[i] < min || s[i] > max)
-            return 0;
-    }
-    return len;
-}
-
 bool kvt_json_add_bytes_as_text(cJSON *obj, const char *name, const char *bytes, size_t len)
 {
-    /* Worst case: every byte becomes the 3-byte U+FFFD. */
-    char *text = malloc(3 * len + 1);
+    char *text = kvt_utf8_lossy(bytes, len);
     if (!text)
         return false;
-    size_t o = 0;
-    const unsigned char *s = (const unsigned char *)bytes;
-    for (size_t i = 0; i < len;) {
-        size_t k = utf8_seq(s + i, len - i);
-        if (k == 0) {
-            memcpy(text + o, "\xef\xbf\xbd", 3);
-            o += 3;
-            i++;
-        } else {
-            memcpy(text + o, s + i, k);
-            o += k;
-            i += k;
-        }
-    }
-    text[o] = '\0';
     bool ok = cJSON_AddStringToObject(obj, name, text) != NULL;
-    free(text);
+    kvt_free(text);
     return ok;
 }

@@ -11,6 +11,7 @@
 #include "coord/openai.h"
 
 #include "common/alloc.h"
+#include "common/utf8.h"
 
 #include <cjson/cJSON.h>
 
@@ -62,68 +63,9 @@ static bool fail_type(kvt_openai_error_t *e, const char *param, const char *want
 
 /* --------------------------------------------------------------- text */
 
-/* Length of the valid UTF-8 sequence at s[0..n), or 0 if it is not one
- * (overlong forms, surrogates, code points past U+10FFFF and NUL are
- * invalid).  *partial_p (may be NULL) says whether the bytes are a valid
- * start cut short by n. */
-static size_t utf8_seq(const unsigned char *s, size_t n, bool *partial_p)
-{
-    unsigned char c = s[0];
-    size_t len = c < 0x80 ? 1 : c >= 0xc2 && c <= 0xdf ? 2 : c >= 0xe0 && c <= 0xef ? 3
-                 : c >= 0xf0 && c <= 0xf4 ? 4 : 0;
-    if (partial_p)
-        *partial_p = false;
-    if (len == 0 || c == 0)
-        return 0;
-    unsigned char lo = 0x80, hi = 0xbf; /* bounds of the second byte */
-    if (c == 0xe0)
-        lo = 0xa0;
-    else if (c == 0xed)
-        hi = 0x9f;
-    else if (c == 0xf0)
-        lo = 0x90;
-    else if (c == 0xf4)
-        hi = 0x8f;
-    for (size_t i = 1; i < len; i++) {
-        if (i == n) {
-            if (partial_p)
-                *partial_p = true;
-            return 0;
-        }
-        unsigned char min = i == 1 ? lo : 0x80, max = i == 1 ? hi : 0xbf;
-        if (s[i] < min || s[i] > max)
-            return 0;
-    }
-    return len;
-}
-
-/* A NUL-terminated valid UTF-8 copy: each bad byte becomes U+FFFD. */
-static char *text_lossy(const char *bytes, size_t len)
-{
-    char *t = kvt_malloc("openai text", 3 * len + 1);
-    if (!t)
-        return NULL;
-    size_t o = 0;
-    const unsigned char *s = (const unsigned char *)bytes;
-    for (size_t i = 0; i < len;) {
-        size_t k = utf8_seq(s + i, len - i, NULL);
-        if (k == 0) {
-            memcpy(t + o, "\xef\xbf\xbd", 3);
-            o += 3;
-            i++;
-        } else {
-            memcpy(t + o, s + i, k);
-            o += k;
-            i += k;
-        }
-    }
-    t[o] = '\0';
-    return t;
-}
-
 static bool add_text(cJSON *obj, const char *name, const char *bytes, size_t len)
 {
-    char *t = text_lossy(bytes ? bytes : "", bytes ? len : 0);
+    char *t = kvt_utf8_lossy(bytes ? bytes : "", bytes ? len : 0);
     bool ok = t && cJSON_AddStringToObject(obj, name, t);
     kvt_free(t);
     return ok;
@@ -135,7 +77,7 @@ size_t kvt_openai_utf8_holdback(const char *text, size_t len)
     for (size_t k = 1; k <= 3 && k <= len; k++) {
         if ((s[len - k] & 0xc0) != 0x80) { /* the last lead byte */
             bool partial;
-            utf8_seq(s + len - k, k, &partial);
+            kvt_utf8_seq(s + len - k, k, &partial);
             return partial ? k : 0;
         }
     }

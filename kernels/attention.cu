@@ -1101,7 +1101,9 @@ extern "C" kvt_status_t kvt_k_attn_decode_graph(const kvt_k_kv_t *kv, uint32_t l
     a.plan = plan;
     a.part_ml = static_cast<float2 *>(scratch);
     a.part_acc = scratch ? reinterpret_cast<float *>(a.part_ml + parts) : nullptr;
-    /* Placeholders; every block reads the plan. */
+    /* Not read with a plan: every block takes its chunk size and count from
+     * the plan in device memory, which changes per step while a captured
+     * graph's arguments cannot. */
     a.chunk = 0;
     a.n_chunks = chunk_cap;
     cudaError_t e = dec_launch(a, kv, vec, hpb, dim3(blocks, chunk_cap), chunk_cap > 1, n_groups,
