@@ -52,13 +52,6 @@ static void wait_for_signal(void)
     kvt_log_info("stopping");
 }
 
-/* A daemon restarted on its fixed UCX port must bind it again at once:
- * the connections its previous life accepted sit in TIME_WAIT on that
- * port for a minute, and UCX's TCP listener sets SO_REUSEADDR only when
- * asked.  Set before any UCX context reads its config (single-threaded
- * here); an operator's own setting wins. */
-static void reuse_listen_addr(void) { setenv("UCX_TCP_CM_REUSEADDR", "y", 0); }
-
 static int engine_opts(const kvt_config_t *cfg, kvt_engine_opts_t *eo)
 {
     memset(eo, 0, sizeof(*eo));
@@ -138,7 +131,6 @@ int kvt_cmd_coord(int argc, char **argv)
     if (!cp.model_dir)
         return KVT_EXIT_USAGE;
     kvt_coord_t *c;
-    reuse_listen_addr();
     if (kvt_coord_start(&cp, &c) != KVT_OK)
         return KVT_EXIT_FAIL;
     fprintf(stderr, "kvtier coord: http=%s (port %u) ucx_port=%u\n", cp.http, kvt_coord_http_port(c),
@@ -194,7 +186,6 @@ int kvt_cmd_prefill(int argc, char **argv)
     pp.model = model;
     pp.tok = tok;
     kvt_prefill_t *node;
-    reuse_listen_addr();
     kvt_status_t st = kvt_prefill_start(&pp, &node);
     kvt_http_server_t *http = NULL;
     const char *http_addr = kvt_config_str(&cfg, "http");
@@ -384,7 +375,6 @@ int kvt_cmd_serve(int argc, char **argv)
         model_dir = dir;
     }
     serve_t s = {0};
-    reuse_listen_addr();
     kvt_status_t st = serve_start(&s, &cfg, model_dir, &eo);
     if (st == KVT_OK) {
         fprintf(stderr, "kvtier serve: http=%s (port %u) model=%s\n", kvt_config_str(&cfg, "http"),

@@ -9,6 +9,7 @@
 #include "common/log.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 static const char g_usage[] =
@@ -120,6 +121,12 @@ int main(int argc, char **argv)
         fputs(g_usage, stderr);
         return KVT_EXIT_USAGE;
     }
+    /* Every kvtier process: a restarted daemon binds its UCX listen port at
+     * once instead of after its old connections leave TIME_WAIT.  UCX 1.13
+     * sets SO_REUSEADDR only when asked, and only through the environment
+     * (ucp_config_modify refuses transport keys); set here, before any
+     * thread exists, rather than in net/ where setenv would race. */
+    setenv("UCX_TCP_CM_REUSEADDR", "y", 0);
     const char *cmd = argv[1];
     if (!strcmp(cmd, "help") || !strcmp(cmd, "--help") || !strcmp(cmd, "-h")) {
         fputs(g_usage, stdout);

@@ -465,7 +465,7 @@ static kvt_tier_id_t tier_of(Kvtier__Tier t)
          : t == KVTIER__TIER__TIER_HOST ? KVT_TIER_HOST : KVT_TIER_DISK;
 }
 
-static void on_events(kvt_coord_t *c, kvt_net_ep_t *ep, int slot, bool snapshot, uint64_t seq,
+static void on_events(kvt_coord_t *c, int slot, bool snapshot, uint64_t seq,
                       Kvtier__KvEvent **ev, size_t n)
 {
     kvt_gindex_event_t *ge = kvt_calloc("coord events", n ? n : 1, sizeof(*ge));
@@ -488,7 +488,6 @@ static void on_events(kvt_coord_t *c, kvt_net_ep_t *ep, int slot, bool snapshot,
         env.snapshot_request = &sr;
         kvt_log_info("kv event gap, asking for a snapshot node=%s seq=%llu", c->nodes[slot].id,
                      (unsigned long long)seq);
-        (void)ep;
         (void)send_to(c, slot, &env);
     }
 }
@@ -530,11 +529,11 @@ static void on_msg(kvt_net_ep_t *ep, uint64_t req_id, uint32_t flags, const void
         switch (m->body_case) {
         case KVTIER__ENVELOPE__BODY_HEARTBEAT: on_heartbeat(c, slot, m->heartbeat); break;
         case KVTIER__ENVELOPE__BODY_KV_SNAPSHOT:
-            on_events(c, ep, slot, true, m->kv_snapshot->seq, m->kv_snapshot->blocks,
+            on_events(c, slot, true, m->kv_snapshot->seq, m->kv_snapshot->blocks,
                       m->kv_snapshot->n_blocks);
             break;
         case KVTIER__ENVELOPE__BODY_KV_DELTA:
-            on_events(c, ep, slot, false, m->kv_delta->seq, m->kv_delta->events,
+            on_events(c, slot, false, m->kv_delta->seq, m->kv_delta->events,
                       m->kv_delta->n_events);
             break;
         case KVTIER__ENVELOPE__BODY_PREFILL_RESULT: on_prefill_result(c, slot, m->prefill_result); break;
