@@ -100,6 +100,7 @@ static int cand_cmp(const void *a, const void *b)
 /* The first candidate whose running sum exceeds u * mass. */
 static uint32_t draw(kvt_sampler_t *s, const cand_t *c, size_t n, double mass)
 {
+    s->draws++;
     double u = (double)(xoshiro_next(s->rng) >> 11) * 0x1.0p-53 * mass;
     double acc = 0.0;
     for (size_t i = 0; i < n; i++) {
@@ -112,6 +113,13 @@ static uint32_t draw(kvt_sampler_t *s, const cand_t *c, size_t n, double mass)
         if (c[i].p > 0.0)
             return c[i].id;
     return c[0].id;
+}
+
+void kvt_sampler_skip(kvt_sampler_t *s, uint64_t n)
+{
+    for (uint64_t i = 0; i < n; i++)
+        (void)xoshiro_next(s->rng);
+    s->draws += n;
 }
 
 uint32_t kvt_sampler_next(kvt_sampler_t *s, const float *logits)

@@ -20,6 +20,7 @@ typedef struct {
 
 typedef struct {
     kvt_sample_params_t params; /* read-only */
+    uint64_t draws;             /* read-only: random draws made so far */
     uint64_t rng[4];            /* private: xoshiro256** state */
     uint32_t vocab;             /* private */
     void *scratch;              /* private: [vocab] candidates */
@@ -31,5 +32,10 @@ kvt_status_t kvt_sampler_init(kvt_sampler_t *s, const kvt_sample_params_t *param
 void kvt_sampler_cleanup(kvt_sampler_t *s);
 /* The next token from logits[vocab]; logits are not modified. */
 uint32_t kvt_sampler_next(kvt_sampler_t *s, const float *logits);
+/* Advance the generator by n draws, as if n tokens had been sampled here
+ * that took a draw each: a decode node continues a sequence whose first
+ * token another node's sampler (same params) drew, and samples every later
+ * token exactly as one sampler over the whole answer would. */
+void kvt_sampler_skip(kvt_sampler_t *s, uint64_t n);
 
 #endif

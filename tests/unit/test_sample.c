@@ -103,6 +103,46 @@ static void test_seeded(void **state)
     assert_memory_equal(first, want, sizeof(want));
 }
 
+/* A sampler that skips the draws another sampler made continues exactly
+ * where that one would; greedy steps and greedy logits make no draw. */
+static void test_skip_continues(void **state)
+{
+    (void)state;
+    float flat[64] = {0}, peaked[64] = {0};
+    peaked[5] = 1e30f;
+    peaked[6] = INFINITY; /* non-finite best: greedy, no draw */
+    kvt_sample_params_t p = {.temperature = 0.7f, .top_p = 0.9f, .seed = 9};
+    kvt_sampler_t whole, first, rest;
+    assert_int_equal(kvt_sampler_init(&whole, &p, 64), KVT_OK);
+    assert_int_equal(kvt_sampler_init(&first, &p, 64), KVT_OK);
+    assert_int_equal(kvt_sampler_init(&rest, &p, 64), KVT_OK);
+    for (int split = 0; split < 3; split++) {
+        const float *l = split == 1 ? peaked : flat;
+        assert_int_equal(kvt_sampler_next(&first, l), kvt_sampler_next(&whole, l));
+    }
+    assert_int_equal(first.draws, 2);
+    kvt_sampler_skip(&rest, first.draws);
+    assert_int_equal(rest.draws, 2);
+    for (int i = 0; i < 50; i++)
+        assert_int_equal(kvt_sampler_next(&rest, flat), kvt_sampler_next(&whole, flat));
+    /* One draw too few gives another stream. */
+    kvt_sampler_t off;
+    assert_int_equal(kvt_sampler_init(&off, &p, 64), KVT_OK);
+    kvt_sampler_skip(&off, 1);
+    int differ = 0;
+    kvt_sampler_t ref;
+    assert_int_equal(kvt_sampler_init(&ref, &p, 64), KVT_OK);
+    kvt_sampler_skip(&ref, 2);
+    for (int i = 0; i < 20; i++)
+        differ += kvt_sampler_next(&off, flat) != kvt_sampler_next(&ref, flat);
+    assert_true(differ > 0);
+    kvt_sampler_cleanup(&whole);
+    kvt_sampler_cleanup(&first);
+    kvt_sampler_cleanup(&rest);
+    kvt_sampler_cleanup(&off);
+    kvt_sampler_cleanup(&ref);
+}
+
 /* Frequencies of ids 0..3 over n draws against expected probabilities. */
 static void check_freq(const kvt_sample_params_t *p, const double *want)
 {
@@ -178,6 +218,7 @@ int main(void)
         cmocka_unit_test(test_greedy_ties),
         cmocka_unit_test(test_reduces_to_greedy),
         cmocka_unit_test(test_seeded),
+        cmocka_unit_test(test_skip_continues),
         cmocka_unit_test(test_distribution),
         cmocka_unit_test(test_invalid),
     };
