@@ -154,6 +154,25 @@ void *kvt_dev_stage_buf(const kvt_engine_t *e, size_t i)
     return NULL;
 }
 
+kvt_status_t kvt_dev_tail_copy(const kvt_engine_t *e, uint32_t slot, uint32_t t, void *host,
+                               bool to_host)
+{
+#ifdef KVT_HAVE_CUDA
+    if (e->gpu)
+        return kvt_gpu_engine_tail_copy(e, slot, t, host, to_host);
+#endif
+    size_t section = (size_t)e->B * e->kv_row * e->kv_size;
+    size_t rows = (size_t)t * e->kv_row * e->kv_size;
+    uint8_t *d = kvt_kv_pool_data(&e->pool, slot), *h = host;
+    for (size_t i = 0; i < 2 * (size_t)e->cfg.n_layers; i++) {
+        if (to_host)
+            memcpy(h + i * rows, d + i * section, rows);
+        else
+            memcpy(d + i * section, h + i * rows, rows);
+    }
+    return KVT_OK;
+}
+
 /* --- bench references (engine/device.h) --- */
 
 bool kvt_device_have_cuda(void)

@@ -24,6 +24,7 @@
 #include "common/alloc.h"
 #include "common/log.h"
 #include "engine/ops.h"
+#include "kvstore/tail.h"
 
 #include <string.h>
 
@@ -610,4 +611,91 @@ kvt_status_t kvt_engine_seq_blocks(const kvt_engine_t *e, const kvt_seq_t *s, si
     if (n > kvt_engine_batch_blocks(e))
         return KVT_ERR_TOO_LARGE;
     return kvt_dev_seq_blocks(e, s, from, n, hdrs, payloads);
+}
+
+/* --- partial tails --- */
+
+kvt_status_t kvt_engine_seq_tail(const kvt_engine_t *e, const kvt_seq_t *s, void *dst,
+                                 size_t cap, size_t *len_p)
+{
+    uint32_t t = (uint32_t)(s->n_tokens % e->B);
+    if (t == 0)
+        return KVT_ERR_NOT_FOUND;
+    uint64_t bytes = kvt_tail_bytes(&e->identity.layout, t);
+    if (cap < bytes)
+        return KVT_ERR_TOO_LARGE;
+    if (!dst)
+        return KVT_ERR_INVALID;
+    kvt_status_t st = kvt_dev_tail_copy(e, s->slots[s->n_tokens / e->B], t, dst, true);
+    if (st == KVT_OK)
+        *len_p = (size_t)bytes;
+    return st;
+}
+
+/* seq_adopt's argument checks, in prefill's order (tokens, then max_pos),
+ * then the tail's. */
+static kvt_status_t adopt_check(const kvt_engine_t *e, const kvt_seq_t *s,
+                                const uint32_t *tokens, size_t n, const void *tail,
+                                size_t tail_len)
+{
+    if (s->n_tokens != 0 || n == 0 || !tokens)
+        return KVT_ERR_INVALID;
+    if (e->failed)
+        return e->failed;
+    kvt_status_t st = check_tokens(e, tokens, n);
+    if (st != KVT_OK)
+        return st;
+    if (n > e->cfg.max_pos) {
+        kvt_log_warn("engine: adopted sequence exceeds max_pos len=%zu max_pos=%u", n,
+                     e->cfg.max_pos);
+        return KVT_ERR_TOO_LARGE;
+    }
+    uint32_t t = (uint32_t)(n % e->B);
+    uint64_t want = kvt_tail_bytes(&e->identity.layout, t);
+    if (t > 0 && (!tail || tail_len != want)) {
+        kvt_log_warn("engine: adopt with a bad tail tokens=%u len=%zu want=%llu", t,
+                     tail ? tail_len : 0, (unsigned long long)want);
+        return KVT_ERR_INVALID;
+    }
+    return KVT_OK;
+}
+
+kvt_status_t kvt_engine_seq_adopt(kvt_engine_t *e, kvt_seq_t *s, const uint32_t *tokens,
+                                  size_t n, const void *tail, size_t tail_len)
+{
+    kvt_status_t st = adopt_check(e, s, tokens, n, tail, tail_len);
+    if (st == KVT_OK) /* the sequence is empty: tokens and the keys of every full block */
+        st = prepare_append(e, s, tokens, n);
+    if (st != KVT_OK)
+        return st;
+    size_t nb = n / e->B;
+    uint32_t t = (uint32_t)(n % e->B);
+    size_t have = kvt_kv_pool_match(&e->pool, s->keys, nb);
+    if (have < nb) {
+        kvt_log_warn("engine: adopt lacks a full block index=%zu blocks=%zu", have, nb);
+        return KVT_ERR_NOT_FOUND;
+    }
+    /* References first, so that the tail's slot cannot evict one of them. */
+    for (size_t b = 0; b < nb; b++) {
+        s->slots[b] = kvt_kv_pool_find(&e->pool, &s->keys[b]);
+        kvt_kv_pool_ref(&e->pool, s->slots[b]);
+    }
+    if (t > 0) {
+        /* Only rows 0..t-1 are written: rows t..B-1 keep whatever the slot
+         * held, and each later step writes its row before attention reads
+         * it (attention reads positions up to the sequence's length). */
+        st = kvt_kv_pool_alloc(&e->pool, &s->slots[nb]);
+        if (st == KVT_OK) {
+            st = kvt_dev_tail_copy(e, s->slots[nb], t, (void *)tail, false);
+            if (st != KVT_OK)
+                kvt_kv_pool_unref(&e->pool, s->slots[nb]);
+        }
+        if (st != KVT_OK) {
+            for (size_t b = 0; b < nb; b++)
+                kvt_kv_pool_unref(&e->pool, s->slots[b]);
+            return st;
+        }
+    }
+    s->n_tokens = n;
+    return KVT_OK;
 }

@@ -20,10 +20,10 @@
  * resumed and one-shot prefill give bitwise identical blocks.
  *
  * Threads: one engine is driven by one caller thread at a time -- every
- * call, const ones included (on the GPU, kvt_engine_seq_block(s) write the
- * engine's shared pinned staging); it runs its own worker threads inside
- * each call (opts.n_threads on the CPU; the GPU engine uses one per core
- * for host-side block work).
+ * call, const ones included (on the GPU, kvt_engine_seq_block(s) and
+ * kvt_engine_seq_tail write the engine's shared pinned staging); it runs
+ * its own worker threads inside each call (opts.n_threads on the CPU; the
+ * GPU engine uses one per core for host-side block work).
  *
  * Devices (opts.device): the same engine runs on the CPU (the reference
  * path) or on a CUDA GPU.  On the GPU the pool's slots live in device
@@ -33,7 +33,8 @@
  * bf16 rounding, not bitwise.  Blocks have the same identity and byte
  * layout on both, so a block computed on one imports into the other.
  * Block images cross the bus through the engine's pinned staging
- * (kvt_engine_stage_*): see seq_block, seq_blocks and pool_put_batch. */
+ * (kvt_engine_stage_*): see seq_block, seq_blocks and pool_put_batch;
+ * partial tails (seq_tail, seq_adopt) pass through its buffer 0. */
 #ifndef KVT_ENGINE_ENGINE_H
 #define KVT_ENGINE_ENGINE_H
 
@@ -170,8 +171,9 @@ size_t kvt_engine_seq_n_full_blocks(const kvt_seq_t *seq);
  * CPU: the payload is the pool slot, valid while the sequence lives.  GPU:
  * the slot is copied into the engine's staging buffer 0 and the payload
  * points there, valid until the next call that moves blocks (seq_block,
- * seq_blocks, pool_put, pool_put_batch) or destroy.  KVT_ERR_NOT_FOUND
- * past the full blocks, KVT_ERR_IO (GPU) if the copy failed. */
+ * seq_blocks, seq_tail, seq_adopt, pool_put, pool_put_batch) or destroy.
+ * KVT_ERR_NOT_FOUND past the full blocks, KVT_ERR_IO (GPU) if the copy
+ * failed. */
 kvt_status_t kvt_engine_seq_block(const kvt_engine_t *engine, const kvt_seq_t *seq, size_t i,
                                   kvt_block_header_t *hdr_p, const void **payload_p);
 /* Full blocks [from, from + n): headers into hdrs[0..n), payload pointers
@@ -185,6 +187,46 @@ kvt_status_t kvt_engine_seq_blocks(const kvt_engine_t *engine, const kvt_seq_t *
 /* The most blocks one seq_blocks call moves: the staging's size on the
  * GPU, SIZE_MAX on the CPU. */
 size_t kvt_engine_batch_blocks(const kvt_engine_t *engine);
+
+/* --- partial tails (kvstore/tail.h) --- */
+
+/* Copy the image of the sequence's partial tail -- its last t = len % B
+ * tokens, in kvstore/tail.h's compact layout [layer][K,V][t][kv_head]
+ * [head_dim], kvt_tail_bytes(layout, t) bytes -- into dst; *len_p = those
+ * bytes.  KVT_ERR_NOT_FOUND when t == 0 (no tail), KVT_ERR_TOO_LARGE when
+ * cap is smaller than the image, KVT_ERR_INVALID for a NULL dst.  GPU: the
+ * image passes through staging buffer 0 (ending the lifetime of
+ * seq_block(s) payloads there); KVT_ERR_IO (logged) if the copy failed,
+ * KVT_ERR_NOMEM for the copy list.  *len_p is set on success only. */
+kvt_status_t kvt_engine_seq_tail(const kvt_engine_t *engine, const kvt_seq_t *seq, void *dst,
+                                 size_t cap, size_t *len_p);
+/* On an EMPTY sequence: take tokens[0..n) as if they had been prefilled,
+ * with no forward pass -- the decode node's way in (DESIGN.md section 4,
+ * step 4).  Every one of the n / B full blocks must be in the pool under
+ * its key (chained from the sequence's root as seq_reuse computes them);
+ * each gets a reference.  When t = n % B > 0, a private slot is allocated
+ * for the tail and `tail` (tail_len = kvt_tail_bytes(layout, t) bytes, the
+ * layout of seq_tail) is written into its first t token rows; when t == 0,
+ * tail and tail_len are ignored (tail may be NULL).  A following
+ * kvt_engine_decode (or prefill) continues the sequence exactly as it
+ * would the prefilled one: the logits are bitwise the same on the same
+ * device and KV dtype.
+ *
+ * The tail bytes are NOT verified here: the caller, which got them from
+ * the network, checks their checksum and tail key (kvstore/tail.h) first
+ * (invariant 3).
+ *
+ * KVT_ERR_INVALID: the sequence is not empty, n == 0, tokens NULL, a token
+ * outside the vocabulary, tail NULL or tail_len wrong when t > 0;
+ * KVT_ERR_TOO_LARGE: n > max_pos; KVT_ERR_NOT_FOUND: the pool lacks one of
+ * the full blocks; KVT_ERR_FULL: no slot for the tail; KVT_ERR_NOMEM.
+ * GPU: the tail passes through staging buffer 0 (as seq_tail); KVT_ERR_IO
+ * (logged) if its copy failed, or the engine's earlier pass failure.  On
+ * any error the sequence stays empty and holds nothing: no reference and
+ * no slot stay taken (a cached block may have been evicted for the tail
+ * slot before a failed GPU copy). */
+kvt_status_t kvt_engine_seq_adopt(kvt_engine_t *engine, kvt_seq_t *seq, const uint32_t *tokens,
+                                  size_t n, const void *tail, size_t tail_len);
 
 /* --- the staging of block moves (GPU) --- */
 

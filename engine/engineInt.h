@@ -107,6 +107,15 @@ kvt_status_t kvt_dev_seq_blocks(const kvt_engine_t *e, const kvt_seq_t *seq, siz
                                 size_t n, kvt_block_header_t *hdrs, const void **payloads);
 size_t kvt_dev_stage_blocks(const kvt_engine_t *e);
 void *kvt_dev_stage_buf(const kvt_engine_t *e, size_t i);
+/* The first t rows of each (layer, K/V) section of pool slot `slot`
+ * to (to_host) or from the compact tail image at host (kvstore/tail.h:
+ * [layer][K,V][t][kv_head][head_dim], 2 * n_layers pieces of t * kv_row
+ * elements).  host is only read when !to_host.  Rows t..B-1 of the slot
+ * are never touched.  GPU: one batched copy through staging buffer 0 on
+ * the copy stream, waited for; KVT_ERR_IO (logged) if it failed,
+ * KVT_ERR_NOMEM for the copy list.  The CPU cannot fail. */
+kvt_status_t kvt_dev_tail_copy(const kvt_engine_t *e, uint32_t slot, uint32_t t, void *host,
+                               bool to_host);
 
 /* Run the model over the pass's rows (tokens row_tok, positions from the
  * groups), writing each row's K and V into its sequence's reserved slots.

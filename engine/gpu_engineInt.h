@@ -1,7 +1,8 @@
 /* The GPU engine's state and calls, shared by device.c (the dispatch, only
  * with KVT_HAVE_CUDA), forward_cuda.c (create, the pass, block moves),
- * gpu_weights.c (weight upload) and gpu_refs.c (bench references).  The
- * files that include this header are compiled only when CUDA is built in.
+ * gpu_weights.c (weight upload), gpu_tail.c (partial tails) and
+ * gpu_refs.c (bench references).  The files that include this header are
+ * compiled only when CUDA is built in.
  *
  * Device memory of one GPU engine:
  *   weights  one allocation: embed and lm_head (bf16, shared when tied),
@@ -123,6 +124,10 @@ kvt_status_t kvt_gpu_engine_seq_blocks(const kvt_engine_t *e, const kvt_seq_t *s
                                        const void **payloads);
 size_t kvt_gpu_engine_stage_blocks(const kvt_engine_t *e);
 void *kvt_gpu_engine_stage_buf(const kvt_engine_t *e, size_t i);
+
+/* gpu_tail.c: engineInt.h's kvt_dev_tail_copy on the GPU. */
+kvt_status_t kvt_gpu_engine_tail_copy(const kvt_engine_t *e, uint32_t slot, uint32_t t,
+                                      void *host, bool to_host);
 
 /* gpu_weights.c: upload the model (and e->inv_freq) into g->wmem and set
  * the weight pointers; KVT_ERR_NOMEM / KVT_ERR_IO.  free releases them. */

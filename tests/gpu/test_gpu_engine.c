@@ -20,7 +20,13 @@
  *   (e) a block computed on the GPU imports into the CPU engine
  *       (pool_put verifies it) and the CPU engine resumes from it;
  *   (f) the oracle fixtures of test_oracle with f32 KV on the GPU;
- *   (g) decode steps replayed from CUDA graphs == plain launches, bitwise. */
+ *   (g) decode steps replayed from CUDA graphs == plain launches, bitwise;
+ *   (h) a prompt adopted (seq_adopt) from pool blocks and the partial tail
+ *       read with seq_tail: the tail reads back byte for byte, it is the
+ *       head of the block it fills into, and decode steps give the
+ *       prefilled sequence's logits bitwise, in the same engine and in a
+ *       second one that imported the blocks; the CPU engine adopts the
+ *       same images (within CPU_TOL). */
 #include "common/hash.h"
 #include "engine/engine.h"
 #include "engine/gpu_engineInt.h" /* graph counters (test g) */
@@ -28,6 +34,7 @@
 #include "engine/model_init.h"
 #include "engine/tier_io.h"
 #include "kernels/gpu.h"
+#include "kvstore/tail.h"
 #include "tests/support/testutil.h"
 
 // clang-format off
@@ -710,6 +717,141 @@ static void test_gpu_oracle(void **state)
     oracle_one(M_TINY_QWEN2, "tiny-qwen2");
 }
 
+/* --- (h) adopting a prompt: pool blocks plus the tail image --- */
+
+/* The tail of seq (t > 0 tokens) read into a new buffer of *len_p bytes. */
+static uint8_t *tail_get(fx_t *fx, const kvt_seq_t *seq, uint32_t t, size_t *len_p)
+{
+    uint64_t cap = kvt_tail_bytes(&kvt_engine_identity(fx->e)->layout, t);
+    assert_true(cap > 0);
+    uint8_t *img = malloc(cap);
+    assert_non_null(img);
+    size_t len = 0;
+    assert_int_equal(kvt_engine_seq_tail(fx->e, seq, img, cap, &len), KVT_OK);
+    assert_int_equal(len, cap);
+    *len_p = len;
+    return img;
+}
+
+/* Full blocks [0, nb) of seq: headers and images copied out of the
+ * staging (seq_tail and seq_adopt reuse its buffer 0). */
+static uint8_t *blocks_out(fx_t *fx, kvt_seq_t *seq, size_t nb, kvt_block_header_t *h,
+                           const void **p)
+{
+    assert_true(nb <= kvt_engine_batch_blocks(fx->e));
+    assert_int_equal(kvt_engine_seq_blocks(fx->e, seq, 0, nb, h, p), KVT_OK);
+    size_t len = h[0].payload_len;
+    uint8_t *img = malloc(nb * len);
+    assert_non_null(img);
+    for (size_t i = 0; i < nb; i++) {
+        memcpy(img + i * len, p[i], len);
+        p[i] = img + i * len;
+    }
+    return img;
+}
+
+/* One prompt of n tokens on model k: A prefilled on the GPU; C adopts it
+ * in the same engine, D in a second GPU engine after pool_put_batch of
+ * A's blocks, X in a CPU engine after pool_put of them. */
+static void adopt_one(int k, fx_t *src, fx_t *dst, fx_t *cpu, size_t n)
+{
+    uint32_t V = src->V, tok[N_TOK], t = (uint32_t)(n % B);
+    size_t nb = n / B, len = 0;
+    make_tokens(tok, n, 500 + 7 * (uint32_t)k + (uint32_t)n, V);
+    kvt_seq_t *a = seq_new(src), *c = seq_new(src), *d = seq_new(dst), *x = seq_new(cpu);
+    float *la = malloc(V * sizeof(float)), *lc = malloc(V * sizeof(float));
+    float *ld = malloc(V * sizeof(float)), *lx = malloc(V * sizeof(float));
+    assert_int_equal(kvt_engine_prefill(src->e, a, tok, n, la, 0), KVT_OK);
+    uint8_t *tail = NULL;
+    if (t) {
+        tail = tail_get(src, a, t, &len);
+    } else {
+        uint8_t none[16];
+        size_t l = 777;
+        assert_int_equal(kvt_engine_seq_tail(src->e, a, none, sizeof(none), &l),
+                         KVT_ERR_NOT_FOUND);
+        assert_int_equal(l, 777);
+    }
+    kvt_block_header_t h[N_TOK / B];
+    const void *p[N_TOK / B];
+    uint8_t *img = NULL;
+    if (nb) {
+        img = blocks_out(src, a, nb, h, p);
+        kvt_status_t st[N_TOK / B];
+        assert_int_equal(kvt_engine_pool_put_batch(dst->e, h, p, nb, st), KVT_OK);
+        for (size_t i = 0; i < nb; i++) {
+            assert_int_equal(st[i], KVT_OK);
+            assert_int_equal(kvt_engine_pool_put(cpu->e, &h[i], p[i], h[i].payload_len), KVT_OK);
+        }
+    }
+    assert_int_equal(kvt_engine_seq_adopt(src->e, c, tok, n, tail, len), KVT_OK);
+    assert_int_equal(kvt_engine_seq_adopt(dst->e, d, tok, n, tail, len), KVT_OK);
+    assert_int_equal(kvt_engine_seq_adopt(cpu->e, x, tok, n, tail, len), KVT_OK);
+    assert_int_equal(kvt_engine_seq_len(c), n);
+    assert_int_equal(kvt_engine_seq_len(d), n);
+    if (t) { /* the adopted tails read back byte for byte */
+        size_t l2;
+        uint8_t *bc = tail_get(src, c, t, &l2), *bd = tail_get(dst, d, t, &l2);
+        uint8_t *bx = tail_get(cpu, x, t, &l2);
+        assert_int_equal(memcmp(bc, tail, len), 0);
+        assert_int_equal(memcmp(bd, tail, len), 0);
+        assert_int_equal(memcmp(bx, tail, len), 0);
+        free(bc), free(bd), free(bx);
+    }
+    double cpu_err = 0;
+    for (int step = 0; step < STEPS; step++) {
+        uint32_t next = argmax(la, V);
+        assert_int_equal(kvt_engine_decode(src->e, &a, &next, 1, la), KVT_OK);
+        assert_int_equal(kvt_engine_decode(src->e, &c, &next, 1, lc), KVT_OK);
+        assert_int_equal(kvt_engine_decode(dst->e, &d, &next, 1, ld), KVT_OK);
+        assert_int_equal(memcmp(lc, la, V * sizeof(float)), 0);
+        assert_int_equal(memcmp(ld, la, V * sizeof(float)), 0);
+        if (step == 0) {
+            assert_int_equal(kvt_engine_decode(cpu->e, &x, &next, 1, lx), KVT_OK);
+            cpu_err = rel_err(lx, la, V);
+            assert_true(cpu_err <= CPU_TOL);
+        }
+    }
+    if (t) { /* STEPS > B - t: A's tail filled up into block nb */
+        kvt_block_header_t hb;
+        const void *pb;
+        const kvt_block_layout_t *lay = &kvt_engine_identity(src->e)->layout;
+        size_t row = (size_t)lay->n_kv_heads * lay->head_dim * 2; /* bf16 */
+        assert_int_equal(kvt_engine_seq_block(src->e, a, nb, &hb, &pb), KVT_OK);
+        for (size_t i = 0; i < 2 * (size_t)lay->n_layers; i++)
+            assert_int_equal(memcmp(tail + i * t * row, (const uint8_t *)pb + i * B * row,
+                                    t * row), 0);
+    }
+    print_message("gpu adopt %-10s n=%zu (%zu blocks + %u): %d decode steps bitwise in both "
+                  "gpu engines; cpu engine adopted it, logits vs gpu %.2e\n", g_name[k], n, nb,
+                  t, STEPS, cpu_err);
+    kvt_engine_seq_destroy(src->e, a);
+    kvt_engine_seq_destroy(src->e, c);
+    kvt_engine_seq_destroy(dst->e, d);
+    kvt_engine_seq_destroy(cpu->e, x);
+    free(tail), free(img);
+    free(la), free(lc), free(ld), free(lx);
+}
+
+static void test_gpu_adopt(void **state)
+{
+    (void)state;
+    /* a tail after many blocks, no full block, no tail */
+    static const size_t ns[] = {N_TOK, 7, 18 * B};
+    for (int k = 0; k < M_COUNT; k++) {
+        const kvt_model_t *m = g_models[k];
+        fx_t src, dst, cpu;
+        fx_open(&src, m, true, KVT_DTYPE_BF16, 128);
+        fx_open(&dst, m, true, KVT_DTYPE_BF16, 128);
+        fx_open(&cpu, m, false, KVT_DTYPE_BF16, 128);
+        for (size_t i = 0; i < sizeof(ns) / sizeof(ns[0]); i++)
+            adopt_one(k, &src, &dst, &cpu, ns[i]);
+        kvt_engine_destroy(src.e);
+        kvt_engine_destroy(dst.e);
+        kvt_engine_destroy(cpu.e);
+    }
+}
+
 int main(void)
 {
     if (kvt_gpu_device_count() == 0) {
@@ -720,7 +862,7 @@ int main(void)
         cmocka_unit_test(test_gpu_vs_cpu),       cmocka_unit_test(test_gpu_resume),
         cmocka_unit_test(test_gpu_batch_decode), cmocka_unit_test(test_gpu_block_moves),
         cmocka_unit_test(test_gpu_tier_io),      cmocka_unit_test(test_gpu_oracle),
-        cmocka_unit_test(test_gpu_graph_decode),
+        cmocka_unit_test(test_gpu_graph_decode), cmocka_unit_test(test_gpu_adopt),
     };
     return cmocka_run_group_tests(tests, setup_models, teardown_models);
 }

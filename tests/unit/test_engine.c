@@ -12,6 +12,12 @@
  *       Hugging Face formulas) agrees within 1e-4 relative;
  *   (f) a full pool and max_pos give their errors and leave the sequence
  *       as it was;
+ *   (g) a prompt adopted from the pool's full blocks and a tail image
+ *       (seq_tail, seq_adopt), in the same engine or in a second one that
+ *       imported the blocks, decodes bitwise like the prefilled one; the
+ *       tail image is the first t rows of each section of the block it
+ *       becomes; every adopt error leaves the sequence empty and the pool
+ *       as it was;
  * and the portable kernels keep the same promises.  Sequences are long
  * enough to cross several blocks and 64-key attention spans. */
 #include <setjmp.h>
@@ -24,6 +30,7 @@
 #include "engine/engine.h"
 #include "engine/model.h"
 #include "engine/ops.h"
+#include "kvstore/tail.h"
 #include "tests/support/random_model.h"
 
 #include <math.h>
@@ -772,6 +779,297 @@ static void test_shared_blocks(void **state)
     kvt_model_destroy(m);
 }
 
+/* --- (g) adopting a prompt: full blocks from the pool plus a tail image --- */
+
+#define ADOPT_STEPS 12 /* > RES_B: every tail fills up and becomes a block */
+
+static uint64_t tail_cap(const fx_t *fx, size_t n)
+{
+    return kvt_tail_bytes(&kvt_engine_identity(fx->eng)->layout, (uint32_t)(n % RES_B));
+}
+
+/* The tail image of s (which must have one), malloc'ed; *len_p its size. */
+static uint8_t *tail_read(const fx_t *fx, const kvt_seq_t *s, size_t *len_p)
+{
+    uint64_t cap = tail_cap(fx, kvt_engine_seq_len(s));
+    assert_true(cap > 0);
+    uint8_t *img = malloc(cap);
+    size_t len = 0;
+    assert_int_equal(kvt_engine_seq_tail(fx->eng, s, img, cap, &len), KVT_OK);
+    assert_int_equal(len, cap);
+    *len_p = len;
+    return img;
+}
+
+static void tails_equal(const fx_t *fa, const kvt_seq_t *a, const fx_t *fb, const kvt_seq_t *b)
+{
+    assert_int_equal(kvt_engine_seq_len(a), kvt_engine_seq_len(b));
+    if (kvt_engine_seq_len(a) % RES_B == 0)
+        return;
+    size_t la, lb;
+    uint8_t *ta = tail_read(fa, a, &la), *tb = tail_read(fb, b, &lb);
+    assert_int_equal(la, lb);
+    assert_memory_equal(ta, tb, la);
+    free(ta);
+    free(tb);
+}
+
+/* Block images of fa's sequence a into fb's pool (an importing node);
+ * blocks fb holds already are skipped. */
+static void blocks_import(const fx_t *fa, const kvt_seq_t *a, fx_t *fb)
+{
+    for (size_t i = 0; i < kvt_engine_seq_n_full_blocks(a); i++) {
+        kvt_block_header_t h;
+        const void *p;
+        assert_int_equal(kvt_engine_seq_block(fa->eng, a, i, &h, &p), KVT_OK);
+        kvt_status_t st = kvt_engine_pool_put(fb->eng, &h, p, h.payload_len);
+        assert_true(st == KVT_OK || st == KVT_ERR_EXISTS);
+    }
+}
+
+/* The compact tail image (t rows) is the first t token rows of each
+ * (layer, K/V) section of a block image (kvstore/tail.h). */
+static void tail_in_block(const kvt_model_config_t *c, const uint8_t *tail, uint32_t t,
+                          const uint8_t *block)
+{
+    size_t row = (size_t)c->n_kv_heads * c->head_dim * sizeof(float); /* f32 KV */
+    for (size_t i = 0; i < 2 * (size_t)c->n_layers; i++)
+        assert_memory_equal(tail + i * t * row, block + i * RES_B * row, t * row);
+}
+
+/* Prefill A (n tokens); adopt its prompt as C in the same engine and as D
+ * in a second engine that imported A's full blocks; then ADOPT_STEPS
+ * greedy decode steps on all three: bitwise A's logits every step. */
+static void adopt_case(model_kind_t kind, size_t n)
+{
+    kvt_model_t *m = make_model(kind);
+    uint32_t tok[MAX_TOK], t = (uint32_t)(n % RES_B);
+    make_tokens(tok, n, 50 + (uint32_t)n, m->cfg.vocab_size);
+    fx_t fa, fd;
+    fx_open(&fa, m, KVT_DTYPE_F32, RES_B, 0, 2, 0);
+    fx_open(&fd, m, KVT_DTYPE_F32, RES_B, 0, 2, 0);
+    uint32_t V = fa.V;
+    kvt_seq_t *a = seq_new(&fa), *c = seq_new(&fa), *d = seq_new(&fd);
+    float *la = malloc(V * 4), *lc = malloc(V * 4), *ld = malloc(V * 4);
+    assert_int_equal(kvt_engine_prefill(fa.eng, a, tok, n, la, 0), KVT_OK);
+    uint8_t *tail = NULL;
+    size_t len = 0;
+    if (t) {
+        tail = tail_read(&fa, a, &len);
+        assert_int_equal(len, 2 * m->cfg.n_layers * t * m->cfg.n_kv_heads * m->cfg.head_dim * 4);
+    } else { /* no tail: NULL is fine, and seq_tail has nothing to give */
+        uint8_t dummy[64];
+        size_t l = 777;
+        assert_int_equal(kvt_engine_seq_tail(fa.eng, a, dummy, sizeof(dummy), &l),
+                         KVT_ERR_NOT_FOUND);
+        assert_int_equal(l, 777);
+    }
+    uint32_t used0, idx0, used, idx;
+    kvt_engine_pool_stats(fa.eng, &used0, NULL, &idx0);
+    assert_int_equal(kvt_engine_seq_adopt(fa.eng, c, tok, n, tail, len), KVT_OK);
+    kvt_engine_pool_stats(fa.eng, &used, NULL, &idx);
+    assert_int_equal(used, used0 + (t ? 1 : 0)); /* the full blocks are shared */
+    assert_int_equal(idx, idx0);
+    blocks_import(&fa, a, &fd);
+    assert_int_equal(kvt_engine_seq_adopt(fd.eng, d, tok, n, tail, len), KVT_OK);
+    assert_int_equal(kvt_engine_seq_len(c), n);
+    assert_int_equal(kvt_engine_seq_len(d), n);
+    assert_memory_equal(kvt_engine_seq_tokens(c), tok, n * sizeof(uint32_t));
+    assert_memory_equal(kvt_engine_seq_tokens(d), tok, n * sizeof(uint32_t));
+    blocks_equal(&fa, a, &fa, c);
+    blocks_equal(&fa, a, &fd, d);
+    tails_equal(&fa, a, &fa, c);
+    tails_equal(&fa, a, &fd, d);
+    for (int step = 0; step < ADOPT_STEPS; step++) {
+        uint32_t next = argmax(la, V);
+        assert_int_equal(kvt_engine_decode(fa.eng, &a, &next, 1, la), KVT_OK);
+        assert_int_equal(kvt_engine_decode(fa.eng, &c, &next, 1, lc), KVT_OK);
+        assert_int_equal(kvt_engine_decode(fd.eng, &d, &next, 1, ld), KVT_OK);
+        assert_memory_equal(lc, la, V * 4);
+        assert_memory_equal(ld, la, V * 4);
+    }
+    /* The tails filled up into blocks: the same blocks everywhere, and the
+     * image read before is the head of A's block n / B. */
+    blocks_equal(&fa, a, &fa, c);
+    blocks_equal(&fa, a, &fd, d);
+    tails_equal(&fa, a, &fd, d);
+    if (t) {
+        kvt_block_header_t h;
+        const void *p;
+        assert_int_equal(kvt_engine_seq_block(fa.eng, a, n / RES_B, &h, &p), KVT_OK);
+        tail_in_block(&m->cfg, tail, t, p);
+    }
+    kvt_engine_seq_destroy(fa.eng, a);
+    kvt_engine_seq_destroy(fa.eng, c);
+    kvt_engine_seq_destroy(fd.eng, d);
+    fx_close(&fa);
+    fx_close(&fd);
+    free(tail);
+    free(la), free(lc), free(ld);
+    kvt_model_destroy(m);
+}
+
+static void test_adopt(void **state)
+{
+    (void)state;
+    /* n < B (no full block), a tail after one or many blocks, t = B - 1 */
+    static const size_t ns[] = {3, 13, 29, 63};
+    model_kind_t kinds[3] = {M_LLAMA_GQA, M_QWEN2, M_LINEAR};
+    for (int k = 0; k < 3; k++)
+        for (size_t i = 0; i < sizeof(ns) / sizeof(ns[0]); i++)
+            adopt_case(kinds[k], ns[i]);
+}
+
+static void test_adopt_no_tail(void **state)
+{
+    (void)state;
+    adopt_case(M_LLAMA_GQA, RES_B);
+    adopt_case(M_QWEN2, 5 * RES_B);
+}
+
+static void stats_equal(const fx_t *fx, uint32_t used, uint32_t indexed)
+{
+    uint32_t u, i;
+    kvt_engine_pool_stats(fx->eng, &u, NULL, &i);
+    assert_int_equal(u, used);
+    assert_int_equal(i, indexed);
+}
+
+/* Every error: the sequence stays empty, the pool as it was, and the
+ * sequence is usable after. */
+static void test_adopt_errors(void **state)
+{
+    (void)state;
+    kvt_model_t *m = make_model(M_LLAMA_GQA); /* max_pos 128 */
+    uint32_t tok[130], V = m->cfg.vocab_size;
+    make_tokens(tok, 130, 11, V);
+    fx_t fa, fb;
+    fx_open(&fa, m, KVT_DTYPE_F32, RES_B, 0, 2, 0);
+    fx_open(&fb, m, KVT_DTYPE_F32, RES_B, 0, 2, 0);
+    kvt_seq_t *a = seq_new(&fa), *full = seq_new(&fa), *s = seq_new(&fb);
+    assert_int_equal(kvt_engine_prefill(fa.eng, a, tok, 29, NULL, 0), KVT_OK); /* 3 blocks + 5 */
+    assert_int_equal(kvt_engine_prefill(fa.eng, full, tok, 16, NULL, 0), KVT_OK);
+    size_t len, l = 777;
+    uint8_t *tail = tail_read(&fa, a, &len);
+    /* seq_tail: no tail, a short buffer, no buffer; *len_p untouched */
+    assert_int_equal(kvt_engine_seq_tail(fa.eng, full, tail, len, &l), KVT_ERR_NOT_FOUND);
+    assert_int_equal(kvt_engine_seq_tail(fa.eng, a, tail, len - 1, &l), KVT_ERR_TOO_LARGE);
+    assert_int_equal(kvt_engine_seq_tail(fa.eng, a, NULL, len, &l), KVT_ERR_INVALID);
+    assert_int_equal(l, 777);
+    /* fb holds blocks 0 and 1 of 3 (imported from a sequence of 16) */
+    blocks_import(&fa, full, &fb);
+    uint32_t used0, idx0;
+    kvt_engine_pool_stats(fb.eng, &used0, NULL, &idx0);
+    assert_int_equal(idx0, 2);
+    assert_int_equal(kvt_engine_seq_adopt(fb.eng, s, tok, 29, tail, len), KVT_ERR_NOT_FOUND);
+    assert_int_equal(kvt_engine_seq_adopt(fb.eng, s, tok, 24, NULL, 0), KVT_ERR_NOT_FOUND);
+    stats_equal(&fb, used0, idx0);
+    assert_int_equal(kvt_engine_seq_len(s), 0);
+    blocks_import(&fa, a, &fb); /* now all three (0 and 1 again: they exist) */
+    kvt_engine_pool_stats(fb.eng, &used0, NULL, &idx0);
+    assert_int_equal(idx0, 3);
+    /* a wrong tail length, no tail, bad tokens, 0 tokens, past max_pos */
+    uint32_t bad[29];
+    memcpy(bad, tok, sizeof(bad));
+    bad[20] = V;
+    uint8_t *big = calloc(1, len * 2);
+    assert_int_equal(kvt_engine_seq_adopt(fb.eng, s, tok, 29, tail, len - 1), KVT_ERR_INVALID);
+    assert_int_equal(kvt_engine_seq_adopt(fb.eng, s, tok, 29, tail, len + 1), KVT_ERR_INVALID);
+    assert_int_equal(kvt_engine_seq_adopt(fb.eng, s, tok, 29, tail, 0), KVT_ERR_INVALID);
+    assert_int_equal(kvt_engine_seq_adopt(fb.eng, s, tok, 29, NULL, len), KVT_ERR_INVALID);
+    assert_int_equal(kvt_engine_seq_adopt(fb.eng, s, tok, 30, tail, len), KVT_ERR_INVALID);
+    assert_int_equal(kvt_engine_seq_adopt(fb.eng, s, bad, 29, tail, len), KVT_ERR_INVALID);
+    assert_int_equal(kvt_engine_seq_adopt(fb.eng, s, tok, 0, NULL, 0), KVT_ERR_INVALID);
+    assert_int_equal(kvt_engine_seq_adopt(fb.eng, s, NULL, 29, tail, len), KVT_ERR_INVALID);
+    assert_int_equal(kvt_engine_seq_adopt(fb.eng, s, tok, 129, big, tail_cap(&fb, 129)),
+                     KVT_ERR_TOO_LARGE);
+    stats_equal(&fb, used0, idx0);
+    assert_int_equal(kvt_engine_seq_len(s), 0);
+    /* The k-th allocation of a new sequence's arrays fails: NOMEM,
+     * nothing taken, the sequence empty and usable. */
+    long k = 0;
+    for (;; k++) {
+        kvt_seq_t *s2 = seq_new(&fb);
+        kvt_alloc_fail_after(k);
+        kvt_status_t st = kvt_engine_seq_adopt(fb.eng, s2, tok, 29, tail, len);
+        kvt_alloc_fail_after(-1);
+        if (st == KVT_OK) {
+            stats_equal(&fb, used0 + 1, idx0);
+            kvt_engine_seq_destroy(fb.eng, s2);
+            break;
+        }
+        assert_int_equal(st, KVT_ERR_NOMEM);
+        stats_equal(&fb, used0, idx0);
+        assert_int_equal(kvt_engine_seq_len(s2), 0);
+        assert_int_equal(kvt_engine_seq_adopt(fb.eng, s2, tok, 29, tail, len), KVT_OK);
+        kvt_engine_seq_destroy(fb.eng, s2);
+    }
+    assert_true(k >= 3); /* tokens, slots, keys */
+    stats_equal(&fb, used0, idx0);
+    /* The sequence that saw every error works. */
+    assert_int_equal(kvt_engine_seq_adopt(fb.eng, s, tok, 29, tail, len), KVT_OK);
+    stats_equal(&fb, used0 + 1, idx0);
+    assert_int_equal(kvt_engine_seq_len(s), 29);
+    /* not empty any more */
+    assert_int_equal(kvt_engine_seq_adopt(fb.eng, s, tok, 29, tail, len), KVT_ERR_INVALID);
+    assert_int_equal(kvt_engine_seq_adopt(fa.eng, a, tok, 29, tail, len), KVT_ERR_INVALID);
+    assert_int_equal(kvt_engine_seq_len(s), 29);
+    stats_equal(&fb, used0 + 1, idx0);
+    float *la = malloc(V * 4), *ls = malloc(V * 4);
+    assert_int_equal(kvt_engine_decode(fa.eng, &a, &tok[29], 1, la), KVT_OK);
+    assert_int_equal(kvt_engine_decode(fb.eng, &s, &tok[29], 1, ls), KVT_OK);
+    assert_memory_equal(la, ls, V * 4);
+    kvt_engine_seq_destroy(fa.eng, a);
+    kvt_engine_seq_destroy(fa.eng, full);
+    kvt_engine_seq_destroy(fb.eng, s);
+    fx_close(&fa);
+    fx_close(&fb);
+    free(tail), free(big), free(la), free(ls);
+    kvt_model_destroy(m);
+}
+
+/* No slot for the tail (every slot referenced): KVT_ERR_FULL, and the
+ * references taken on the full blocks are all given back. */
+static void test_adopt_full(void **state)
+{
+    (void)state;
+    kvt_model_t *m = make_model(M_LLAMA_GQA);
+    uint32_t tok[64], other[32];
+    make_tokens(tok, 64, 31, m->cfg.vocab_size);
+    make_tokens(other, 32, 32, m->cfg.vocab_size);
+    fx_t small, big;
+    fx_open(&small, m, KVT_DTYPE_F32, RES_B, 0, 2, 4); /* 4 blocks = 32 tokens */
+    fx_open(&big, m, KVT_DTYPE_F32, RES_B, 0, 2, 0);
+    kvt_seq_t *x = seq_new(&small), *c = seq_new(&small), *ref = seq_new(&big);
+    assert_int_equal(kvt_engine_prefill(small.eng, x, tok, 32, NULL, 0), KVT_OK);
+    assert_int_equal(kvt_engine_prefill(big.eng, ref, tok, 20, NULL, 0), KVT_OK);
+    size_t len;
+    uint8_t *tail = tail_read(&big, ref, &len);
+    stats_equal(&small, 4, 4);
+    assert_int_equal(kvt_engine_seq_adopt(small.eng, c, tok, 20, tail, len), KVT_ERR_FULL);
+    stats_equal(&small, 4, 4);
+    assert_int_equal(kvt_engine_seq_len(c), 0);
+    /* With x gone the tail's slot evicts x's last block (a leaf). */
+    kvt_engine_seq_destroy(small.eng, x);
+    assert_int_equal(kvt_engine_seq_adopt(small.eng, c, tok, 20, tail, len), KVT_OK);
+    stats_equal(&small, 4, 3);
+    float *lc = malloc(small.V * 4), *lr = malloc(small.V * 4);
+    assert_int_equal(kvt_engine_decode(small.eng, &c, &tok[20], 1, lc), KVT_OK);
+    assert_int_equal(kvt_engine_decode(big.eng, &ref, &tok[20], 1, lr), KVT_OK);
+    assert_memory_equal(lc, lr, small.V * 4);
+    /* Nothing stayed referenced: 32 new tokens get all four slots. */
+    kvt_engine_seq_destroy(small.eng, c);
+    kvt_seq_t *y = seq_new(&small);
+    assert_int_equal(kvt_engine_prefill(small.eng, y, other, 32, NULL, 0), KVT_OK);
+    stats_equal(&small, 4, 4);
+    kvt_engine_seq_destroy(small.eng, y);
+    kvt_engine_seq_destroy(big.eng, ref);
+    fx_close(&small);
+    fx_close(&big);
+    free(tail), free(lc), free(lr);
+    kvt_model_destroy(m);
+}
+
 /* Allocation failures (injected) in create and in a prefill give
  * KVT_ERR_NOMEM, leak nothing (ASan) and leave the sequence unchanged. */
 static void test_alloc_failures(void **state)
@@ -836,6 +1134,10 @@ int main(void)
         cmocka_unit_test(test_pool_full),
         cmocka_unit_test(test_limits),
         cmocka_unit_test(test_shared_blocks),
+        cmocka_unit_test(test_adopt),
+        cmocka_unit_test(test_adopt_no_tail),
+        cmocka_unit_test(test_adopt_errors),
+        cmocka_unit_test(test_adopt_full),
         cmocka_unit_test(test_alloc_failures),
         cmocka_unit_test(test_generic_kernels),
     };
