@@ -1,11 +1,14 @@
 /* Pull: one fetch request, RMA reads into the caller's buffers, release,
- * then every block checked before it is reported OK (invariant 3). */
+ * then every block checked before it is reported OK (invariant 3).  A
+ * partial tail comes inline in one TailFetch/TailReply exchange through
+ * the same request path, checked as strictly. */
 #include "kvstore/block_client.h"
 
 #include "common/alloc.h"
 #include "common/log.h"
 #include "proto/msg.h"
 
+#include <inttypes.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
@@ -262,6 +265,90 @@ kvt_status_t kvt_block_client_pull(kvt_block_client_t *client, kvt_pull_t *items
             items[i].status = st;
     kvt_free(pending);
     kvt_free(retry);
+    return st;
+}
+
+/* --- partial tails --- */
+
+#define TAIL_REPLY_SLACK 4096 /* envelope, key, parent, tokens, checksum */
+
+/* The reply names exactly the tail that was asked for (invariant 3). */
+static kvt_status_t tail_check_identity(const Kvtier__TailReply *rep, const kvt_block_key_t *want,
+                                        const kvt_block_key_t *parent, uint32_t t,
+                                        const uint32_t *tokens)
+{
+    if (rep->key.len != KVT_KEY_LEN || memcmp(rep->key.data, want->b, KVT_KEY_LEN) != 0 ||
+        rep->parent.len != KVT_KEY_LEN || memcmp(rep->parent.data, parent->b, KVT_KEY_LEN) != 0 ||
+        rep->n_tokens != t || memcmp(rep->tokens, tokens, (size_t)t * sizeof(*tokens)) != 0)
+        return KVT_ERR_CORRUPT;
+    /* The key the reply's own fields name: it must be the one it states. */
+    kvt_block_key_t rep_parent, named;
+    memcpy(rep_parent.b, rep->parent.data, KVT_KEY_LEN);
+    if (kvt_tail_key(&rep_parent, t, rep->tokens, &named) != KVT_OK ||
+        memcmp(named.b, rep->key.data, KVT_KEY_LEN) != 0)
+        return KVT_ERR_CORRUPT;
+    return KVT_OK;
+}
+
+static kvt_status_t tail_check(kvt_block_client_t *c, const Kvtier__TailReply *rep,
+                               const kvt_block_key_t *want, const kvt_block_key_t *parent,
+                               uint32_t t, const uint32_t *tokens, uint64_t expect_len)
+{
+    if (!rep->found)
+        return KVT_ERR_NOT_FOUND;
+    char hex[2 * KVT_KEY_LEN + 1];
+    kvt_block_key_hex(want, hex);
+    if (tail_check_identity(rep, want, parent, t, tokens) != KVT_OK) {
+        kvt_log_error("pulled tail names another tail key=%s peer=%s", hex, kvt_net_ep_peer(c->ep));
+        return KVT_ERR_CORRUPT;
+    }
+    if (rep->payload.len != expect_len) {
+        kvt_log_error("pulled tail has another layout's length key=%s peer=%s len=%zu want=%" PRIu64,
+                      hex, kvt_net_ep_peer(c->ep), rep->payload.len, expect_len);
+        return KVT_ERR_MISMATCH;
+    }
+    if (kvt_xxh3_64(rep->payload.data, rep->payload.len) != rep->checksum) {
+        kvt_log_error("pulled tail failed its checksum key=%s peer=%s", hex, kvt_net_ep_peer(c->ep));
+        return KVT_ERR_CORRUPT;
+    }
+    return KVT_OK;
+}
+
+kvt_status_t kvt_block_client_pull_tail(kvt_block_client_t *c, const kvt_block_key_t *parent,
+                                        uint32_t t, const uint32_t *tokens,
+                                        const kvt_block_layout_t *layout, bool release, void *dst,
+                                        size_t cap, size_t *len_p, int timeout_ms)
+{
+    if (!c || !parent || !tokens || !layout || !dst || !len_p)
+        return KVT_ERR_INVALID;
+    uint64_t expect_len = kvt_tail_bytes(layout, t);
+    kvt_block_key_t want;
+    if (expect_len == 0 || kvt_tail_key(parent, t, tokens, &want) != KVT_OK)
+        return KVT_ERR_INVALID;
+    if (expect_len > cap || expect_len + TAIL_REPLY_SLACK > kvt_net_worker_max_msg(c->worker))
+        return KVT_ERR_TOO_LARGE; /* known before asking; the reply's length is checked */
+    Kvtier__TailFetch tf = KVTIER__TAIL_FETCH__INIT;
+    tf.key = (ProtobufCBinaryData){KVT_KEY_LEN, want.b};
+    tf.release = release;
+    kvt_msg_t req = KVTIER__ENVELOPE__INIT;
+    req.body_case = KVTIER__ENVELOPE__BODY_TAIL_FETCH;
+    req.tail_fetch = &tf;
+    kvt_msg_t *reply = NULL;
+    kvt_status_t st = exchange(c, &req, timeout_ms, &reply);
+    if (st != KVT_OK)
+        return st;
+    if (reply->body_case != KVTIER__ENVELOPE__BODY_TAIL_REPLY) {
+        kvt_log_error("block client got a reply that does not answer the tail fetch peer=%s",
+                      kvt_net_ep_peer(c->ep));
+        st = KVT_ERR_CORRUPT;
+    } else {
+        st = tail_check(c, reply->tail_reply, &want, parent, t, tokens, expect_len);
+    }
+    if (st == KVT_OK) {
+        memcpy(dst, reply->tail_reply->payload.data, reply->tail_reply->payload.len);
+        *len_p = reply->tail_reply->payload.len;
+    }
+    kvt_msg_free(reply);
     return st;
 }
 

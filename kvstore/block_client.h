@@ -8,11 +8,15 @@
  * checksum matches.  Each item gets its own status, so the caller knows
  * exactly which blocks to recompute; nothing unchecked is ever reported OK.
  *
+ * pull_tail fetches a prompt's partial tail (kvstore/tail.h) the same way,
+ * inline in the reply, and checks it just as strictly.
+ *
  * A client uses the caller's net worker and so the caller's thread. */
 #ifndef KVT_KVSTORE_BLOCK_CLIENT_H
 #define KVT_KVSTORE_BLOCK_CLIENT_H
 
 #include "kvstore/block.h"
+#include "kvstore/tail.h"
 #include "net/net.h"
 
 typedef struct kvt_block_client kvt_block_client_t;
@@ -38,6 +42,23 @@ void kvt_block_client_close(kvt_block_client_t *client);
  * transport's error (then every item carries it: none counts as read). */
 kvt_status_t kvt_block_client_pull(kvt_block_client_t *client, kvt_pull_t *items, size_t n,
                                    const kvt_block_identity_t *expect, int timeout_ms);
+
+/* Fetch the partial tail tokens[0..t) after parent, whose image under
+ * layout is kvt_tail_bytes(layout, t) bytes, into dst[0..cap); *len_p =
+ * its length.  release: the caller is done with it (the peer drops its
+ * hold).  The key asked for is computed here; KVT_OK only when the reply
+ * names that key, parent and exactly those tokens, and the payload has the
+ * layout's length and its checksum.  KVT_ERR_NOT_FOUND (the peer holds no
+ * such tail: other tokens or parent name another key), KVT_ERR_CORRUPT (a
+ * reply naming another tail, or a bad checksum), KVT_ERR_MISMATCH (payload
+ * length not the layout's), KVT_ERR_TOO_LARGE (cap short, or the tail
+ * cannot fit in a message of this client's worker), KVT_ERR_INVALID (t not
+ * in [1, B) or a bad layout), or the transport's error (KVT_ERR_IO,
+ * _CLOSED, _AGAIN on timeout).  dst is written only on KVT_OK. */
+kvt_status_t kvt_block_client_pull_tail(kvt_block_client_t *client, const kvt_block_key_t *parent,
+                                        uint32_t t, const uint32_t *tokens,
+                                        const kvt_block_layout_t *layout, bool release, void *dst,
+                                        size_t cap, size_t *len_p, int timeout_ms);
 
 /* The connection is still up (a dead peer's client should be closed). */
 bool kvt_block_client_alive(const kvt_block_client_t *client);

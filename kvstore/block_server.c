@@ -44,8 +44,14 @@ typedef struct lease {
     struct lease *next;
 } lease_t;
 
+/* The decoder bounds a tail's tokens for the store (proto cannot include
+ * kvstore/block.h): keep the two equal. */
+_Static_assert(KVT_PROTO_MAX_TAIL_TOKENS == KVT_BLOCK_MAX_TOKENS - 1,
+               "proto's tail token bound is not the block's");
+
 struct kvt_block_server {
     kvt_tier_t *tier;
+    kvt_tail_store_t *tails;
     char *listen;
     uint32_t lease_ms, max_lease_ms, max_leases;
     bool rma;
@@ -368,6 +374,64 @@ static void handle_release(kvt_block_server_t *srv, kvt_net_ep_t *ep, uint64_t r
         reply_ack(srv, ep, req_id, req->lease_id);
 }
 
+/* --- partial tails --- */
+
+typedef struct {
+    uint8_t *buf;
+    size_t len;
+} encoded_t;
+
+/* Runs under the tail store's lock: the reply is encoded (the payload
+ * copied) before a release can free the tail. */
+static kvt_status_t tail_encode(const kvt_tail_view_t *tail, void *arg)
+{
+    Kvtier__TailReply rep = KVTIER__TAIL_REPLY__INIT;
+    rep.found = 1;
+    rep.key = (ProtobufCBinaryData){KVT_KEY_LEN, (uint8_t *)tail->key->b};
+    rep.parent = (ProtobufCBinaryData){KVT_KEY_LEN, (uint8_t *)tail->parent->b};
+    rep.n_tokens = tail->t;
+    rep.tokens = (uint32_t *)tail->tokens;
+    rep.checksum = tail->checksum;
+    rep.payload = (ProtobufCBinaryData){tail->len, (uint8_t *)tail->payload};
+    kvt_msg_t msg = KVTIER__ENVELOPE__INIT;
+    msg.body_case = KVTIER__ENVELOPE__BODY_TAIL_REPLY;
+    msg.tail_reply = &rep;
+    encoded_t *out = arg;
+    return kvt_msg_encode(&msg, &out->buf, &out->len);
+}
+
+static void handle_tail_fetch(kvt_block_server_t *srv, kvt_net_ep_t *ep, uint64_t req_id,
+                              const Kvtier__TailFetch *req)
+{
+    if (!kvt_net_ep_alive(ep))
+        return; /* nobody to hand it to: keep the hold */
+    kvt_block_key_t key;
+    memcpy(key.b, req->key.data, KVT_KEY_LEN); /* 32 bytes: checked by the decoder */
+    encoded_t enc = {0};
+    kvt_status_t st = srv->tails ? kvt_tail_store_get(srv->tails, &key, req->release,
+                                                      tail_encode, &enc)
+                                 : KVT_ERR_NOT_FOUND;
+    if (st == KVT_ERR_NOT_FOUND) {
+        STAT_ADD(srv, tails_missing, 1);
+        Kvtier__TailReply rep = KVTIER__TAIL_REPLY__INIT; /* found = false */
+        kvt_msg_t msg = KVTIER__ENVELOPE__INIT;
+        msg.body_case = KVTIER__ENVELOPE__BODY_TAIL_REPLY;
+        msg.tail_reply = &rep;
+        send_envelope(srv, ep, req_id, &msg);
+        return;
+    }
+    if (st != KVT_OK) {
+        reply_error(srv, ep, req_id, st, "tail reply not encoded");
+        return;
+    }
+    STAT_ADD(srv, tails_served, 1);
+    st = kvt_net_send(ep, req_id, KVT_NET_FLAG_REPLY, enc.buf, enc.len);
+    if (st != KVT_OK)
+        kvt_log_warn("block server tail reply not sent peer=%s err=\"%s\"", kvt_net_ep_peer(ep),
+                     kvt_status_str(st));
+    kvt_free(enc.buf);
+}
+
 static void on_msg(kvt_net_ep_t *ep, uint64_t req_id, uint32_t flags, const void *data,
                    size_t len, void *arg)
 {
@@ -382,6 +446,7 @@ static void on_msg(kvt_net_ep_t *ep, uint64_t req_id, uint32_t flags, const void
     case KVTIER__ENVELOPE__BODY_FETCH_REQUEST: handle_fetch(srv, ep, req_id, msg->fetch_request); break;
     case KVTIER__ENVELOPE__BODY_LEASE_RENEW: handle_renew(srv, ep, req_id, msg->lease_renew); break;
     case KVTIER__ENVELOPE__BODY_RELEASE: handle_release(srv, ep, req_id, msg->release); break;
+    case KVTIER__ENVELOPE__BODY_TAIL_FETCH: handle_tail_fetch(srv, ep, req_id, msg->tail_fetch); break;
     default:
         reply_error(srv, ep, req_id, KVT_ERR_INVALID, "message type not served by a block server");
     }
@@ -493,6 +558,7 @@ kvt_status_t kvt_block_server_start(const kvt_block_server_params_t *params,
     if (!srv)
         return KVT_ERR_NOMEM;
     srv->tier = params->tier;
+    srv->tails = params->tails;
     srv->listen = kvt_malloc("block server listen", strlen(params->listen) + 1);
     if (!srv->listen) {
         kvt_free(srv);

@@ -19,12 +19,19 @@
  * the whole host pool to whoever holds the rkey.  Use it on RDMA fabrics
  * between trusted nodes.
  *
+ * Partial tails (kvstore/tail.h): a TailFetch names a tail key; the
+ * server answers from its tail store with the tail inline (found=false
+ * when it holds no such tail, or has no store).  There is no lease id: the
+ * lease is the store's hold and TTL, and a fetch with release drops the
+ * hold once the reply is encoded.
+ *
  * Bad input: a message that does not decode, has another protocol version
  * or a body this server does not serve gets an Error reply; the
  * connection and every other client go on being served. */
 #ifndef KVT_KVSTORE_BLOCK_SERVER_H
 #define KVT_KVSTORE_BLOCK_SERVER_H
 
+#include "kvstore/tail.h"
 #include "kvstore/tier.h"
 
 typedef struct kvt_block_server kvt_block_server_t;
@@ -38,6 +45,8 @@ typedef struct {
                                    per connection; a lease can be renewed up to
                                    10 minutes after it was made) */
     bool rma;                   /* serve by RMA (see above); false: inline */
+    kvt_tail_store_t *tails;    /* borrowed, may be NULL (no tails held); must
+                                   outlive the server */
 } kvt_block_server_params_t;
 
 typedef struct {
@@ -49,6 +58,8 @@ typedef struct {
     uint64_t leases_expired;
     uint64_t leases_released;   /* by Release or by the client's disconnect */
     uint64_t bad_messages;      /* answered with Error */
+    uint64_t tails_served;      /* TailFetches answered with the tail */
+    uint64_t tails_missing;     /* TailFetches answered found=false */
 } kvt_block_server_stats_t;
 
 /* Start listening and serving on a new thread.  KVT_ERR_IO if the address

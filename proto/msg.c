@@ -83,6 +83,19 @@ static kvt_status_t check_key(const ctx_t *c, const char *field, const ProtobufC
     return KVT_OK;
 }
 
+/* A key that may be absent (empty): a TailReply that found nothing. */
+static kvt_status_t check_opt_key(const ctx_t *c, const char *field, const ProtobufCBinaryData *b)
+{
+    return b->len == 0 ? KVT_OK : check_key(c, field, b);
+}
+
+static kvt_status_t check_max(const ctx_t *c, const char *field, uint32_t v, uint32_t max)
+{
+    if (v > max)
+        return reject(c, field, "out of range", v, max);
+    return KVT_OK;
+}
+
 static kvt_status_t check_count(const ctx_t *c, const char *field, size_t n, size_t max)
 {
     if (n > max)
@@ -186,6 +199,7 @@ static kvt_status_t check_prefill_request(const ctx_t *c, const Kvtier__PrefillR
 static kvt_status_t check_prefill_result(const ctx_t *c, const Kvtier__PrefillResult *m)
 {
     CHECK(check_str(c, "request_id", m->request_id));
+    CHECK(check_max(c, "tail_tokens", m->tail_tokens, KVT_PROTO_MAX_TAIL_TOKENS));
     return check_keys(c, "block_keys", m->n_block_keys, m->block_keys);
 }
 
@@ -198,6 +212,7 @@ static kvt_status_t check_decode_request(const ctx_t *c, const Kvtier__DecodeReq
     CHECK(check_str(c, "peer", m->peer));
     CHECK(check_blob(c, "tenant_salt", &m->tenant_salt, KVT_PROTO_MAX_STRING));
     CHECK(check_sampling(c, m->temperature, m->top_p));
+    CHECK(check_max(c, "tail_tokens", m->tail_tokens, KVT_PROTO_MAX_TAIL_TOKENS));
     return check_count(c, "stop_tokens", m->n_stop_tokens, KVT_PROTO_MAX_TOKENS);
 }
 
@@ -228,6 +243,14 @@ static kvt_status_t check_fetch_reply(const ctx_t *c, const Kvtier__BlockFetchRe
     for (ci.item = 0; ci.item < m->n_blocks; ci.item++)
         CHECK(check_descriptor(&ci, m->blocks[ci.item]));
     return KVT_OK;
+}
+
+static kvt_status_t check_tail_reply(const ctx_t *c, const Kvtier__TailReply *m)
+{
+    CHECK(check_opt_key(c, "key", &m->key));
+    CHECK(check_opt_key(c, "parent", &m->parent));
+    CHECK(check_count(c, "tokens", m->n_tokens, KVT_PROTO_MAX_TAIL_TOKENS));
+    return check_blob(c, "payload", &m->payload, KVT_PROTO_MAX_MSG);
 }
 
 static kvt_status_t check_error(const ctx_t *c, const Kvtier__Error *m)
@@ -271,6 +294,8 @@ static kvt_status_t check_body(const kvt_msg_t *m)
     case KVTIER__ENVELOPE__BODY_ERROR: return check_error(&c, m->error);
     case KVTIER__ENVELOPE__BODY_SNAPSHOT_REQUEST: return KVT_OK; /* empty */
     case KVTIER__ENVELOPE__BODY_CANCEL: return check_str(&c, "request_id", m->cancel->request_id);
+    case KVTIER__ENVELOPE__BODY_TAIL_FETCH: return check_key(&c, "key", &m->tail_fetch->key);
+    case KVTIER__ENVELOPE__BODY_TAIL_REPLY: return check_tail_reply(&c, m->tail_reply);
     default: return reject(&c, "body", "unknown body type", (size_t)m->body_case, 0);
     }
 }
@@ -426,6 +451,8 @@ const char *kvt_msg_body_name(Kvtier__Envelope__BodyCase body)
     case KVTIER__ENVELOPE__BODY_ERROR: return "error";
     case KVTIER__ENVELOPE__BODY_SNAPSHOT_REQUEST: return "snapshot_request";
     case KVTIER__ENVELOPE__BODY_CANCEL: return "cancel";
+    case KVTIER__ENVELOPE__BODY_TAIL_FETCH: return "tail_fetch";
+    case KVTIER__ENVELOPE__BODY_TAIL_REPLY: return "tail_reply";
     default: return "unknown";
     }
 }

@@ -5,8 +5,8 @@
  * bounds the input size, rejects anything protobuf-c cannot parse, a
  * version other than ours, an envelope without a body (an unknown message
  * type decodes as one) and fields out of their bounds (keys of the wrong
- * length, too many keys or tokens, oversized headers), so the code that
- * handles a body may rely on those bounds. */
+ * length, too many keys or tokens, oversized headers, tails of a block or
+ * more), so the code that handles a body may rely on those bounds. */
 #ifndef KVT_PROTO_MSG_H
 #define KVT_PROTO_MSG_H
 
@@ -23,6 +23,8 @@
 #define KVT_PROTO_MAX_TOKENS (1u << 20)
 #define KVT_PROTO_MAX_STRING 4096      /* ids, addresses, messages */
 #define KVT_PROTO_MAX_DECODE_BYTES (64u << 20) /* heap one decode may use */
+#define KVT_PROTO_MAX_TAIL_TOKENS 255  /* tokens of a partial tail: below a block's
+                                          (KVT_BLOCK_MAX_TOKENS - 1, kvstore/block.h) */
 
 typedef Kvtier__Envelope kvt_msg_t;
 

@@ -142,7 +142,8 @@ static void seeds_requests(void)
     r.n_block_keys = 3;
     r.block_keys = g_keys;
     r.cached_tokens = 16;
-    r.tail_lease_id = 99;
+    r.tail_tokens = 7;
+    r.first_draws = 1;
     add_body(KVTIER__ENVELOPE__BODY_PREFILL_RESULT, &r, KVT_OK);
     Kvtier__DecodeRequest d = KVTIER__DECODE_REQUEST__INIT;
     d.request_id = "req-42";
@@ -151,7 +152,8 @@ static void seeds_requests(void)
     d.n_block_keys = 2;
     d.block_keys = g_keys;
     d.prefill_node = "prefill-0";
-    d.tail_lease_id = 99;
+    d.tail_tokens = 7;
+    d.first_draws = 1;
     d.max_tokens = 128;
     d.temperature = 0.8f;
     d.top_p = 0.95f;
@@ -166,6 +168,29 @@ static void seeds_requests(void)
     t.done = 1;
     t.finish_reason = "length";
     add_body(KVTIER__ENVELOPE__BODY_TOKEN_STREAM, &t, KVT_OK);
+}
+
+/* A tail fetch, a found and a missing tail reply, and a fetch with a
+ * 5-byte key (rejected). */
+static void seeds_tails(void)
+{
+    Kvtier__TailFetch f = KVTIER__TAIL_FETCH__INIT;
+    f.key = g_keys[2];
+    f.release = 1;
+    add_body(KVTIER__ENVELOPE__BODY_TAIL_FETCH, &f, KVT_OK);
+    Kvtier__TailReply r = KVTIER__TAIL_REPLY__INIT;
+    r.found = 1;
+    r.key = g_keys[2];
+    r.parent = g_keys[1];
+    r.n_tokens = 7;
+    r.tokens = g_tokens;
+    r.checksum = 0x9e3779b97f4a7c15ull;
+    r.payload = (ProtobufCBinaryData){448, g_blob};
+    add_body(KVTIER__ENVELOPE__BODY_TAIL_REPLY, &r, KVT_OK);
+    Kvtier__TailReply none = KVTIER__TAIL_REPLY__INIT;
+    add_body(KVTIER__ENVELOPE__BODY_TAIL_REPLY, &none, KVT_OK);
+    f.key = (ProtobufCBinaryData){5, g_key[0]};
+    add_body(KVTIER__ENVELOPE__BODY_TAIL_FETCH, &f, KVT_ERR_INVALID);
 }
 
 static void seeds_blocks(void)
@@ -214,6 +239,7 @@ static void seeds_blocks(void)
     e.code = 4;
     e.message = "not found";
     add_body(KVTIER__ENVELOPE__BODY_ERROR, &e, KVT_OK);
+    seeds_tails();
     /* Rejected ones: a 31-byte key, another version, no body. */
     g_keys[1].len = 31;
     add_body(KVTIER__ENVELOPE__BODY_FETCH_REQUEST, &f, KVT_ERR_INVALID);
@@ -252,7 +278,7 @@ static size_t put_varint(uint8_t *p, uint64_t v)
     return n;
 }
 
-/* A well-formed field: number 1..31 (bodies are 10..24), any wire type. */
+/* A well-formed field: number 1..31 (bodies are 10..28), any wire type. */
 static void append_field(input_t *in)
 {
     uint8_t f[64];

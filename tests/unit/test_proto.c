@@ -29,7 +29,7 @@
 #include <cmocka.h>
 
 #define ENV_CASE(x) KVTIER__ENVELOPE__BODY_##x
-#define N_BODIES 15
+#define N_BODIES 17
 #define BIG 16384
 
 /* --- samples of every body --- */
@@ -59,6 +59,8 @@ static Kvtier__LeaseRenew s_lr;
 static Kvtier__Release s_rel;
 static Kvtier__Ack s_ack;
 static Kvtier__Error s_err;
+static Kvtier__TailFetch s_tf;
+static Kvtier__TailReply s_tr;
 
 static ProtobufCBinaryData bd(const uint8_t *p, size_t n)
 {
@@ -139,7 +141,8 @@ static void mk_requests(void)
     s_pres.n_block_keys = 3;
     s_pres.block_keys = g_keys;
     s_pres.cached_tokens = 32;
-    s_pres.tail_lease_id = 77;
+    s_pres.tail_tokens = 3;
+    s_pres.first_draws = 1;
     s_dreq = (Kvtier__DecodeRequest)KVTIER__DECODE_REQUEST__INIT;
     s_dreq.request_id = "req-1";
     s_dreq.n_tokens = 5;
@@ -147,7 +150,8 @@ static void mk_requests(void)
     s_dreq.n_block_keys = 2;
     s_dreq.block_keys = g_keys;
     s_dreq.prefill_node = "node-a";
-    s_dreq.tail_lease_id = 77;
+    s_dreq.tail_tokens = 3;
+    s_dreq.first_draws = 2;
     s_dreq.max_tokens = 64;
     s_dreq.temperature = 1.5f;
     s_dreq.top_p = 0.5f;
@@ -194,6 +198,17 @@ static void mk_blocks(void)
     s_err = (Kvtier__Error)KVTIER__ERROR__INIT;
     s_err.code = 4;
     s_err.message = "no such block";
+    s_tf = (Kvtier__TailFetch)KVTIER__TAIL_FETCH__INIT;
+    s_tf.key = bd(g_key[3], 32);
+    s_tf.release = 1;
+    s_tr = (Kvtier__TailReply)KVTIER__TAIL_REPLY__INIT;
+    s_tr.found = 1;
+    s_tr.key = bd(g_key[3], 32);
+    s_tr.parent = bd(g_key[2], 32);
+    s_tr.n_tokens = 5;
+    s_tr.tokens = g_tokens;
+    s_tr.checksum = 0x0123456789abcdefull;
+    s_tr.payload = bd(g_big, 1000);
 }
 
 static const Kvtier__Envelope__BodyCase ALL_BODIES[N_BODIES] = {
@@ -201,14 +216,16 @@ static const Kvtier__Envelope__BodyCase ALL_BODIES[N_BODIES] = {
     ENV_CASE(KV_SNAPSHOT),    ENV_CASE(KV_DELTA),       ENV_CASE(PREFILL_REQUEST),
     ENV_CASE(PREFILL_RESULT), ENV_CASE(DECODE_REQUEST), ENV_CASE(TOKEN_STREAM),
     ENV_CASE(FETCH_REQUEST),  ENV_CASE(FETCH_REPLY),    ENV_CASE(LEASE_RENEW),
-    ENV_CASE(RELEASE),        ENV_CASE(ACK),            ENV_CASE(ERROR)};
+    ENV_CASE(RELEASE),        ENV_CASE(ACK),            ENV_CASE(ERROR),
+    ENV_CASE(TAIL_FETCH),     ENV_CASE(TAIL_REPLY)};
 
 /* The sample of body type bc in g_env (version 1); fields can be edited. */
 static kvt_msg_t *build(Kvtier__Envelope__BodyCase bc)
 {
     void *const bodies[] = {&s_hello, &s_reg,  &s_hb,  &s_snap, &s_delta,
                             &s_preq,  &s_pres, &s_dreq, &s_ts,  &s_freq,
-                            &s_frep,  &s_lr,   &s_rel, &s_ack, &s_err};
+                            &s_frep,  &s_lr,   &s_rel, &s_ack, &s_err,
+                            [ENV_CASE(TAIL_FETCH) - ENV_CASE(HELLO)] = &s_tf, &s_tr};
     mk_membership();
     mk_requests();
     mk_blocks();
@@ -339,6 +356,13 @@ static void test_roundtrip_fields(void **state)
     assert_int_equal(r->n_stop_tokens, 2);
     assert_int_equal(r->stop_tokens[1], 0xffffffffu);
     assert_true(r->temperature == 1.5f && r->top_p == 0.5f && r->seed == 43);
+    assert_true(r->tail_tokens == 3 && r->first_draws == 2);
+    kvt_msg_free(d);
+    kvt_free(b);
+
+    assert_int_equal(kvt_msg_encode(build(ENV_CASE(PREFILL_RESULT)), &b, &l), KVT_OK);
+    assert_int_equal(kvt_msg_decode(b, l, &d), KVT_OK);
+    assert_true(d->prefill_result->tail_tokens == 3 && d->prefill_result->first_draws == 1);
     kvt_msg_free(d);
     kvt_free(b);
 
@@ -351,6 +375,45 @@ static void test_roundtrip_fields(void **state)
     assert_memory_equal(f->blocks[0]->key.data, g_key[0], 32);
     assert_int_equal(f->rkey.len, 300);
     assert_true(f->blocks[0]->addr == 0x7f0000001000ull && f->lease_ms == 1000);
+    kvt_msg_free(d);
+    kvt_free(b);
+}
+
+static void test_roundtrip_tail(void **state)
+{
+    uint8_t *b;
+    size_t l;
+    kvt_msg_t *d = NULL;
+    assert_int_equal(kvt_msg_encode(build(ENV_CASE(TAIL_FETCH)), &b, &l), KVT_OK);
+    assert_int_equal(kvt_msg_decode(b, l, &d), KVT_OK);
+    assert_int_equal(d->tail_fetch->key.len, 32);
+    assert_memory_equal(d->tail_fetch->key.data, g_key[3], 32);
+    assert_true(d->tail_fetch->release);
+    kvt_msg_free(d);
+    kvt_free(b);
+
+    assert_int_equal(kvt_msg_encode(build(ENV_CASE(TAIL_REPLY)), &b, &l), KVT_OK);
+    assert_int_equal(kvt_msg_decode(b, l, &d), KVT_OK);
+    const Kvtier__TailReply *r = d->tail_reply;
+    assert_true(r->found);
+    assert_memory_equal(r->key.data, g_key[3], 32);
+    assert_memory_equal(r->parent.data, g_key[2], 32);
+    assert_int_equal(r->n_tokens, 5);
+    assert_memory_equal(r->tokens, g_tokens, sizeof(g_tokens));
+    assert_true(r->checksum == 0x0123456789abcdefull);
+    assert_int_equal(r->payload.len, 1000);
+    assert_memory_equal(r->payload.data, g_big, 1000);
+    kvt_msg_free(d);
+    kvt_free(b);
+
+    /* Not found: nothing but the flag, and empty key and parent pass. */
+    kvt_msg_t *m = build(ENV_CASE(TAIL_REPLY));
+    *m->tail_reply = (Kvtier__TailReply)KVTIER__TAIL_REPLY__INIT;
+    assert_int_equal(kvt_msg_encode(m, &b, &l), KVT_OK);
+    assert_int_equal(kvt_msg_decode(b, l, &d), KVT_OK);
+    assert_int_equal(d->body_case, ENV_CASE(TAIL_REPLY));
+    assert_false(d->tail_reply->found);
+    assert_int_equal(d->tail_reply->key.len, 0);
     kvt_msg_free(d);
     kvt_free(b);
 }
@@ -399,6 +462,8 @@ static void test_body_names(void **state)
     assert_string_equal(kvt_msg_body_name((Kvtier__Envelope__BodyCase)99), "unknown");
     assert_string_equal(kvt_msg_body_name(ENV_CASE(FETCH_REQUEST)), "fetch_request");
     assert_string_equal(kvt_msg_body_name(ENV_CASE(ERROR)), "error");
+    assert_string_equal(kvt_msg_body_name(ENV_CASE(TAIL_FETCH)), "tail_fetch");
+    assert_string_equal(kvt_msg_body_name(ENV_CASE(TAIL_REPLY)), "tail_reply");
     for (int i = 0; i < N_BODIES; i++) {
         const char *a = kvt_msg_body_name(ALL_BODIES[i]);
         assert_string_not_equal(a, "none");
@@ -622,6 +687,10 @@ static void k_desc(kvt_msg_t *m, ProtobufCBinaryData k)
 {
     m->fetch_reply->blocks[1]->key = k;
 }
+static void k_tail_fetch(kvt_msg_t *m, ProtobufCBinaryData k)
+{
+    m->tail_fetch->key = k;
+}
 
 static void test_key_length(void **state)
 {
@@ -636,6 +705,7 @@ static void test_key_length(void **state)
         {ENV_CASE(DECODE_REQUEST), k_dreq, "field=block_keys item=0"},
         {ENV_CASE(FETCH_REQUEST), k_freq, "field=keys item=1"},
         {ENV_CASE(FETCH_REPLY), k_desc, "field=key item=1"},
+        {ENV_CASE(TAIL_FETCH), k_tail_fetch, "body=tail_fetch field=key"},
     };
     const size_t bad[] = {0, 1, 31, 33, 64};
     for (size_t i = 0; i < sizeof(t) / sizeof(t[0]); i++) {
@@ -648,6 +718,48 @@ static void test_key_length(void **state)
         t[i].set(m, bd(g_big, 32));
         assert_accepted(m);
     }
+}
+
+/* A TailReply's key and parent may be absent (found = false), else are
+ * 32 bytes; its tokens, and the tail_tokens of the requests, stay below a
+ * block's bound (KVT_BLOCK_MAX_TOKENS = 256). */
+static void test_tail_bounds(void **state)
+{
+    const size_t bad[] = {1, 5, 31, 33, 64};
+    for (size_t j = 0; j < sizeof(bad) / sizeof(bad[0]); j++) {
+        kvt_msg_t *m = build(ENV_CASE(TAIL_REPLY));
+        m->tail_reply->key = bd(g_big, bad[j]);
+        assert_rejected(m, "body=tail_reply field=key", "reason=key length");
+        m = build(ENV_CASE(TAIL_REPLY));
+        m->tail_reply->parent = bd(g_big, bad[j]);
+        assert_rejected(m, "body=tail_reply field=parent", "reason=key length");
+    }
+    kvt_msg_t *m = build(ENV_CASE(TAIL_REPLY));
+    m->tail_reply->key = bd(g_big, 0);
+    m->tail_reply->parent = bd(g_big, 0);
+    assert_accepted(m);
+
+    static uint32_t tokens[256];
+    m = build(ENV_CASE(TAIL_REPLY));
+    m->tail_reply->tokens = tokens;
+    m->tail_reply->n_tokens = 255;
+    assert_accepted(m);
+    m->tail_reply->n_tokens = 256;
+    assert_rejected(m, "body=tail_reply field=tokens", "reason=too many items");
+
+    m = build(ENV_CASE(PREFILL_RESULT));
+    m->prefill_result->tail_tokens = 255;
+    assert_accepted(m);
+    m->prefill_result->tail_tokens = 256;
+    assert_rejected(m, "field=tail_tokens", "reason=out of range");
+    m->prefill_result->tail_tokens = UINT32_MAX;
+    assert_rejected(m, "field=tail_tokens", "reason=out of range");
+    m = build(ENV_CASE(DECODE_REQUEST));
+    m->decode_request->tail_tokens = 255;
+    m->decode_request->first_draws = UINT32_MAX; /* any count of draws */
+    assert_accepted(m);
+    m->decode_request->tail_tokens = 256;
+    assert_rejected(m, "body=decode_request field=tail_tokens", "reason=out of range");
 }
 
 /* Sets one list of body bc to n items (each a valid key or token). */
@@ -936,6 +1048,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_roundtrip_all_bodies),
         cmocka_unit_test(test_roundtrip_fields),
+        cmocka_unit_test(test_roundtrip_tail),
         cmocka_unit_test(test_encode_error),
         cmocka_unit_test(test_body_names),
         cmocka_unit_test(test_too_large),
@@ -947,6 +1060,7 @@ int main(void)
         cmocka_unit_test(test_last_body_wins),
         cmocka_unit_test(test_bad_args),
         cmocka_unit_test(test_key_length),
+        cmocka_unit_test(test_tail_bounds),
         cmocka_unit_test(test_list_bounds),
         cmocka_unit_test(test_event_count),
         cmocka_unit_test(test_string_length),
