@@ -30,6 +30,7 @@ static size_t metrics(char *buf, size_t cap)
         C("prefill_computed_tokens_total", s.computed_tokens);
         C("prefill_peer_blocks_total", s.peer_blocks);
         C("prefill_failed_blocks_total", s.failed_blocks);
+        C("prefill_held_tails_total", s.held_tails);
         C("prefill_queued", s.queued);
     } else {
         kvt_decode_stats_t s;
@@ -41,6 +42,8 @@ static size_t metrics(char *buf, size_t cap)
         C("decode_pulled_blocks_total", s.pulled_blocks);
         C("decode_reused_blocks_total", s.reused_blocks);
         C("decode_failed_blocks_total", s.failed_blocks);
+        C("decode_pulled_tails_total", s.pulled_tails);
+        C("decode_adopted_prompts_total", s.adopted);
         C("decode_active", s.active);
         C("decode_queued", s.queued);
     }

@@ -220,6 +220,8 @@ static void send_decode(kvt_coord_t *c, creq_t *r, int slot, const Kvtier__Prefi
     if (pr) {
         const cnode_t *p = &c->nodes[r->prefill_node];
         m.first_token = pr->first_token;
+        m.first_draws = pr->first_draws;
+        m.tail_tokens = pr->tail_tokens;
         m.peer = (char *)p->ucx;
         m.prefill_node = (char *)p->id;
         m.peer_blocks = pr->stored_blocks;

@@ -23,7 +23,8 @@
 
 typedef struct {
     kvt_node_req_t req;
-    uint32_t first_token, max_tokens;
+    uint32_t first_token, first_draws, max_tokens;
+    uint32_t tail_tokens;    /* the peer holds the prompt's partial tail */
     uint32_t stop[MAX_STOP];
     size_t n_stop;
     /* running */
@@ -92,6 +93,8 @@ static dseq_t *dseq_from(kvt_decode_t *node, const Kvtier__DecodeRequest *m)
     if (!d)
         return NULL;
     d->first_token = m->first_token;
+    d->first_draws = m->first_draws;
+    d->tail_tokens = m->tail_tokens;
     d->max_tokens = m->max_tokens;
     memcpy(d->stop, node->default_stop, node->n_default_stop * sizeof(uint32_t));
     d->n_stop = node->n_default_stop;
@@ -222,12 +225,16 @@ static kvt_status_t start_seq(kvt_decode_t *node, dseq_t *d)
     if (st != KVT_OK)
         return st;
     kvt_prompt_src_t src = {.reuse = d->req.cache};
-    if (d->req.cache && d->req.peer[0] && d->req.peer_blocks) {
+    if (d->req.cache && d->req.peer[0] && (d->req.peer_blocks || d->tail_tokens)) {
         src.peer = kvt_block_peers_get(node->peers, d->req.peer, PEER_CONNECT_MS);
         src.peer_blocks = d->req.peer_blocks;
+        src.peer_tail = d->tail_tokens;
     }
+    /* With the prefill node's first token no logits are needed: the prompt
+     * may then be adopted whole, its tail pulled instead of computed. */
+    bool have_first = d->first_token != KVT_DECODE_NO_FIRST_TOKEN;
     return kvt_engine_run_prompt(node->engine, &root, d->req.tokens, d->req.n, &src, &d->seq,
-                                 node->logits, &d->ps);
+                                 have_first ? NULL : node->logits, &d->ps);
 }
 
 static void admit(kvt_decode_t *node, dseq_t *d)
@@ -243,19 +250,18 @@ static void admit(kvt_decode_t *node, dseq_t *d)
         dseq_free(node, d);
         return;
     }
-    uint32_t tok = sample(node, d, node->logits);
-    if (d->first_token != KVT_DECODE_NO_FIRST_TOKEN && tok != d->first_token) {
-        /* Another device's rounding (a GPU prefill node): the client has
-         * the prefill node's token, so that one is the sequence's. */
-        kvt_log_warn("decode node's first token differs from the prefill node's id=%s "
-                     "here=%u prefill=%u", d->req.id, tok, d->first_token);
-        tok = d->first_token;
-    }
+    uint32_t tok = d->first_token;
+    if (tok == KVT_DECODE_NO_FIRST_TOKEN)
+        tok = sample(node, d, node->logits);
+    else /* the prefill node drew it: continue its random stream */
+        kvt_sampler_skip(&d->sampler, d->first_draws);
     pthread_mutex_lock(&node->stats_lock);
     node->stats.requests++;
     node->stats.pulled_blocks += d->ps.peer_blocks;
     node->stats.failed_blocks += d->ps.failed_blocks;
     node->stats.reused_blocks += d->ps.pool_blocks;
+    node->stats.pulled_tails += d->ps.tail_tokens > 0;
+    node->stats.adopted += d->ps.adopted;
     pthread_mutex_unlock(&node->stats_lock);
     if (d->max_tokens == 0) {
         send_tokens(node, d, NULL, 0, "length", NULL, true);

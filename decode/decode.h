@@ -9,15 +9,18 @@
  * pool (T0) holds already are reused, the ones the prefill node serves
  * (DecodeRequest.peer, peer_blocks) are pulled from its block server and
  * verified (invariant 3: a block that fails is recomputed, never used),
- * and the rest of the prompt -- at least the partial tail -- is computed
- * here.  The first token is the prefill node's (the coordinator has sent
- * it already); the node samples it again from its own logits to advance
- * its sampler exactly as a single-process run does, and logs a mismatch.
+ * and so is the partial tail the prefill node holds (tail_tokens).  When
+ * every full block and the tail are in, the prompt is adopted without any
+ * pass; otherwise what is missing is computed here.  The first token is
+ * the prefill node's (the coordinator has sent it already): the node
+ * advances its sampler by the draws the prefill node made for it
+ * (first_draws), so every later token is the one a single-process run
+ * samples.  Without a first token (UINT32_MAX) it is sampled here.
  * Tokens go back as TokenStream messages, one per step, the last one with
  * done and finish_reason ("stop", "length", or "error" with the reason).
  * Pulled blocks stay in the pool for later requests (content-indexed,
- * published as T0 events).  With cache false nothing is reused: every
- * prompt token is computed and the first token sampled here.
+ * published as T0 events).  With cache false nothing is reused or pulled: every
+ * prompt token is computed here.
  *
  * A node that loses the coordinator drops its running requests (the
  * coordinator retries them elsewhere). */
@@ -44,6 +47,8 @@ typedef struct {
 
 typedef struct {
     uint64_t requests, failed, tokens, steps, pulled_blocks, reused_blocks, failed_blocks;
+    uint64_t pulled_tails;        /* partial tails pulled from a prefill node */
+    uint64_t adopted;             /* prompts taken whole: no token computed here */
     uint32_t active, queued;
 } kvt_decode_stats_t;
 

@@ -110,6 +110,63 @@ static kvt_status_t import_cached(kvt_engine_t *e, const kvt_block_key_t *keys, 
     return st;
 }
 
+/* The key of the last full block of tokens[0..n) after root (root itself
+ * when there is none): the partial tail's parent. */
+static kvt_status_t tail_parent(const kvt_block_key_t *root, uint32_t b, const uint32_t *tokens,
+                                size_t n, kvt_block_key_t *parent_p)
+{
+    kvt_block_key_t k = *root;
+    for (size_t i = 0; i + b <= n; i += b) {
+        kvt_status_t st = kvt_block_key_next(&k, b, tokens + i, &k);
+        if (st != KVT_OK)
+            return st;
+    }
+    *parent_p = k;
+    return KVT_OK;
+}
+
+/* The whole prompt from the pool and the peer's tail, with no pass, when
+ * nothing is missing.  KVT_OK with s->adopted false: compute instead (a
+ * tail that cannot be pulled or fails verification is counted and then
+ * recomputed, invariant 3). */
+static kvt_status_t try_adopt(kvt_engine_t *e, kvt_seq_t *seq, const kvt_block_key_t *root,
+                              const kvt_block_key_t *keys, size_t n_keys,
+                              const uint32_t *tokens, size_t n, const kvt_prompt_src_t *src,
+                              kvt_prompt_stats_t *s)
+{
+    const kvt_block_layout_t *layout = &kvt_engine_identity(e)->layout;
+    uint32_t t = (uint32_t)(n % layout->block_tokens);
+    if (kvt_engine_pool_match(e, keys, n_keys) < n_keys || (t && (!src->peer || src->peer_tail != t)))
+        return KVT_OK;
+    uint8_t *tail = NULL;
+    size_t len = 0;
+    kvt_status_t st = KVT_OK;
+    if (t) {
+        uint64_t cap = kvt_tail_bytes(layout, t);
+        tail = kvt_malloc("prompt tail", cap);
+        if (!tail)
+            return KVT_OK; /* computing it needs no buffer */
+        st = kvt_block_client_pull_tail(src->peer, n_keys ? &keys[n_keys - 1] : root, t,
+                                        tokens + n - t, layout, true, tail, cap, &len,
+                                        src->peer_timeout_ms ? src->peer_timeout_ms : 10000);
+        if (st != KVT_OK) {
+            kvt_log_warn("tail pull failed, recomputing it tokens=%u status=%s", t,
+                         kvt_status_str(st));
+            s->failed_blocks += st != KVT_ERR_NOT_FOUND;
+            kvt_free(tail);
+            return KVT_OK;
+        }
+    }
+    st = kvt_engine_seq_adopt(e, seq, tokens, n, tail, len);
+    kvt_free(tail);
+    if (st == KVT_OK) {
+        s->adopted = true;
+        s->tail_tokens = t;
+        s->cached_tokens = n;
+    }
+    return st == KVT_ERR_NOT_FOUND ? KVT_OK : st;
+}
+
 kvt_status_t kvt_engine_run_prompt(kvt_engine_t *e, const kvt_block_key_t *root,
                                    const uint32_t *tokens, size_t n,
                                    const kvt_prompt_src_t *src, kvt_seq_t **seq_p,
@@ -127,9 +184,11 @@ kvt_status_t kvt_engine_run_prompt(kvt_engine_t *e, const kvt_block_key_t *root,
     kvt_seq_t *seq = NULL;
     if (st == KVT_OK)
         st = kvt_engine_seq_create(e, root, &seq);
-    if (st == KVT_OK && src->reuse)
+    if (st == KVT_OK && src->reuse && !logits && n > 0)
+        st = try_adopt(e, seq, root, keys, n_keys, tokens, n, src, &s);
+    if (st == KVT_OK && src->reuse && !s.adopted)
         st = kvt_engine_seq_reuse(e, seq, tokens, n, &s.cached_tokens);
-    if (st == KVT_OK)
+    if (st == KVT_OK && !s.adopted)
         st = kvt_engine_prefill(e, seq, tokens + s.cached_tokens, n - s.cached_tokens, logits, 0);
     if (st == KVT_OK && src->reuse && src->store && src->tier) {
         size_t from = s.stored_blocks < n_keys ? s.stored_blocks : n_keys, stored = 0;
@@ -148,6 +207,37 @@ kvt_status_t kvt_engine_run_prompt(kvt_engine_t *e, const kvt_block_key_t *root,
     *seq_p = seq;
     *stats_p = s;
     return KVT_OK;
+}
+
+kvt_status_t kvt_engine_tail_hold(kvt_engine_t *e, const kvt_seq_t *seq,
+                                  const kvt_block_key_t *root, kvt_tail_store_t *tails,
+                                  uint32_t *t_p)
+{
+    const kvt_block_layout_t *layout = &kvt_engine_identity(e)->layout;
+    size_t n = kvt_engine_seq_len(seq);
+    uint32_t t = (uint32_t)(n % layout->block_tokens);
+    if (t == 0) {
+        *t_p = 0;
+        return KVT_OK;
+    }
+    const uint32_t *tokens = kvt_engine_seq_tokens(seq);
+    uint64_t cap = kvt_tail_bytes(layout, t);
+    uint8_t *buf = kvt_malloc("held tail", cap);
+    if (!buf)
+        return KVT_ERR_NOMEM;
+    kvt_block_key_t parent, key;
+    size_t len = 0;
+    kvt_status_t st = tail_parent(root, layout->block_tokens, tokens, n, &parent);
+    if (st == KVT_OK)
+        st = kvt_tail_key(&parent, t, tokens + n - t, &key);
+    if (st == KVT_OK)
+        st = kvt_engine_seq_tail(e, seq, buf, cap, &len);
+    if (st == KVT_OK)
+        st = kvt_tail_store_put(tails, &key, &parent, t, tokens + n - t, buf, len);
+    kvt_free(buf);
+    if (st == KVT_OK)
+        *t_p = t;
+    return st;
 }
 
 kvt_status_t kvt_node_req_init(kvt_node_req_t *r, const char *id, const uint32_t *tokens,

@@ -6,13 +6,20 @@
  *
  * Invariant 3: a block that cannot be read or fails verification (tier or
  * peer) stops the import there; it and everything after it are computed,
- * and the failure is counted.  Storing is best effort (tier_io.h). */
+ * and the failure is counted.  Storing is best effort (tier_io.h).
+ *
+ * The partial tail (kvstore/tail.h): a prefill node holds it for the
+ * decode node (kvt_engine_tail_hold); a decode node, which has the first
+ * token already and so needs no logits, pulls it and adopts the whole
+ * prompt without any pass when its pool holds every full block.  Any
+ * failure on that path falls back to computing what is missing. */
 #ifndef KVT_ENGINE_REQUEST_H
 #define KVT_ENGINE_REQUEST_H
 
 #include "engine/engine.h"
 #include "engine/sample.h"
 #include "kvstore/block_client.h"
+#include "kvstore/tail.h"
 #include "kvstore/tier.h"
 
 #include <stdbool.h>
@@ -27,6 +34,8 @@ typedef struct {
     kvt_block_client_t *peer;   /* a peer's block server, or NULL */
     size_t peer_blocks;         /* leading full blocks the peer holds */
     int peer_timeout_ms;        /* 0: 10000 */
+    uint32_t peer_tail;         /* the peer holds the prompt's partial tail
+                                   (its n % B tokens) under a lease */
 } kvt_prompt_src_t;
 
 typedef struct {
@@ -36,6 +45,8 @@ typedef struct {
     size_t peer_blocks;         /* pulled from the peer */
     size_t failed_blocks;       /* tier or peer blocks refused (recomputed) */
     size_t stored_blocks;       /* leading full blocks the tier holds after */
+    size_t tail_tokens;         /* the partial tail's tokens pulled from the peer */
+    bool adopted;               /* no pass ran: every token's KV was imported */
 } kvt_prompt_stats_t;
 
 /* A request as the coordinator sends it to a node (PrefillRequest or
@@ -69,12 +80,24 @@ kvt_status_t kvt_node_req_root(const kvt_engine_t *engine, const kvt_node_req_t 
 
 /* A new sequence (root: the tenant's root key) holding tokens[0..n) with
  * its KV computed or imported; logits[vocab] gets the last position's.
+ * logits NULL: the caller needs none, so the prompt may be adopted whole
+ * (every full block in the pool after the imports, the tail pulled from
+ * src->peer when src->peer_tail says it holds it): no pass runs then.
  * On error nothing is left referenced (*seq_p untouched); the engine's
  * errors pass through (KVT_ERR_FULL, KVT_ERR_TOO_LARGE, KVT_ERR_IO). */
 kvt_status_t kvt_engine_run_prompt(kvt_engine_t *engine, const kvt_block_key_t *root,
                                    const uint32_t *tokens, size_t n,
                                    const kvt_prompt_src_t *src, kvt_seq_t **seq_p,
                                    float *logits, kvt_prompt_stats_t *stats_p);
+
+/* Prefill side: copy seq's partial tail into tails (kvstore/tail.h), one
+ * hold under the store's lease, for the decode node to pull; *t_p = its
+ * tokens (0 when the sequence has no partial tail: nothing is held).
+ * root: the sequence's root key.  The engine's and the store's errors
+ * pass through (KVT_ERR_NOMEM, KVT_ERR_IO, KVT_ERR_TOO_LARGE). */
+kvt_status_t kvt_engine_tail_hold(kvt_engine_t *engine, const kvt_seq_t *seq,
+                                  const kvt_block_key_t *root, kvt_tail_store_t *tails,
+                                  uint32_t *t_p);
 
 /* Import blocks [from, to) of keys from a peer into the pool (and into
  * tier when it is not NULL), in batches; *imported_p = how many leading

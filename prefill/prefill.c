@@ -10,6 +10,7 @@
 #include "kvstore/block_client.h"
 #include "kvstore/block_server.h"
 #include "kvstore/node_link.h"
+#include "kvstore/tail.h"
 #include "kvstore/tier.h"
 #include "net/net.h"
 
@@ -27,11 +28,19 @@ typedef struct {
     uint64_t t_recv;
 } job_t;
 
+/* What a request produced for the PrefillResult. */
+typedef struct {
+    uint32_t first, draws; /* the first token and the sampler's draws for it */
+    uint32_t tail;         /* tokens of the partial tail held for the decode node */
+    kvt_prompt_stats_t ps;
+} outcome_t;
+
 struct kvt_prefill {
     kvt_prefill_params_t p;
     kvt_tier_t *tier;
     kvt_engine_t *engine;
     kvt_block_server_t *server;
+    kvt_tail_store_t *tails;      /* partial tails held for decode nodes */
     kvt_node_link_t *link;
     kvt_queue_t *queue;
     char advertise[ADDR_MAX];
@@ -108,26 +117,29 @@ static void on_load(kvt_node_load_t *load, void *arg)
 
 /* --- the engine thread --- */
 
-static uint32_t sample_first(kvt_prefill_t *node, const job_t *j, kvt_status_t *st_p)
+static kvt_status_t sample_first(kvt_prefill_t *node, const job_t *j, outcome_t *o)
 {
     uint32_t vocab = node->p.model->cfg.vocab_size;
     for (uint32_t i = node->tok_vocab; i < vocab; i++)
         node->logits[i] = -INFINITY; /* ids with no text are never sampled */
     kvt_sampler_t s;
-    *st_p = kvt_sampler_init(&s, &j->req.sp, vocab);
-    if (*st_p != KVT_OK)
-        return 0;
-    uint32_t tok = kvt_sampler_next(&s, node->logits);
+    kvt_status_t st = kvt_sampler_init(&s, &j->req.sp, vocab);
+    if (st != KVT_OK)
+        return st;
+    o->first = kvt_sampler_next(&s, node->logits);
+    o->draws = (uint32_t)s.draws;
     kvt_sampler_cleanup(&s);
-    return tok;
+    return KVT_OK;
 }
 
-static kvt_status_t send_result(kvt_prefill_t *node, const job_t *j, uint32_t first,
-                                const kvt_prompt_stats_t *ps)
+static kvt_status_t send_result(kvt_prefill_t *node, const job_t *j, const outcome_t *o)
 {
+    const kvt_prompt_stats_t *ps = &o->ps;
     Kvtier__PrefillResult r = KVTIER__PREFILL_RESULT__INIT;
     r.request_id = (char *)j->req.id;
-    r.first_token = first;
+    r.first_token = o->first;
+    r.first_draws = o->draws;
+    r.tail_tokens = o->tail;
     r.cached_tokens = (uint32_t)ps->cached_tokens;
     r.stored_blocks = (uint32_t)ps->stored_blocks;
     r.peer_blocks = (uint32_t)ps->peer_blocks;
@@ -139,8 +151,26 @@ static kvt_status_t send_result(kvt_prefill_t *node, const job_t *j, uint32_t fi
     return kvt_node_link_send(node->link, &env);
 }
 
-static kvt_status_t run_job(kvt_prefill_t *node, const job_t *j, uint32_t *first_p,
-                            kvt_prompt_stats_t *ps)
+/* Hold the prompt's partial tail for the decode node, but only when this
+ * node serves every full block before it (else the decode node computes
+ * from the first block it lacks anyway).  Best effort: without the tail
+ * the decode node computes it. */
+static uint32_t hold_tail(kvt_prefill_t *node, const job_t *j, const kvt_seq_t *seq,
+                          const kvt_block_key_t *root, const kvt_prompt_stats_t *ps)
+{
+    uint32_t b = kvt_engine_identity(node->engine)->layout.block_tokens, t = 0;
+    if (!j->req.cache || ps->stored_blocks < j->req.n / b)
+        return 0;
+    kvt_status_t st = kvt_engine_tail_hold(node->engine, seq, root, node->tails, &t);
+    if (st != KVT_OK) {
+        kvt_log_warn("prefill node cannot hold the tail id=%s status=%s", j->req.id,
+                     kvt_status_str(st));
+        return 0;
+    }
+    return t;
+}
+
+static kvt_status_t run_job(kvt_prefill_t *node, const job_t *j, outcome_t *o)
 {
     if (j->req.n == 0 || j->req.n > node->p.model->cfg.max_pos)
         return KVT_ERR_TOO_LARGE;
@@ -154,35 +184,36 @@ static kvt_status_t run_job(kvt_prefill_t *node, const job_t *j, uint32_t *first
         src.peer_blocks = j->req.peer_blocks;
     }
     kvt_seq_t *seq;
-    st = kvt_engine_run_prompt(node->engine, &root, j->req.tokens, j->req.n, &src, &seq, node->logits,
-                               ps);
+    st = kvt_engine_run_prompt(node->engine, &root, j->req.tokens, j->req.n, &src, &seq,
+                               node->logits, &o->ps);
     if (st != KVT_OK)
         return st;
+    o->tail = hold_tail(node, j, seq, &root, &o->ps);
     kvt_engine_seq_destroy(node->engine, seq); /* its blocks stay cached (T0) */
-    *first_p = sample_first(node, j, &st);
-    return st;
+    return sample_first(node, j, o);
 }
 
 static void handle(kvt_prefill_t *node, job_t *j)
 {
-    uint32_t first = 0;
-    kvt_prompt_stats_t ps = {0};
-    kvt_status_t st = run_job(node, j, &first, &ps);
+    outcome_t o = {0};
+    const kvt_prompt_stats_t *ps = &o.ps;
+    kvt_status_t st = run_job(node, j, &o);
     if (st == KVT_OK)
-        st = send_result(node, j, first, &ps);
+        st = send_result(node, j, &o);
     else
         kvt_node_link_send_error(node->link, j->req.id, st, "prefill failed");
     kvt_log_debug("prefill done id=%s tokens=%zu cached=%zu peer_blocks=%zu failed_blocks=%zu "
-                  "stored=%zu status=%s us=%llu", j->req.id, j->req.n, ps.cached_tokens, ps.peer_blocks,
-                  ps.failed_blocks, ps.stored_blocks, kvt_status_str(st),
-                  (unsigned long long)((kvt_time_ns() - j->t_recv) / 1000));
+                  "stored=%zu tail=%u status=%s us=%llu", j->req.id, j->req.n, ps->cached_tokens,
+                  ps->peer_blocks, ps->failed_blocks, ps->stored_blocks, o.tail,
+                  kvt_status_str(st), (unsigned long long)((kvt_time_ns() - j->t_recv) / 1000));
     pthread_mutex_lock(&node->stats_lock);
     node->stats.requests++;
     node->stats.failed += st != KVT_OK;
-    node->stats.cached_tokens += ps.cached_tokens;
-    node->stats.computed_tokens += st == KVT_OK ? j->req.n - ps.cached_tokens : 0;
-    node->stats.peer_blocks += ps.peer_blocks;
-    node->stats.failed_blocks += ps.failed_blocks;
+    node->stats.cached_tokens += ps->cached_tokens;
+    node->stats.computed_tokens += st == KVT_OK ? j->req.n - ps->cached_tokens : 0;
+    node->stats.peer_blocks += ps->peer_blocks;
+    node->stats.failed_blocks += ps->failed_blocks;
+    node->stats.held_tails += o.tail > 0;
     pthread_mutex_unlock(&node->stats_lock);
 }
 
@@ -269,7 +300,12 @@ static kvt_status_t start_parts(kvt_prefill_t *node)
         st = open_tier(node);
     if (st == KVT_OK) {
         kvt_engine_set_event_fn(node->engine, kvt_node_link_event, node->link);
-        kvt_block_server_params_t sp = {.tier = node->tier, .listen = node->p.listen};
+        kvt_tail_store_params_t tp = {0};
+        st = kvt_tail_store_create(&tp, &node->tails);
+    }
+    if (st == KVT_OK) {
+        kvt_block_server_params_t sp = {.tier = node->tier, .listen = node->p.listen,
+                                        .tails = node->tails};
         st = kvt_block_server_start(&sp, &node->server);
     }
     if (st == KVT_OK) {
@@ -325,6 +361,7 @@ void kvt_prefill_stop(kvt_prefill_t *node)
     if (node->worker)
         kvt_net_worker_destroy(node->worker);
     kvt_block_server_stop(node->server);
+    kvt_tail_store_destroy(node->tails);
     if (node->engine)
         kvt_engine_set_event_fn(node->engine, NULL, NULL);
     if (node->tier) /* its last events still reach the link */

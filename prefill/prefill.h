@@ -10,9 +10,12 @@
  * the coordinator named (PrefillRequest.peer) -- every imported block
  * verified (invariant 3) -- the rest computed; the first token sampled;
  * every full block of the prompt put into the tier, so the decode node can
- * pull them from this node's block server.  The answer is a PrefillResult
- * (first token, cached tokens, how many leading blocks are served here) or
- * an Error naming the request.
+ * pull them from this node's block server, and the partial tail held in a
+ * tail store (kvstore/tail.h) under a lease (30 s, or until the decode node
+ * says it has it) that the same server serves.  The answer is a
+ * PrefillResult (first token and its sampler draws, cached tokens, how
+ * many leading blocks are served here, the tail's tokens) or an Error
+ * naming the request.
  *
  * The node publishes T0, T1 and T2 events through the link.  A request
  * for another model cannot arrive: the coordinator routes by the
@@ -43,6 +46,7 @@ typedef struct {
 
 typedef struct {
     uint64_t requests, failed, cached_tokens, computed_tokens, peer_blocks, failed_blocks;
+    uint64_t held_tails;          /* partial tails held for a decode node */
     uint32_t queued;
 } kvt_prefill_stats_t;
 

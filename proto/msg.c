@@ -200,6 +200,8 @@ static kvt_status_t check_prefill_result(const ctx_t *c, const Kvtier__PrefillRe
 {
     CHECK(check_str(c, "request_id", m->request_id));
     CHECK(check_max(c, "tail_tokens", m->tail_tokens, KVT_PROTO_MAX_TAIL_TOKENS));
+    /* A sampler makes at most one random draw per token. */
+    CHECK(check_max(c, "first_draws", m->first_draws, 1));
     return check_keys(c, "block_keys", m->n_block_keys, m->block_keys);
 }
 
@@ -213,6 +215,7 @@ static kvt_status_t check_decode_request(const ctx_t *c, const Kvtier__DecodeReq
     CHECK(check_blob(c, "tenant_salt", &m->tenant_salt, KVT_PROTO_MAX_STRING));
     CHECK(check_sampling(c, m->temperature, m->top_p));
     CHECK(check_max(c, "tail_tokens", m->tail_tokens, KVT_PROTO_MAX_TAIL_TOKENS));
+    CHECK(check_max(c, "first_draws", m->first_draws, 1)); /* one draw per token at most */
     return check_count(c, "stop_tokens", m->n_stop_tokens, KVT_PROTO_MAX_TOKENS);
 }
 

@@ -61,6 +61,7 @@ static char *g_dir;
 static char g_model[512];
 static child_t g_ch[C_N];
 static uint16_t g_http, g_ucx, g_ahttp, g_aucx;
+static uint16_t g_dhttp[2]; /* d0's and d1's /metrics (as first started) */
 static char g_url[64], g_aurl[64];
 static int g_coord_gen; /* coordinator restarts: one log file each */
 
@@ -157,11 +158,14 @@ static void start_prefill(child_t *c, const char *id, uint16_t ucx)
     spawn(c);
 }
 
-static void start_decode(child_t *c, const char *id, uint16_t ucx)
+/* http: the node's /metrics port, 0 for none. */
+static void start_decode(child_t *c, const char *id, uint16_t ucx, uint16_t http)
 {
     snprintf(c->argbuf[0], sizeof(c->argbuf[0]), "127.0.0.1:%u", ucx);
+    snprintf(c->argbuf[1], sizeof(c->argbuf[1]), "127.0.0.1:%u", http);
     const char *a[] = {"decode", "--model", g_model, "--coord", c->argbuf[0], "--node-id", id,
-                       "--threads", "1", "--log-level", "info", NULL};
+                       "--threads", "1", "--log-level", "info", http ? "--http" : NULL,
+                       c->argbuf[1], NULL};
     set_args(c, id, a);
     spawn(c);
 }
@@ -454,8 +458,8 @@ static void start_main_cluster(void)
     start_coord(&g_ch[C_COORD], "coord-0", g_http, g_ucx, NULL);
     start_prefill(&g_ch[C_P0], "p0", g_ucx);
     start_prefill(&g_ch[C_P1], "p1", g_ucx);
-    start_decode(&g_ch[C_D0], "d0", g_ucx);
-    start_decode(&g_ch[C_D1], "d1", g_ucx);
+    start_decode(&g_ch[C_D0], "d0", g_ucx, g_dhttp[0]);
+    start_decode(&g_ch[C_D1], "d1", g_ucx, g_dhttp[1]);
     wait_cluster(g_url, &g_ch[C_COORD], 2, 2);
 }
 
@@ -474,6 +478,10 @@ static int setup(void **state)
     do
         g_ucx = free_port();
     while (g_ucx == g_http);
+    for (int i = 0; i < 2; i++)
+        do
+            g_dhttp[i] = free_port();
+        while (g_dhttp[i] == g_http || g_dhttp[i] == g_ucx || (i && g_dhttp[1] == g_dhttp[0]));
     snprintf(g_url, sizeof(g_url), "127.0.0.1:%u", g_http);
     start_main_cluster();
     return 0;
@@ -509,9 +517,25 @@ static void check_same(const char *prompt, const char *suffix, const char *forma
     resp_free(&r);
 }
 
+/* A decode node counter summed over d0 and d1 (their /metrics). */
+static long long decode_metric(const char *name)
+{
+    long long sum = 0;
+    for (int i = 0; i < 2; i++) {
+        char url[64];
+        snprintf(url, sizeof(url), "127.0.0.1:%u", g_dhttp[i]);
+        long long v = metric(url, name);
+        assert_true(v >= 0);
+        sum += v;
+    }
+    return sum;
+}
+
 static void test_same_as_generate(void **state)
 {
     (void)state;
+    long long adopted0 = decode_metric("kvtier_decode_adopted_prompts_total");
+    long long tails0 = decode_metric("kvtier_decode_pulled_tails_total");
     static const char *pre = "static int add(int a, int b)\n{\n    int c = ";
     static const char *suf = ";\n    return c;\n}\n";
     for (int k = 0; k < 2; k++) {
@@ -540,6 +564,15 @@ static void test_same_as_generate(void **state)
     assert_string_equal(resp_text(&r), ref);
     free(ref);
     resp_free(&r);
+    /* Every request with the cache on reached its decode node whole: its
+     * full blocks and its partial tail pulled from the prefill node, no
+     * token computed there -- and the answers above equal generate's. */
+    long long adopted = decode_metric("kvtier_decode_adopted_prompts_total") - adopted0;
+    long long tails = decode_metric("kvtier_decode_pulled_tails_total") - tails0;
+    print_message("decode nodes adopted %lld prompts whole, %lld with a pulled tail\n", adopted,
+                  tails);
+    assert_int_equal(adopted, 8);
+    assert_true(tails >= 6);
 }
 
 /* --- 2. a 5-round session on a real source file --- */
@@ -750,7 +783,7 @@ static void test_api_keys(void **state)
     snprintf(g_aurl, sizeof(g_aurl), "127.0.0.1:%u", g_ahttp);
     start_coord(&g_ch[C_ACOORD], "acoord", g_ahttp, g_aucx, "k1=alice,k2=bob");
     start_prefill(&g_ch[C_AP], "ap", g_aucx);
-    start_decode(&g_ch[C_AD], "ad", g_aucx);
+    start_decode(&g_ch[C_AD], "ad", g_aucx, 0);
     wait_cluster(g_aurl, &g_ch[C_ACOORD], 1, 1);
     const char *body = "{\"model\":\"tiny\",\"prompt\":\"ok\",\"max_tokens\":4}";
     const char *const none[] = {"Content-Type: application/json", NULL};
@@ -924,7 +957,7 @@ static void test_kill_decode_mid_stream(void **state)
     free(ref);
     /* Back to two decode nodes. */
     int c = strcmp(s.killed_name, "d0") == 0 ? C_D0 : C_D1;
-    start_decode(&g_ch[c], s.killed_name, g_ucx);
+    start_decode(&g_ch[c], s.killed_name, g_ucx, 0);
     wait_cluster(g_url, &g_ch[C_COORD], 2, 2);
     assert_still_serving(g_url, g_json_hdr);
 }

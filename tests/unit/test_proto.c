@@ -151,7 +151,7 @@ static void mk_requests(void)
     s_dreq.block_keys = g_keys;
     s_dreq.prefill_node = "node-a";
     s_dreq.tail_tokens = 3;
-    s_dreq.first_draws = 2;
+    s_dreq.first_draws = 1;
     s_dreq.max_tokens = 64;
     s_dreq.temperature = 1.5f;
     s_dreq.top_p = 0.5f;
@@ -356,7 +356,7 @@ static void test_roundtrip_fields(void **state)
     assert_int_equal(r->n_stop_tokens, 2);
     assert_int_equal(r->stop_tokens[1], 0xffffffffu);
     assert_true(r->temperature == 1.5f && r->top_p == 0.5f && r->seed == 43);
-    assert_true(r->tail_tokens == 3 && r->first_draws == 2);
+    assert_true(r->tail_tokens == 3 && r->first_draws == 1);
     kvt_msg_free(d);
     kvt_free(b);
 
@@ -756,10 +756,18 @@ static void test_tail_bounds(void **state)
     assert_rejected(m, "field=tail_tokens", "reason=out of range");
     m = build(ENV_CASE(DECODE_REQUEST));
     m->decode_request->tail_tokens = 255;
-    m->decode_request->first_draws = UINT32_MAX; /* any count of draws */
+    m->decode_request->first_draws = 1;
     assert_accepted(m);
     m->decode_request->tail_tokens = 256;
     assert_rejected(m, "body=decode_request field=tail_tokens", "reason=out of range");
+    /* One token takes at most one draw: a count that would make the decode
+     * node spin its sampler is refused. */
+    m->decode_request->tail_tokens = 3;
+    m->decode_request->first_draws = 2;
+    assert_rejected(m, "body=decode_request field=first_draws", "reason=out of range");
+    m = build(ENV_CASE(PREFILL_RESULT));
+    m->prefill_result->first_draws = UINT32_MAX;
+    assert_rejected(m, "body=prefill_result field=first_draws", "reason=out of range");
 }
 
 /* Sets one list of body bc to n items (each a valid key or token). */
