@@ -111,7 +111,7 @@ struct kvt_gpu_engine {
     uint64_t mv_in_ns, mv_in_wait_ns, mv_in_host_ns, mv_in_bytes;
 };
 
-/* forward_cuda.c */
+/* forward_cuda.c (gpu_moves.c: put_batch, seq_blocks, stage_*) */
 kvt_status_t kvt_gpu_engine_create(kvt_engine_t *e, uint32_t n_blocks);
 void kvt_gpu_engine_destroy(kvt_engine_t *e);
 kvt_status_t kvt_gpu_engine_pass(kvt_engine_t *e, const kvt_fwd_group_t *groups,
@@ -123,6 +123,10 @@ kvt_status_t kvt_gpu_engine_seq_blocks(const kvt_engine_t *e, const kvt_seq_t *s
                                        size_t from, size_t n, kvt_block_header_t *hdrs,
                                        const void **payloads);
 size_t kvt_gpu_engine_stage_blocks(const kvt_engine_t *e);
+/* gpu_moves.c: the staging and the move lists (create; KVT_ERR_NOMEM) and
+ * their release (destroy; safe on a partly made engine). */
+kvt_status_t kvt_gpu_moves_alloc(kvt_engine_t *e, kvt_gpu_engine_t *g);
+void kvt_gpu_moves_free(kvt_gpu_engine_t *g);
 void *kvt_gpu_engine_stage_buf(const kvt_engine_t *e, size_t i);
 
 /* gpu_tail.c: engineInt.h's kvt_dev_tail_copy on the GPU. */
