@@ -135,4 +135,24 @@ kvt_status_t kvt_k_sample(const float *logits, size_t rows, uint32_t vocab, floa
 void kvt_k_sample_ref(const float *logits, size_t rows, uint32_t vocab, float temperature,
                       uint32_t top_k, float top_p, const float *u, uint32_t *tokens);
 
+/* Checksums of block images in device memory (kernels/xxh3.cu): out[i] =
+ * XXH3_64bits(bufs[i], len) (seed 0, default secret), bit for bit what
+ * common/hash.h's kvt_xxh3_64 computes on the host, for every len from 0
+ * to KVT_K_XXH3_MAX_LEN.  No _ref twin: the CPU reference is libxxhash
+ * itself (kvt_xxh3_64).  bufs (n device pointers) and out (n u64) are
+ * device arrays, read and written when the stream runs; each bufs[i]
+ * should be 8-byte aligned (a misaligned image is hashed correctly but
+ * slowly), and only bytes [bufs[i], bufs[i] + len) are read (with len 0,
+ * not even bufs).  Needs no scratch, allocates nothing and never
+ * synchronizes (so it can be captured in a graph): one launch, one CTA
+ * per image, so a batch of many large images runs near device memory
+ * bandwidth (64 x 2 MiB: ~2.2 TB/s on an H100) while one image alone is
+ * bound by the algorithm's sequential chain (~45 GB/s).  KVT_ERR_INVALID
+ * for NULL arrays or n or len over the bounds (n == 0 is a no-op, with
+ * any arrays), KVT_ERR_IO if the launch fails. */
+#define KVT_K_XXH3_MAX_N 65535u
+#define KVT_K_XXH3_MAX_LEN ((size_t)1 << 30)
+kvt_status_t kvt_k_xxh3_64(const uint8_t *const *bufs, size_t n, size_t len, uint64_t *out,
+                           kvt_gpu_stream_t s);
+
 #endif
