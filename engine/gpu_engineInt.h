@@ -98,6 +98,11 @@ struct kvt_gpu_engine {
     uint32_t *put_slot, *put_parent; /* [stage_blocks] blocks begun in a batch */
     size_t *put_idx;
     kvt_status_t *mv_st;  /* [stage_blocks] per-block results of the parallel step */
+    /* xxh3 of images on the device (kvt_k_xxh3_64), [stage_blocks] each */
+    const uint8_t **xx_bufs_h; /* pinned: device addresses of the images */
+    uint64_t *xx_sums_h;       /* pinned: their checksums, back from the device */
+    const uint8_t **xx_bufs_d; /* device copies */
+    uint64_t *xx_sums_d;
     kvt_gpu_event_t ev[KVT_GPU_MOVE_PARTS + 1]; /* start + one per part / ring region */
     /* decode graphs (KVT_GPU_GRAPHS=0 in the environment turns them off) */
     bool graphs_on;

@@ -124,9 +124,9 @@ bool kvt_block_layout_eq(const kvt_block_layout_t *a, const kvt_block_layout_t *
 
 /* --- header --- */
 
-kvt_status_t kvt_block_header_make(kvt_block_header_t *hdr, const kvt_block_identity_t *id,
-                                   const kvt_block_key_t *parent, uint32_t index,
-                                   const uint32_t *tokens, const void *payload)
+kvt_status_t kvt_block_header_make_sum(kvt_block_header_t *hdr, const kvt_block_identity_t *id,
+                                       const kvt_block_key_t *parent, uint32_t index,
+                                       const uint32_t *tokens, uint64_t checksum)
 {
     kvt_status_t st = kvt_block_layout_check(&id->layout);
     if (st != KVT_OK)
@@ -137,9 +137,19 @@ kvt_status_t kvt_block_header_make(kvt_block_header_t *hdr, const kvt_block_iden
     hdr->index = index;
     hdr->layout = id->layout;
     hdr->payload_len = kvt_block_layout_payload_bytes(&id->layout);
-    hdr->checksum = kvt_xxh3_64(payload, hdr->payload_len);
+    hdr->checksum = checksum;
     memcpy(hdr->tokens, tokens, 4 * (size_t)id->layout.block_tokens);
     return kvt_block_key_next(parent, id->layout.block_tokens, tokens, &hdr->key);
+}
+
+kvt_status_t kvt_block_header_make(kvt_block_header_t *hdr, const kvt_block_identity_t *id,
+                                   const kvt_block_key_t *parent, uint32_t index,
+                                   const uint32_t *tokens, const void *payload)
+{
+    uint64_t len = kvt_block_layout_payload_bytes(&id->layout);
+    if (len == 0)
+        return kvt_block_layout_check(&id->layout);
+    return kvt_block_header_make_sum(hdr, id, parent, index, tokens, kvt_xxh3_64(payload, len));
 }
 
 kvt_status_t kvt_block_header_encode(const kvt_block_header_t *hdr, uint8_t *buf, size_t cap,

@@ -123,6 +123,11 @@ static inline size_t kvt_block_header_size(uint32_t block_tokens)
 kvt_status_t kvt_block_header_make(kvt_block_header_t *hdr, const kvt_block_identity_t *id,
                                    const kvt_block_key_t *parent, uint32_t index,
                                    const uint32_t *tokens, const void *payload);
+/* The same with the payload's xxh3-64 given (computed where the payload
+ * is, e.g. on the GPU), so the caller need not read the payload here. */
+kvt_status_t kvt_block_header_make_sum(kvt_block_header_t *hdr, const kvt_block_identity_t *id,
+                                       const kvt_block_key_t *parent, uint32_t index,
+                                       const uint32_t *tokens, uint64_t checksum);
 /* Encode into buf[cap]; KVT_ERR_TOO_LARGE if cap is short. */
 kvt_status_t kvt_block_header_encode(const kvt_block_header_t *hdr, uint8_t *buf, size_t cap,
                                      size_t *len_p);

@@ -534,6 +534,33 @@ static void test_gpu_block_moves(void **state)
         assert_int_equal(kvt_engine_pool_put(dst.e, &h[0], bad, len), KVT_ERR_CORRUPT);
         assert_int_equal(kvt_engine_pool_match(dst.e, &h[0].key, 1), 0);
         free(bad);
+        /* A batch with a bit flipped in its third image: the device's
+         * checksum refuses it after the copy; the blocks before it are
+         * stored, it and every later one are not (invariant 3). */
+        if (nb >= 5) {
+            fx_t chk;
+            fx_open(&chk, m, true, KVT_DTYPE_BF16, 128);
+            uint8_t *flip = malloc(len);
+            memcpy(flip, p[3], len);
+            flip[len - 1] ^= 0x80;
+            const void *bp[5] = {p[0], p[1], p[2], flip, p[4]};
+            kvt_status_t bst[5];
+            assert_int_equal(kvt_engine_pool_put_batch(chk.e, h, bp, 5, bst), KVT_OK);
+            assert_int_equal(bst[0], KVT_OK);
+            assert_int_equal(bst[1], KVT_OK);
+            assert_int_equal(bst[2], KVT_OK);
+            assert_int_equal(bst[3], KVT_ERR_CORRUPT);
+            assert_int_equal(bst[4], KVT_ERR_AGAIN);
+            kvt_block_key_t keys[5];
+            for (int i = 0; i < 5; i++)
+                keys[i] = h[i].key;
+            assert_int_equal(kvt_engine_pool_match(chk.e, keys, 5), 3);
+            uint32_t used, total, indexed;
+            kvt_engine_pool_stats(chk.e, &used, &total, &indexed);
+            assert_int_equal(indexed, 3);
+            free(flip);
+            kvt_engine_destroy(chk.e);
+        }
         /* In: block 0 alone, the rest in one batch (a chain). */
         assert_int_equal(kvt_engine_pool_put(dst.e, &h[0], p[0], len), KVT_OK);
         kvt_status_t *st = malloc(nb * sizeof(*st));
