@@ -43,45 +43,73 @@ void kvt_block_client_close(kvt_block_client_t *client)
     kvt_free(client);
 }
 
-/* One request, one decoded reply; an Error reply becomes its status. */
-static kvt_status_t exchange(kvt_block_client_t *c, kvt_msg_t *req, int timeout_ms,
-                             kvt_msg_t **reply_p)
+/* A decoded reply and the bytes it arrived in: an inline fetch reply's
+ * payloads are read where they landed, in the attachment. */
+typedef struct {
+    kvt_msg_t *msg;
+    void *raw;
+    const uint8_t *att;
+    size_t att_len;
+} reply_t;
+
+static void reply_free(reply_t *r)
 {
+    kvt_msg_free(r->msg);
+    kvt_free(r->raw);
+    *r = (reply_t){0};
+}
+
+/* The Error reply's code as our status; only known codes are believed
+ * (the code comes from the peer). */
+static kvt_status_t refused(const kvt_block_client_t *c, const Kvtier__Error *e)
+{
+    kvt_log_warn("block server refused peer=%s code=%u message=\"%s\"", kvt_net_ep_peer(c->ep),
+                 e->code, e->message);
+    return e->code >= 1 && e->code <= (uint32_t)-KVT_ERR_EXISTS ? (kvt_status_t)-(int)e->code
+                                                               : KVT_ERR_IO;
+}
+
+/* Decodes a reply that arrived in raw (taken over: freed with *r, or here
+ * on an error); an Error reply becomes its status. */
+static kvt_status_t reply_take(kvt_block_client_t *c, void *raw, size_t len, reply_t *r)
+{
+    *r = (reply_t){.raw = raw};
+    kvt_status_t st = kvt_msg_decode_attached(raw, len, &r->msg, &r->att, &r->att_len);
+    if (st != KVT_OK) {
+        kvt_log_error("block client got an undecodable reply peer=%s err=\"%s\"",
+                      kvt_net_ep_peer(c->ep), kvt_status_str(st));
+        kvt_free(raw);
+        *r = (reply_t){0};
+        return KVT_ERR_CORRUPT;
+    }
+    if (r->msg->body_case == KVTIER__ENVELOPE__BODY_ERROR) {
+        st = refused(c, r->msg->error);
+        reply_free(r);
+        return st;
+    }
+    return KVT_OK;
+}
+
+/* One request, one decoded reply.  On KVT_OK the caller frees *r with
+ * reply_free. */
+static kvt_status_t exchange(kvt_block_client_t *c, kvt_msg_t *req, int timeout_ms, reply_t *r)
+{
+    *r = (reply_t){0};
     uint8_t *buf;
     size_t len;
     kvt_status_t st = kvt_msg_encode(req, &buf, &len);
     if (st != KVT_OK)
         return st;
-    void *rep;
+    void *raw;
     size_t rep_len;
-    st = kvt_net_request(c->ep, buf, len, timeout_ms, &rep, &rep_len);
+    st = kvt_net_request(c->ep, buf, len, timeout_ms, &raw, &rep_len);
     kvt_free(buf);
-    if (st != KVT_OK)
-        return st;
-    st = kvt_msg_decode(rep, rep_len, reply_p);
-    kvt_free(rep);
-    if (st != KVT_OK) {
-        kvt_log_error("block client got an undecodable reply peer=%s err=\"%s\"",
-                      kvt_net_ep_peer(c->ep), kvt_status_str(st));
-        return KVT_ERR_CORRUPT;
-    }
-    if ((*reply_p)->body_case == KVTIER__ENVELOPE__BODY_ERROR) {
-        Kvtier__Error *e = (*reply_p)->error;
-        kvt_log_warn("block server refused peer=%s code=%u message=\"%s\"", kvt_net_ep_peer(c->ep),
-                     e->code, e->message);
-        /* The code comes from the peer: only known codes are believed. */
-        kvt_status_t code = e->code >= 1 && e->code <= (uint32_t)-KVT_ERR_EXISTS
-                                ? (kvt_status_t)-(int)e->code
-                                : KVT_ERR_IO;
-        kvt_msg_free(*reply_p);
-        return code;
-    }
-    return KVT_OK;
+    return st != KVT_OK ? st : reply_take(c, raw, rep_len, r);
 }
 
-/* Fetch the keys of items[pending[0..n)]. */
-static kvt_status_t fetch(kvt_block_client_t *c, const kvt_pull_t *items, const size_t *pending,
-                          size_t n, int timeout_ms, kvt_msg_t **reply_p)
+/* The fetch request for the keys of items[pending[0..n)], encoded. */
+static kvt_status_t fetch_encode(const kvt_block_client_t *c, const kvt_pull_t *items,
+                                 const size_t *pending, size_t n, uint8_t **buf_p, size_t *len_p)
 {
     ProtobufCBinaryData *keys = kvt_calloc("pull keys", n + 1, sizeof(*keys));
     if (!keys)
@@ -98,13 +126,22 @@ static kvt_status_t fetch(kvt_block_client_t *c, const kvt_pull_t *items, const 
     kvt_msg_t req = KVTIER__ENVELOPE__INIT;
     req.body_case = KVTIER__ENVELOPE__BODY_FETCH_REQUEST;
     req.fetch_request = &fr;
-    kvt_status_t st = exchange(c, &req, timeout_ms, reply_p);
+    kvt_status_t st = kvt_msg_encode(&req, buf_p, len_p);
     kvt_free(keys);
-    if (st == KVT_OK && ((*reply_p)->body_case != KVTIER__ENVELOPE__BODY_FETCH_REPLY ||
-                         (*reply_p)->fetch_reply->n_blocks != n)) {
+    return st;
+}
+
+/* The reply to a fetch of n keys, decoded and checked to answer it. */
+static kvt_status_t fetch_reply_take(kvt_block_client_t *c, kvt_net_req_t *rq, size_t n,
+                                     reply_t *r)
+{
+    kvt_status_t st = reply_take(c, rq->reply, rq->reply_len, r);
+    rq->reply = NULL;
+    if (st == KVT_OK && (r->msg->body_case != KVTIER__ENVELOPE__BODY_FETCH_REPLY ||
+                         r->msg->fetch_reply->n_blocks != n)) {
         kvt_log_error("block client got a reply that does not answer the fetch peer=%s",
                       kvt_net_ep_peer(c->ep));
-        kvt_msg_free(*reply_p);
+        reply_free(r);
         st = KVT_ERR_CORRUPT;
     }
     return st;
@@ -138,11 +175,16 @@ static void verify_payload(kvt_block_client_t *c, kvt_pull_t *item, size_t len)
     item->status = KVT_ERR_CORRUPT;
 }
 
-/* Inline reply: copy and check each payload; RETRY items are marked. */
-static void read_inline(kvt_block_client_t *c, const Kvtier__BlockFetchReply *rep,
-                        kvt_pull_t *items, const size_t *pending, size_t n,
-                        const kvt_block_identity_t *expect, bool *retry)
+/* Inline reply: copy each payload out of the attachment and check it;
+ * RETRY items are marked.  A descriptor pointing outside the attachment
+ * is CORRUPT (the peer's word is not trusted).  A reply that serves none
+ * of its blocks means its first one cannot fit in any reply (the server
+ * sends a lone block whenever it fits the client's cap): TOO_LARGE. */
+static void read_inline(kvt_block_client_t *c, const reply_t *r, kvt_pull_t *items,
+                        const size_t *pending, size_t n, const kvt_block_identity_t *expect,
+                        bool *retry)
 {
+    const Kvtier__BlockFetchReply *rep = r->msg->fetch_reply;
     for (size_t k = 0; k < n; k++) {
         const Kvtier__BlockDescriptor *d = rep->blocks[k];
         kvt_pull_t *item = &items[pending[k]];
@@ -150,11 +192,19 @@ static void read_inline(kvt_block_client_t *c, const Kvtier__BlockFetchReply *re
         if (retry[k])
             continue;
         item->status = describe(d, item, expect);
-        if (item->status == KVT_OK && d->payload.len != d->length)
+        if (item->status == KVT_OK &&
+            (d->attach_offset > r->att_len || d->length > r->att_len - d->attach_offset))
             item->status = KVT_ERR_CORRUPT;
         if (item->status == KVT_OK)
-            memcpy(item->dst, d->payload.data, d->payload.len);
-        verify_payload(c, item, d->payload.len);
+            memcpy(item->dst, r->att + d->attach_offset, d->length);
+        verify_payload(c, item, d->length);
+    }
+    size_t served = 0;
+    for (size_t k = 0; k < n; k++)
+        served += !retry[k];
+    if (n > 0 && served == 0) {
+        retry[0] = false;
+        items[pending[0]].status = KVT_ERR_TOO_LARGE;
     }
 }
 
@@ -212,29 +262,91 @@ static void release(kvt_block_client_t *c, uint64_t lease_id)
     kvt_free(buf);
 }
 
-/* One fetch round over items[pending[0..*n_p)]; leaves in pending the items the
- * server asked to be fetched again (inline reply full). */
+/* What one fetch request asks for, and how many a round sends at once:
+ * a round sends its requests before it reads any reply, so the server's
+ * second reply travels while the first is read.  Two, not more: on UCX
+ * 1.13 over one TCP lane, eight 512 KiB replies in flight collapsed to
+ * ~0.3 GB/s (rendezvous and eager alike), where two in flight held
+ * 1.4-2.6 GB/s (kvtier bench pull, bench/RESULTS.md 2026-11-22).  The
+ * round also stays within what the receiving worker takes in flight by
+ * rendezvous (at least 16 MiB per endpoint, net/netInt.h): a reply over
+ * that budget would be dropped and its request time out. */
+#define PULL_CHUNK_BYTES (1u << 20)
+#define PULL_ROUND_BYTES (8u << 20)
+#define PULL_MAX_REQUESTS 2
+
+/* Splits pending[0..n) into runs of about PULL_CHUNK_BYTES of destination
+ * capacity (at least one key each) while the round stays within
+ * PULL_ROUND_BYTES (it always takes one run): starts[0..count] bound
+ * them, and the keys past starts[count] wait for the next round. */
+static size_t chunk_plan(const kvt_pull_t *items, const size_t *pending, size_t n, size_t *starts)
+{
+    size_t count = 0, run = 0, round = 0, k;
+    starts[0] = 0;
+    for (k = 0; k < n; k++) {
+        size_t cap = items[pending[k]].cap;
+        if (k > 0 && round + cap > PULL_ROUND_BYTES)
+            break;
+        if (k > starts[count] && run + cap > PULL_CHUNK_BYTES) {
+            if (count + 1 == PULL_MAX_REQUESTS)
+                break;
+            starts[++count] = k;
+            run = 0;
+        }
+        run += cap;
+        round += cap;
+    }
+    starts[++count] = k; /* closes the last run, never empty */
+    return count;
+}
+
+/* Reads one decoded reply's blocks into items[pending[0..n)]. */
+static kvt_status_t read_reply(kvt_block_client_t *c, const reply_t *r, kvt_pull_t *items,
+                               const size_t *pending, size_t n, const kvt_block_identity_t *expect,
+                               bool *retry, int timeout_ms)
+{
+    const Kvtier__BlockFetchReply *rep = r->msg->fetch_reply;
+    if (rep->rkey.len == 0) {
+        read_inline(c, r, items, pending, n, expect, retry);
+        return KVT_OK;
+    }
+    kvt_status_t st = read_rma(c, rep, items, pending, n, expect, timeout_ms);
+    release(c, rep->lease_id);
+    return st;
+}
+
+/* One fetch round over items[pending[0..*n_p)]: up to PULL_MAX_REQUESTS
+ * requests at once.  Leaves in pending the items to fetch again (the
+ * server's inline reply was full, or they did not fit in this round). */
 static kvt_status_t pull_round(kvt_block_client_t *c, kvt_pull_t *items, size_t *pending,
                                size_t *n_p, bool *retry, const kvt_block_identity_t *expect,
                                int timeout_ms)
 {
-    size_t n = *n_p;
-    kvt_msg_t *reply = NULL;
-    kvt_status_t st = fetch(c, items, pending, n, timeout_ms, &reply);
-    if (st != KVT_OK)
-        return st;
-    const Kvtier__BlockFetchReply *rep = reply->fetch_reply;
+    size_t n = *n_p, starts[PULL_MAX_REQUESTS + 1];
+    size_t n_req = chunk_plan(items, pending, n, starts);
+    kvt_net_req_t reqs[PULL_MAX_REQUESTS] = {{0}};
+    kvt_status_t st = KVT_OK;
+    for (size_t i = 0; st == KVT_OK && i < n_req; i++)
+        st = fetch_encode(c, items, pending + starts[i], starts[i + 1] - starts[i],
+                          (uint8_t **)&reqs[i].data, &reqs[i].len);
+    if (st == KVT_OK)
+        st = kvt_net_request_many(c->ep, reqs, n_req, timeout_ms);
     memset(retry, 0, n * sizeof(*retry));
-    if (rep->rkey.len > 0) {
-        st = read_rma(c, rep, items, pending, n, expect, timeout_ms);
-        release(c, rep->lease_id);
-    } else {
-        read_inline(c, rep, items, pending, n, expect, retry);
+    for (size_t i = 0; i < n_req; i++) {
+        size_t at = starts[i], cnt = starts[i + 1] - at;
+        reply_t r;
+        if (st == KVT_OK)
+            st = fetch_reply_take(c, &reqs[i], cnt, &r);
+        if (st == KVT_OK) {
+            st = read_reply(c, &r, items, pending + at, cnt, expect, retry + at, timeout_ms);
+            reply_free(&r);
+        }
+        kvt_free((void *)reqs[i].data);
+        kvt_free(reqs[i].reply);
     }
-    kvt_msg_free(reply);
     size_t left = 0;
     for (size_t k = 0; k < n; k++)
-        if (retry[k])
+        if (retry[k] || k >= starts[n_req])
             pending[left++] = pending[k];
     *n_p = left;
     return st;
@@ -251,15 +363,10 @@ kvt_status_t kvt_block_client_pull(kvt_block_client_t *client, kvt_pull_t *items
     size_t n_pending = n;
     for (size_t i = 0; st == KVT_OK && i < n; i++)
         pending[i] = i;
-    while (st == KVT_OK && n_pending > 0) {
-        size_t before = n_pending;
+    /* Every round settles at least one item per request (read_inline), so
+     * even a server that answers RETRY forever cannot keep this looping. */
+    while (st == KVT_OK && n_pending > 0)
         st = pull_round(client, items, pending, &n_pending, retry, expect, timeout_ms);
-        if (st == KVT_OK && n_pending == before) { /* not one fits in a reply */
-            for (size_t k = 0; k < n_pending; k++)
-                items[pending[k]].status = KVT_ERR_TOO_LARGE;
-            break;
-        }
-    }
     if (st != KVT_OK) /* nothing was read, or not all of it: none counts */
         for (size_t i = 0; i < n; i++)
             items[i].status = st;
@@ -333,8 +440,9 @@ kvt_status_t kvt_block_client_pull_tail(kvt_block_client_t *c, const kvt_block_k
     kvt_msg_t req = KVTIER__ENVELOPE__INIT;
     req.body_case = KVTIER__ENVELOPE__BODY_TAIL_FETCH;
     req.tail_fetch = &tf;
-    kvt_msg_t *reply = NULL;
-    kvt_status_t st = exchange(c, &req, timeout_ms, &reply);
+    reply_t r;
+    kvt_status_t st = exchange(c, &req, timeout_ms, &r);
+    kvt_msg_t *reply = r.msg;
     if (st != KVT_OK)
         return st;
     if (reply->body_case != KVTIER__ENVELOPE__BODY_TAIL_REPLY) {
@@ -348,7 +456,7 @@ kvt_status_t kvt_block_client_pull_tail(kvt_block_client_t *c, const kvt_block_k
         memcpy(dst, reply->tail_reply->payload.data, reply->tail_reply->payload.len);
         *len_p = reply->tail_reply->payload.len;
     }
-    kvt_msg_free(reply);
+    reply_free(&r);
     return st;
 }
 

@@ -1,5 +1,6 @@
 /* net: UCX workers, endpoints and framed messages (contract: net.h);
- * connect and listen are in conn.c, registration and gets in rma.c.
+ * sends are in send.c, connect and listen in conn.c, registration and
+ * gets in rma.c.
  *
  * Wire: every message is a UCX active message (id NET_AM_DATA) whose UCX
  * header is 16 bytes {u64 req_id, u32 flags, u32 len} little-endian and
@@ -154,6 +155,19 @@ static void ev_free(net_ev_t *ev)
     ev->data = NULL;
     if (!ev->embedded)
         kvt_free(ev);
+}
+
+/* Worker teardown: drop what nobody will hear, but a zero-copy send's
+ * owner still gets its done callback (its memory is held until then). */
+static void ev_discard_all(kvt_net_worker_t *w)
+{
+    net_ev_t *ev;
+    while ((ev = ev_pop(w)) != NULL) {
+        if (ev->type == NET_EV_SENT)
+            kvt_net_sent_deliver(ev);
+        else
+            ev_free(ev);
+    }
 }
 
 /* Drop queued events for ep (or for listener); accepts are rejected. */
@@ -403,80 +417,6 @@ static ucs_status_t am_ctrl_cb(void *arg, const void *header, size_t header_leng
     return UCS_OK;
 }
 
-/* --- sends --- */
-
-typedef struct {
-    kvt_net_worker_t *worker;
-    uint8_t hdr[NET_HDR_LEN];
-    /* payload follows */
-} net_send_t;
-
-static void send_done(void *request, ucs_status_t status, void *user_data)
-{
-    net_send_t *s = user_data;
-    if (status != UCS_OK)
-        kvt_log_debug("net send completed with error cause=%s", ucs_status_string(status));
-    s->worker->n_sends--;
-    kvt_free(s);
-    ucp_request_free(request);
-}
-
-/* Copy and send; the copy belongs to UCX until send_done. */
-/* Messages from this size on go by rendezvous: the receiver then pulls the
- * data when it has room (our rendezvous budget), and UCX 1.13's automatic
- * choice on TCP ran 600 KiB-12 MiB messages ~10x slower per byte than
- * either forced protocol (kvtier bench pull --batch sweeps). */
-#define NET_RNDV_FROM (64u << 10)
-
-kvt_status_t kvt_net_am_send(kvt_net_ep_t *ep, unsigned am_id, uint64_t req_id, uint32_t flags,
-                            const void *data, size_t len)
-{
-    net_send_t *s = kvt_malloc("net send", sizeof(*s) + len);
-    if (!s)
-        return KVT_ERR_NOMEM;
-    s->worker = ep->worker;
-    kvt_le_put64(s->hdr, req_id);
-    kvt_le_put32(s->hdr + 8, flags);
-    kvt_le_put32(s->hdr + 12, (uint32_t)len);
-    uint8_t *payload = (uint8_t *)(s + 1);
-    if (len)
-        memcpy(payload, data, len);
-    ucp_request_param_t prm = {.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK |
-                                               UCP_OP_ATTR_FIELD_USER_DATA |
-                                               UCP_OP_ATTR_FIELD_FLAGS,
-                               .flags = UCP_AM_SEND_FLAG_REPLY | (len >= NET_RNDV_FROM ? UCP_AM_SEND_FLAG_RNDV : 0),
-                               .cb.send = send_done,
-                               .user_data = s};
-    void *req = ucp_am_send_nbx(ep->uep, am_id, s->hdr, NET_HDR_LEN, payload, len, &prm);
-    if (req == NULL) {
-        kvt_free(s);
-        return KVT_OK;
-    }
-    if (UCS_PTR_IS_ERR(req)) {
-        kvt_log_warn("net send failed peer=%s len=%zu cause=%s", ep->peer, len,
-                     ucs_status_string(UCS_PTR_STATUS(req)));
-        kvt_free(s);
-        return kvt_net_status(UCS_PTR_STATUS(req));
-    }
-    ep->worker->n_sends++;
-    return KVT_OK;
-}
-
-kvt_status_t kvt_net_send(kvt_net_ep_t *ep, uint64_t req_id, uint32_t flags, const void *data,
-                          size_t len)
-{
-    if (!ep || (len && !data))
-        return KVT_ERR_INVALID;
-    if (len > ep->worker->max_msg) {
-        kvt_log_warn("net send refused, too large peer=%s len=%zu max=%zu", ep->peer, len,
-                     ep->worker->max_msg);
-        return KVT_ERR_TOO_LARGE;
-    }
-    if (!kvt_net_ep_alive(ep))
-        return KVT_ERR_CLOSED;
-    return kvt_net_am_send(ep, NET_AM_DATA, req_id, flags, data, len);
-}
-
 /* --- progress --- */
 
 static void deliver_one(kvt_net_worker_t *w, net_ev_t *ev);
@@ -602,6 +542,7 @@ void kvt_net_ep_finish(kvt_net_ep_t *ep, uint32_t flags, int timeout_ms)
 {
     kvt_net_worker_t *w = ep->worker;
     ep_list_del(&w->eps, ep);
+    kvt_net_sends_orphan(ep);
     if (ep->uep) {
         ucp_request_param_t prm = {.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS, .flags = flags};
         void *req = ucp_ep_close_nbx(ep->uep, &prm);
@@ -696,6 +637,9 @@ static void deliver_one(kvt_net_worker_t *w, net_ev_t *ev)
     case NET_EV_ACCEPT:
         kvt_net_accept(e.listener, e.conn_req);
         break;
+    case NET_EV_SENT:
+        kvt_net_sent_deliver(ev); /* embedded in its send: not freed above */
+        break;
     }
 }
 
@@ -704,30 +648,67 @@ static void deliver_one(kvt_net_worker_t *w, net_ev_t *ev)
 kvt_status_t kvt_net_request(kvt_net_ep_t *ep, const void *data, size_t len, int timeout_ms,
                              void **reply_p, size_t *reply_len_p)
 {
-    if (!ep || !reply_p || !reply_len_p)
+    if (!reply_p || !reply_len_p)
         return KVT_ERR_INVALID;
-    kvt_net_worker_t *w = ep->worker;
-    net_pending_t p = {.ep = ep, .req_id = w->next_req_id++};
-    kvt_status_t st = kvt_net_send(ep, p.req_id, 0, data, len);
+    kvt_net_req_t r = {.data = data, .len = len};
+    kvt_status_t st = kvt_net_request_many(ep, &r, 1, timeout_ms);
     if (st != KVT_OK)
         return st;
-    p.next = w->pending;
-    w->pending = &p;
-    uint64_t deadline = kvt_net_deadline(timeout_ms);
-    /* ep may be closed by a callback delivered here: only p is read after. */
-    while (!p.done && kvt_time_ns() < deadline)
-        kvt_net_step(w, deadline, true);
-    pending_del(w, &p);
-    if (!p.done) {
-        kvt_log_debug("net request timed out req_id=%llu timeout_ms=%d",
-                      (unsigned long long)p.req_id, timeout_ms);
-        return KVT_ERR_AGAIN;
-    }
-    if (p.status != KVT_OK)
-        return p.status;
-    *reply_p = p.reply;
-    *reply_len_p = p.reply_len;
+    *reply_p = r.reply;
+    *reply_len_p = r.reply_len;
     return KVT_OK;
+}
+
+static bool pending_all_done(const net_pending_t *ps, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (!ps[i].done)
+            return false;
+    return true;
+}
+
+kvt_status_t kvt_net_request_many(kvt_net_ep_t *ep, kvt_net_req_t *reqs, size_t n, int timeout_ms)
+{
+    if (!ep || (n && !reqs))
+        return KVT_ERR_INVALID;
+    kvt_net_worker_t *w = ep->worker;
+    net_pending_t *ps = kvt_calloc("net requests", n + 1, sizeof(*ps));
+    if (!ps)
+        return KVT_ERR_NOMEM;
+    size_t sent = 0;
+    kvt_status_t st = KVT_OK;
+    for (; sent < n; sent++) {
+        reqs[sent].reply = NULL;
+        reqs[sent].reply_len = 0;
+        ps[sent] = (net_pending_t){.ep = ep, .req_id = w->next_req_id++};
+        st = kvt_net_send(ep, ps[sent].req_id, 0, reqs[sent].data, reqs[sent].len);
+        if (st != KVT_OK)
+            break;
+        ps[sent].next = w->pending;
+        w->pending = &ps[sent];
+    }
+    uint64_t deadline = kvt_net_deadline(timeout_ms);
+    /* ep may be closed by a callback delivered here: only ps is read after. */
+    while (!pending_all_done(ps, sent) && kvt_time_ns() < deadline)
+        kvt_net_step(w, deadline, true);
+    kvt_status_t first = KVT_OK;
+    for (size_t i = 0; i < n; i++) {
+        kvt_net_req_t *r = &reqs[i];
+        if (i < sent)
+            pending_del(w, &ps[i]);
+        r->status = i >= sent ? st : !ps[i].done ? KVT_ERR_AGAIN : ps[i].status;
+        if (i < sent && !ps[i].done)
+            kvt_log_debug("net request timed out req_id=%llu timeout_ms=%d",
+                          (unsigned long long)ps[i].req_id, timeout_ms);
+        if (r->status == KVT_OK) {
+            r->reply = ps[i].reply;
+            r->reply_len = ps[i].reply_len;
+        }
+        if (first == KVT_OK)
+            first = r->status;
+    }
+    kvt_free(ps);
+    return first;
 }
 
 /* --- worker --- */
@@ -744,6 +725,14 @@ static kvt_status_t context_create(ucp_context_h *ctx_p)
     if (!getenv("UCX_KEEPALIVE_INTERVAL") &&
         (us = ucp_config_modify(cfg, "KEEPALIVE_INTERVAL", "1s")) != UCS_OK)
         kvt_log_warn("net keepalive not set cause=%s", ucs_status_string(us));
+    /* Rendezvous by put: the sender writes into the buffer the receiver
+     * posted.  UCX 1.13's default on TCP (get-based) spent ~2 ms inside
+     * ucp_am_send_nbx for each reply over 512 KiB and made 64 KiB-block
+     * pulls 5-8x slower (bench/RESULTS.md, 2026-11-22); with put the
+     * receiver also never reads the sender's memory by RMA. */
+    if (!getenv("UCX_RNDV_SCHEME") &&
+        (us = ucp_config_modify(cfg, "RNDV_SCHEME", "put_zcopy")) != UCS_OK)
+        kvt_log_warn("net rendezvous scheme not set cause=%s", ucs_status_string(us));
     ucp_params_t p = {.field_mask = UCP_PARAM_FIELD_FEATURES,
                       .features = UCP_FEATURE_AM | UCP_FEATURE_RMA | UCP_FEATURE_WAKEUP};
     us = ucp_init(&p, cfg, ctx_p);
@@ -804,6 +793,7 @@ kvt_status_t kvt_net_worker_create(const kvt_net_worker_params_t *params,
     size_t per_msg = w->max_msg + sizeof(net_rndv_t);
     w->rndv_cap = 4 * per_msg > NET_RNDV_MIN_BYTES ? 4 * per_msg : NET_RNDV_MIN_BYTES;
     w->rndv_ep_cap = 2 * per_msg > NET_RNDV_EP_MIN_BYTES ? 2 * per_msg : NET_RNDV_EP_MIN_BYTES;
+    w->send_ep_cap = 4 * w->max_msg > NET_SEND_EP_MIN_BYTES ? 4 * w->max_msg : NET_SEND_EP_MIN_BYTES;
     w->on_msg = params->on_msg;
     w->on_conn = params->on_conn;
     w->arg = params->arg;
@@ -825,9 +815,7 @@ void kvt_net_worker_destroy(kvt_net_worker_t *w)
         return;
     while (w->listeners)
         kvt_net_listener_destroy(w->listeners);
-    net_ev_t *ev;
-    while ((ev = ev_pop(w)) != NULL)
-        ev_free(ev);
+    ev_discard_all(w);
     while (w->eps) {
         kvt_net_ep_detach(w->eps);
         kvt_net_ep_finish(w->eps, UCP_EP_CLOSE_FLAG_FORCE, NET_CLOSE_MS);
@@ -841,10 +829,11 @@ void kvt_net_worker_destroy(kvt_net_worker_t *w)
     if (w->n_sends || w->rndv || w->zombies)
         kvt_log_warn("net worker destroyed with operations in flight sends=%zu rndv=%d zombies=%d",
                      w->n_sends, w->rndv != NULL, w->zombies != NULL);
-    while ((ev = ev_pop(w)) != NULL)
-        ev_free(ev);
+    ev_discard_all(w);
     kvt_net_mem_destroy_all(w);
     ucp_worker_destroy(w->uw); /* releases what is still in flight */
+    ev_discard_all(w);         /* sends that completed in there */
+    kvt_net_sends_abandon(w);  /* and those that never will */
     while (w->zombies) {
         kvt_net_ep_t *ep = w->zombies;
         ep_list_del(&w->zombies, ep);

@@ -98,15 +98,50 @@ const char *kvt_net_ep_peer(const kvt_net_ep_t *ep);
 
 /* Send a message (the bytes are copied or sent before return).  The send
  * completes in the background; KVT_ERR_TOO_LARGE over max_msg_bytes,
- * KVT_ERR_CLOSED on a dead endpoint. */
+ * KVT_ERR_CLOSED on a dead endpoint, KVT_ERR_FULL when the endpoint's
+ * sends in flight already hold its bound (4 x max_msg_bytes, at least
+ * 64 MiB): a peer that stops reading. */
 kvt_status_t kvt_net_send(kvt_net_ep_t *ep, uint64_t req_id, uint32_t flags, const void *data,
                           size_t len);
+/* A zero-copy send: the message is the concatenation of the segments,
+ * which UCX reads where they lie, so they must stay valid and unchanged
+ * until done runs.  done runs exactly once when kvt_net_sendv returned
+ * KVT_OK (never otherwise): inside progress on the worker's thread, with
+ * KVT_OK when the message went out or why it did not (KVT_ERR_CLOSED when
+ * the endpoint or worker went away first); at the latest in
+ * kvt_net_worker_destroy.  Errors as kvt_net_send, and KVT_ERR_INVALID
+ * over KVT_NET_MAX_IOV segments. */
+typedef struct {
+    const void *data;
+    size_t len;
+} kvt_net_iov_t;
+typedef void (*kvt_net_sent_fn)(kvt_status_t status, void *arg);
+#define KVT_NET_MAX_IOV 8192
+kvt_status_t kvt_net_sendv(kvt_net_ep_t *ep, uint64_t req_id, uint32_t flags,
+                           const kvt_net_iov_t *iov, size_t n, kvt_net_sent_fn done, void *arg);
+
 /* Send a request with a fresh id and wait (progressing; other messages
  * still go to on_msg) for the message that replies to it.  *reply_p is
  * malloc'd (kvt_free).  KVT_ERR_AGAIN on timeout, KVT_ERR_CLOSED if the
  * endpoint dies first. */
 kvt_status_t kvt_net_request(kvt_net_ep_t *ep, const void *data, size_t len, int timeout_ms,
                              void **reply_p, size_t *reply_len_p);
+
+/* Send every request at once, then wait (as kvt_net_request) until each
+ * has its reply or timeout_ms passed: n requests cost one round trip, and
+ * the peer's replies stream back to back.  Each gets its own status
+ * (KVT_ERR_AGAIN if its reply did not come in time; a send that failed
+ * fails it and every later one); a request with status KVT_OK has its
+ * malloc'd reply (kvt_free).  Returns the first request's failure, in
+ * order, or KVT_OK. */
+typedef struct {
+    const void *data;   /* in */
+    size_t len;         /* in */
+    void *reply;        /* out */
+    size_t reply_len;   /* out */
+    kvt_status_t status;/* out */
+} kvt_net_req_t;
+kvt_status_t kvt_net_request_many(kvt_net_ep_t *ep, kvt_net_req_t *reqs, size_t n, int timeout_ms);
 
 /* --- memory and RMA --- */
 

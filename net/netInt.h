@@ -1,5 +1,6 @@
-/* net internals shared by net.c (worker, connections, messages) and rma.c
- * (registration, rkeys, batched gets); no other module includes this.
+/* net internals shared by net.c (worker, connections, messages), send.c
+ * (sends), conn.c (connect, listen) and rma.c (registration, rkeys,
+ * batched gets); no other module includes this.
  *
  * Ownership: the worker owns every endpoint, listener, registration,
  * queued event and in-flight receive; buffers handed to UCX (send copies,
@@ -33,14 +34,21 @@
  * without bound.  The caps also allow 4 (2) messages of max_msg_bytes. */
 #define NET_RNDV_MIN_BYTES (64u << 20)
 #define NET_RNDV_EP_MIN_BYTES (16u << 20)
+/* Floor of the bound on bytes an endpoint may have waiting to be sent
+ * (also at least 4 messages of max_msg_bytes): a peer that stops reading
+ * gets FULL on our sends instead of our memory. */
+#define NET_SEND_EP_MIN_BYTES (64u << 20)
 
-typedef enum { NET_EV_MSG, NET_EV_DOWN, NET_EV_ACCEPT } net_ev_type_t;
+typedef enum { NET_EV_MSG, NET_EV_DOWN, NET_EV_ACCEPT, NET_EV_SENT } net_ev_type_t;
+
+typedef struct net_send net_send_t; /* a send in flight (send.c) */
 
 /* Something UCX told us that the user hears about after progress returns. */
 typedef struct net_ev {
     struct net_ev *next;
     net_ev_type_t type;
-    bool embedded;                /* lives inside its ep (DOWN): never freed */
+    bool embedded;                /* lives inside its ep (DOWN) or its send
+                                     record (SENT): never freed here */
     kvt_net_ep_t *ep;             /* MSG, DOWN */
     kvt_net_listener_t *listener; /* ACCEPT */
     ucp_conn_request_h conn_req;  /* ACCEPT */
@@ -85,7 +93,9 @@ struct kvt_net_ep {
     bool hello_acked;
     bool closing;
     bool rndv_warned;             /* a receive over budget was logged */
+    bool send_warned;             /* a send over its bound was logged */
     size_t rndv_bytes;            /* charged by its rendezvous receives */
+    size_t send_bytes;            /* charged by its sends in flight */
     net_ev_t down_ev;             /* preallocated, so a failure is never lost */
     char peer[64];
 };
@@ -129,7 +139,9 @@ struct kvt_net_worker {
     net_rndv_t *rndv;
     size_t rndv_bytes, rndv_cap, rndv_ep_cap; /* receives in flight, budgets */
     uint64_t next_req_id;
-    size_t n_sends;               /* sends whose completion has not run */
+    net_send_t *sends;            /* sends whose completion has not run */
+    size_t n_sends;
+    size_t send_ep_cap;           /* bound on an endpoint's send_bytes */
     atomic_bool signaled;         /* kvt_net_worker_signal since the last wait */
 };
 
@@ -149,9 +161,17 @@ void kvt_net_ep_params(kvt_net_ep_t *ep, ucp_ep_params_t *params);
 void kvt_net_ep_link(kvt_net_ep_t *ep);
 void kvt_net_ep_detach(kvt_net_ep_t *ep);
 void kvt_net_ep_finish(kvt_net_ep_t *ep, uint32_t flags, int timeout_ms);
-/* Send a framed active message; the bytes are copied first. */
+/* Sends (send.c).  am_send: a framed active message, the bytes copied
+ * first (FULL over the endpoint's send bound).  sent_deliver: run the done
+ * callback of the zero-copy send whose SENT event this is (with the
+ * send's status), and free the send.  sends_orphan: ep is going
+ * away; its sends in flight stop charging it.  sends_abandon: after
+ * ucp_worker_destroy, finish what UCX never completed (done: CLOSED). */
 kvt_status_t kvt_net_am_send(kvt_net_ep_t *ep, unsigned am_id, uint64_t req_id, uint32_t flags,
                              const void *data, size_t len);
+void kvt_net_sent_deliver(net_ev_t *ev);
+void kvt_net_sends_orphan(kvt_net_ep_t *ep);
+void kvt_net_sends_abandon(kvt_net_worker_t *w);
 /* Event queue (net.c): push one; purge those of ep or of listener. */
 void kvt_net_ev_push(kvt_net_worker_t *worker, net_ev_t *ev);
 void kvt_net_ev_purge(kvt_net_worker_t *worker, const kvt_net_ep_t *ep,

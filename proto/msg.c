@@ -234,7 +234,6 @@ static kvt_status_t check_descriptor(const ctx_t *c, const Kvtier__BlockDescript
     CHECK(check_unknown(c, &d->base));
     CHECK(check_key(c, "key", &d->key));
     CHECK(check_enum(c, "status", (int)d->status, KVTIER__BLOCK_DESCRIPTOR__STATUS__RETRY));
-    CHECK(check_blob(c, "payload", &d->payload, KVT_PROTO_MAX_MSG));
     return check_blob(c, "header", &d->header, BLOCK_HEADER_MAX);
 }
 

@@ -16,7 +16,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define KVT_PROTO_VERSION 1
+#define KVT_PROTO_VERSION 2           /* 2: inline payloads in the attachment */
 #define KVT_PROTO_MAX_MSG (16u << 20)  /* encoded envelope bytes: a 4 MiB block
                                           inline, with room to spare */
 #define KVT_PROTO_MAX_KEYS 65536       /* keys in one fetch / result / event list */
@@ -42,6 +42,25 @@ void kvt_msg_free(kvt_msg_t *msg);
  * KVT_ERR_NOMEM, KVT_ERR_INVALID for NULL arguments.  Field bounds are not
  * checked here: a handler must respect them (peers check on decode). */
 kvt_status_t kvt_msg_encode(kvt_msg_t *msg, uint8_t **buf_p, size_t *len_p);
+
+/* Attachments.  Envelope.attachment carries bulk bytes (an inline fetch
+ * reply's payloads) and is written as the envelope's last field, so that
+ * neither end copies them through protobuf-c: the sender sends
+ *   kvt_msg_encode(msg) || kvt_msg_attach_prefix(n) || the n bytes
+ * as one message from wherever the bytes lie (that is a valid encoding of
+ * msg with attachment set), and the receiver decodes the rest in place.
+ * KVT_MSG_ATTACH_PREFIX_MAX bounds what kvt_msg_attach_prefix writes. */
+#define KVT_MSG_ATTACH_PREFIX_MAX 11
+size_t kvt_msg_attach_prefix(size_t att_len, uint8_t out[KVT_MSG_ATTACH_PREFIX_MAX]);
+
+/* Decode as kvt_msg_decode, except that an attachment that is the
+ * envelope's last field is not copied: *att_p points into buf (valid as
+ * long as buf is) and *att_len_p is its length; (NULL, 0) when there is
+ * none.  (*msg_p)->attachment is then empty.  KVT_ERR_CORRUPT also for a
+ * wire structure that does not parse (a length past the end), and
+ * KVT_ERR_INVALID for an attachment that is not last or appears twice. */
+kvt_status_t kvt_msg_decode_attached(const void *buf, size_t len, kvt_msg_t **msg_p,
+                                     const uint8_t **att_p, size_t *att_len_p);
 
 /* An Error envelope, encoded. */
 kvt_status_t kvt_msg_encode_error(kvt_status_t code, const char *message, uint8_t **buf_p,

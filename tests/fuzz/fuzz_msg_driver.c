@@ -219,7 +219,7 @@ static void seeds_blocks(void)
     r.n_blocks = 3;
     r.blocks = dp;
     add_body(KVTIER__ENVELOPE__BODY_FETCH_REPLY, &r, KVT_OK);
-    d[0].payload = (ProtobufCBinaryData){64, g_blob};
+    d[0].attach_offset = 64;
     d[1].status = KVTIER__BLOCK_DESCRIPTOR__STATUS__RETRY;
     Kvtier__BlockFetchReply inl = KVTIER__BLOCK_FETCH_REPLY__INIT;
     inl.n_blocks = 2;

@@ -483,7 +483,7 @@ static void test_too_large(void **state)
     uint8_t *buf = calloc(1, max + 1);
     assert_non_null(buf);
     size_t pad = max - 10, o = 0;
-    const uint8_t head[] = {0x08, 0x01, 0x52, 0x00, 0x9a, 0x06};
+    const uint8_t head[] = {0x08, KVT_PROTO_VERSION, 0x52, 0x00, 0x9a, 0x06};
     memcpy(buf, head, sizeof(head));
     o = sizeof(head);
     for (size_t v = pad; v; v >>= 7)
@@ -509,10 +509,10 @@ static void test_garbage(void **state)
         {{0x08}, 1},                               /* varint missing */
         {{0x08, 0x81}, 2},                         /* varint cut */
         {{0x0f, 0x01}, 2},                         /* wire type 7 */
-        {{0x08, 0x01, 0x52, 0x05, 0x0a}, 5},       /* hello longer than the input */
-        {{0x08, 0x01, 0x52, 0x02, 0x0a, 0x05}, 6}, /* string longer than hello */
+        {{0x08, KVT_PROTO_VERSION, 0x52, 0x05, 0x0a}, 5},       /* hello longer than the input */
+        {{0x08, KVT_PROTO_VERSION, 0x52, 0x02, 0x0a, 0x05}, 6}, /* string longer than hello */
         {{0x00, 0x01}, 2},                         /* field number 0 */
-        {{0x08, 0x01, 0x52, 0x01, 0xff}, 5},       /* hello holding garbage */
+        {{0x08, KVT_PROTO_VERSION, 0x52, 0x01, 0xff}, 5},       /* hello holding garbage */
     };
     char why[1024];
     for (size_t i = 0; i < sizeof(g) / sizeof(g[0]); i++) {
@@ -522,7 +522,7 @@ static void test_garbage(void **state)
         assert_non_null(strstr(why, "reason=not a protobuf envelope"));
     }
     /* The well-formed neighbour of the last one. */
-    const uint8_t ok[] = {0x08, 0x01, 0x52, 0x02, 0x0a, 0x00};
+    const uint8_t ok[] = {0x08, KVT_PROTO_VERSION, 0x52, 0x02, 0x0a, 0x00};
     assert_int_equal(decode_why(ok, sizeof(ok), why, sizeof(why)), KVT_OK);
 }
 
@@ -552,7 +552,7 @@ static void test_truncated(void **state)
 
 static void test_version(void **state)
 {
-    const uint32_t bad[] = {0, 2, 255, UINT32_MAX};
+    const uint32_t bad[] = {0, KVT_PROTO_VERSION - 1, KVT_PROTO_VERSION + 1, 255, UINT32_MAX};
     char why[1024];
     kvt_msg_t *m = build(ENV_CASE(ACK));
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
@@ -570,15 +570,15 @@ static void test_no_body(void **state)
     m.version = KVT_PROTO_VERSION;
     assert_rejected(&m, "body=none", "reason=no body");
     /* A body of a type this schema does not know: field 40, and field 9. */
-    const uint8_t unknown40[] = {0x08, 0x01, 0xc2, 0x02, 0x03, 0x0a, 0x01, 0x61};
-    const uint8_t unknown9[] = {0x08, 0x01, 0x48, 0x05};
+    const uint8_t unknown40[] = {0x08, KVT_PROTO_VERSION, 0xc2, 0x02, 0x03, 0x0a, 0x01, 0x61};
+    const uint8_t unknown9[] = {0x08, KVT_PROTO_VERSION, 0x48, 0x05};
     char why[1024];
     assert_int_equal(decode_why(unknown40, sizeof(unknown40), why, sizeof(why)),
                      KVT_ERR_INVALID);
     assert_non_null(strstr(why, "reason=no body"));
     assert_int_equal(decode_why(unknown9, sizeof(unknown9), why, sizeof(why)), KVT_ERR_INVALID);
     /* The same unknown field beside a known body is kept, not rejected. */
-    const uint8_t beside[] = {0x08, 0x01, 0xba, 0x01, 0x00, 0xc2, 0x02, 0x01, 0x61};
+    const uint8_t beside[] = {0x08, KVT_PROTO_VERSION, 0xba, 0x01, 0x00, 0xc2, 0x02, 0x01, 0x61};
     kvt_msg_t *d = NULL;
     assert_int_equal(kvt_msg_decode(beside, sizeof(beside), &d), KVT_OK);
     assert_int_equal(d->body_case, ENV_CASE(ACK));
@@ -607,9 +607,9 @@ static kvt_status_t try_field_zero(const kvt_msg_t *m, char *why, size_t cap)
  * would let a relayed message turn invalid.  Refused at every level. */
 static void test_field_zero(void **state)
 {
-    const uint8_t env[] = {0x08, 0x01, 0xba, 0x01, 0x00, 0x80, 0x00, 0x05};
-    const uint8_t body[] = {0x08, 0x01, 0xba, 0x01, 0x03, 0x80, 0x00, 0x05};
-    const uint8_t canonical[] = {0x08, 0x01, 0xba, 0x01, 0x02, 0x00, 0x05};
+    const uint8_t env[] = {0x08, KVT_PROTO_VERSION, 0xba, 0x01, 0x00, 0x80, 0x00, 0x05};
+    const uint8_t body[] = {0x08, KVT_PROTO_VERSION, 0xba, 0x01, 0x03, 0x80, 0x00, 0x05};
+    const uint8_t canonical[] = {0x08, KVT_PROTO_VERSION, 0xba, 0x01, 0x02, 0x00, 0x05};
     char why[1024];
     assert_int_equal(decode_why(env, sizeof(env), why, sizeof(why)), KVT_ERR_INVALID);
     assert_non_null(strstr(why, "reason=field number 0"));
@@ -635,7 +635,7 @@ static void test_field_zero(void **state)
 /* Two bodies on the wire: the last one wins (protobuf oneof rule). */
 static void test_last_body_wins(void **state)
 {
-    const uint8_t two[] = {0x08, 0x01, 0x52, 0x02, 0x0a, 0x00, 0xba, 0x01, 0x02, 0x08, 0x07};
+    const uint8_t two[] = {0x08, KVT_PROTO_VERSION, 0x52, 0x02, 0x0a, 0x00, 0xba, 0x01, 0x02, 0x08, 0x07};
     kvt_msg_t *d = NULL;
     assert_int_equal(kvt_msg_decode(two, sizeof(two), &d), KVT_OK);
     assert_int_equal(d->body_case, ENV_CASE(ACK));
@@ -648,7 +648,7 @@ static void test_bad_args(void **state)
     kvt_msg_t *d = NULL;
     uint8_t *b = NULL;
     size_t l = 0;
-    const uint8_t ok[] = {0x08, 0x01, 0xba, 0x01, 0x00};
+    const uint8_t ok[] = {0x08, KVT_PROTO_VERSION, 0xba, 0x01, 0x00};
     assert_int_equal(kvt_msg_decode(NULL, 5, &d), KVT_ERR_INVALID);
     assert_int_equal(kvt_msg_decode(ok, sizeof(ok), NULL), KVT_ERR_INVALID);
     assert_int_equal(kvt_msg_decode(NULL, 0, &d), KVT_ERR_MISMATCH); /* empty: version 0 */
