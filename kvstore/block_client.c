@@ -1,7 +1,12 @@
 /* Pull: one fetch request, RMA reads into the caller's buffers, release,
  * then every block checked before it is reported OK (invariant 3).  A
  * partial tail comes inline in one TailFetch/TailReply exchange through
- * the same request path, checked as strictly. */
+ * the same request path, checked as strictly.
+ *
+ * A client keeps its peer's address, so when the endpoint dies (peer
+ * restarted, network cut) the next pull or pull_tail closes it and
+ * connects once more before asking; ep is NULL between a failed reconnect
+ * and the next try, and nothing past ensure_connected runs then. */
 #include "kvstore/block_client.h"
 
 #include "common/alloc.h"
@@ -13,18 +18,24 @@
 #include <stdio.h>
 #include <string.h>
 
+#define PEER_ADDR_MAX 256 /* "HOST:PORT", with its NUL */
+
 struct kvt_block_client {
     kvt_net_worker_t *worker;
-    kvt_net_ep_t *ep;
+    kvt_net_ep_t *ep;          /* NULL after a failed reconnect */
+    char peer[PEER_ADDR_MAX];  /* what to connect to again */
 };
 
 kvt_status_t kvt_block_client_connect(kvt_net_worker_t *worker, const char *peer, int timeout_ms,
                                       kvt_block_client_t **client_p)
 {
+    if (!worker || !peer || !client_p || strlen(peer) >= PEER_ADDR_MAX)
+        return KVT_ERR_INVALID;
     kvt_block_client_t *c = kvt_calloc("block client", 1, sizeof(*c));
     if (!c)
         return KVT_ERR_NOMEM;
     c->worker = worker;
+    memcpy(c->peer, peer, strlen(peer) + 1);
     kvt_status_t st = kvt_net_connect(worker, peer, timeout_ms, &c->ep);
     if (st != KVT_OK) {
         kvt_log_error("block client cannot connect peer=%s err=\"%s\"", peer, kvt_status_str(st));
@@ -41,6 +52,22 @@ void kvt_block_client_close(kvt_block_client_t *client)
         return;
     kvt_net_ep_close(client->ep);
     kvt_free(client);
+}
+
+/* A dead endpoint is closed and replaced by one new connection, within
+ * timeout_ms; on failure the client stays closed (ep NULL) and the next
+ * call tries again.  The connect has logged why it failed. */
+static kvt_status_t ensure_connected(kvt_block_client_t *c, int timeout_ms)
+{
+    if (kvt_net_ep_alive(c->ep))
+        return KVT_OK;
+    kvt_net_ep_close(c->ep);
+    c->ep = NULL;
+    kvt_status_t st = kvt_net_connect(c->worker, c->peer, timeout_ms, &c->ep);
+    if (st != KVT_OK)
+        return st;
+    kvt_log_info("block client reconnected peer=%s", c->peer);
+    return KVT_OK;
 }
 
 /* A decoded reply and the bytes it arrived in: an inline fetch reply's
@@ -357,9 +384,17 @@ kvt_status_t kvt_block_client_pull(kvt_block_client_t *client, kvt_pull_t *items
 {
     if (n == 0)
         return KVT_OK;
+    if (!client || !items)
+        return KVT_ERR_INVALID;
+    kvt_status_t st = ensure_connected(client, timeout_ms);
+    if (st != KVT_OK) { /* as for any transport error: every item carries it */
+        for (size_t i = 0; i < n; i++)
+            items[i].status = st;
+        return st;
+    }
     size_t *pending = kvt_malloc("pull pending", n * sizeof(*pending));
     bool *retry = kvt_malloc("pull retry", n * sizeof(*retry));
-    kvt_status_t st = pending && retry ? KVT_OK : KVT_ERR_NOMEM;
+    st = pending && retry ? KVT_OK : KVT_ERR_NOMEM;
     size_t n_pending = n;
     for (size_t i = 0; st == KVT_OK && i < n; i++)
         pending[i] = i;
@@ -434,6 +469,9 @@ kvt_status_t kvt_block_client_pull_tail(kvt_block_client_t *c, const kvt_block_k
         return KVT_ERR_INVALID;
     if (expect_len > cap || expect_len + TAIL_REPLY_SLACK > kvt_net_worker_max_msg(c->worker))
         return KVT_ERR_TOO_LARGE; /* known before asking; the reply's length is checked */
+    kvt_status_t st = ensure_connected(c, timeout_ms);
+    if (st != KVT_OK)
+        return st;
     Kvtier__TailFetch tf = KVTIER__TAIL_FETCH__INIT;
     tf.key = (ProtobufCBinaryData){KVT_KEY_LEN, want.b};
     tf.release = release;
@@ -441,7 +479,7 @@ kvt_status_t kvt_block_client_pull_tail(kvt_block_client_t *c, const kvt_block_k
     req.body_case = KVTIER__ENVELOPE__BODY_TAIL_FETCH;
     req.tail_fetch = &tf;
     reply_t r;
-    kvt_status_t st = exchange(c, &req, timeout_ms, &r);
+    st = exchange(c, &req, timeout_ms, &r);
     kvt_msg_t *reply = r.msg;
     if (st != KVT_OK)
         return st;
@@ -462,13 +500,12 @@ kvt_status_t kvt_block_client_pull_tail(kvt_block_client_t *c, const kvt_block_k
 
 bool kvt_block_client_alive(const kvt_block_client_t *client)
 {
-    return kvt_net_ep_alive(client->ep);
+    return client && kvt_net_ep_alive(client->ep);
 }
 
 /* --- clients of several peers --- */
 
 #define PEERS_MAX 64
-#define PEER_ADDR_MAX 256
 
 typedef struct {
     char addr[PEER_ADDR_MAX];

@@ -11,7 +11,13 @@
  * pull_tail fetches a prompt's partial tail (kvstore/tail.h) the same way,
  * inline in the reply, and checks it just as strictly.
  *
- * A client uses the caller's net worker and so the caller's thread. */
+ * A client uses the caller's net worker and so the caller's thread.  It
+ * keeps its peer's address: when the connection dies (the peer restarted,
+ * the network cut it), the client stays valid, and its next pull or
+ * pull_tail connects again (once, within that call's timeout_ms) before
+ * asking; if that fails, the call returns the connect's error and the call
+ * after tries again.  So a call that reconnects can take up to twice its
+ * timeout_ms. */
 #ifndef KVT_KVSTORE_BLOCK_CLIENT_H
 #define KVT_KVSTORE_BLOCK_CLIENT_H
 
@@ -33,13 +39,18 @@ typedef struct {
                                    transfer failed (KVT_ERR_IO, _CLOSED, _AGAIN) */
 } kvt_pull_t;
 
+/* Connect to peer ("HOST:PORT", copied; under 256 bytes) within
+ * timeout_ms.  KVT_ERR_INVALID on a bad argument, else the connect's error
+ * (KVT_ERR_IO refused or unreachable, KVT_ERR_AGAIN timeout); *client_p is
+ * set only on KVT_OK. */
 kvt_status_t kvt_block_client_connect(kvt_net_worker_t *worker, const char *peer, int timeout_ms,
                                       kvt_block_client_t **client_p);
 void kvt_block_client_close(kvt_block_client_t *client);
 
 /* Pull items[0..n).  expect may be NULL (then any identity is accepted).
  * Returns KVT_OK when the exchange ran (see each item's status), or the
- * transport's error (then every item carries it: none counts as read). */
+ * transport's error, a failed reconnect's included (then every item
+ * carries it: none counts as read). */
 kvt_status_t kvt_block_client_pull(kvt_block_client_t *client, kvt_pull_t *items, size_t n,
                                    const kvt_block_identity_t *expect, int timeout_ms);
 
@@ -53,18 +64,21 @@ kvt_status_t kvt_block_client_pull(kvt_block_client_t *client, kvt_pull_t *items
  * reply naming another tail, or a bad checksum), KVT_ERR_MISMATCH (payload
  * length not the layout's), KVT_ERR_TOO_LARGE (cap short, or the tail
  * cannot fit in a message of this client's worker), KVT_ERR_INVALID (t not
- * in [1, B) or a bad layout), or the transport's error (KVT_ERR_IO,
- * _CLOSED, _AGAIN on timeout).  dst is written only on KVT_OK. */
+ * in [1, B) or a bad layout), or the transport's error, a failed
+ * reconnect's included (KVT_ERR_IO, _CLOSED, _AGAIN on timeout).  dst is
+ * written only on KVT_OK. */
 kvt_status_t kvt_block_client_pull_tail(kvt_block_client_t *client, const kvt_block_key_t *parent,
                                         uint32_t t, const uint32_t *tokens,
                                         const kvt_block_layout_t *layout, bool release, void *dst,
                                         size_t cap, size_t *len_p, int timeout_ms);
 
-/* The connection is still up (a dead peer's client should be closed). */
+/* The connection is up now.  A client that is not alive stays usable:
+ * its next pull or pull_tail connects again.  False for NULL. */
 bool kvt_block_client_alive(const kvt_block_client_t *client);
 
 /* Clients of several peers on one worker, connected on first use and
- * reconnected when their peer died: the prefill and decode nodes pull
+ * reconnected by kvt_block_peers_get when their peer died (so that it can
+ * answer NULL for a peer that is down): the prefill and decode nodes pull
  * from whichever node the coordinator names.  At most 64 peers (the least
  * recently used one is closed beyond).  Same thread as the worker. */
 typedef struct kvt_block_peers kvt_block_peers_t;

@@ -7,7 +7,10 @@
  * endpoint that fails or times out during connect is closed here and never
  * reported; a refused or unreachable peer comes back as KVT_ERR_IO as soon
  * as UCX's error callback fires, not at the timeout.  Connection requests
- * still queued when their listener is destroyed are rejected. */
+ * still queued when their listener is destroyed are rejected, and so are
+ * those that find the worker holding max_conns accepted endpoints (so a
+ * flood of clients cannot take every file descriptor and byte of memory a
+ * server has); the count drops in kvt_net_ep_finish. */
 #include "net/netInt.h"
 
 #include "common/alloc.h"
@@ -153,9 +156,34 @@ kvt_status_t kvt_net_connect_retry(kvt_net_worker_t *w, const char *host_port,
 
 /* --- listeners --- */
 
+/* Reject conn_req if the worker is at its cap.  Logged on the first
+ * refusal and every NET_REFUSE_LOG_EVERY-th after: clients that retry in a
+ * loop must not flood the log. */
+static bool reject_over_cap(kvt_net_listener_t *l, ucp_conn_request_h conn_req)
+{
+    kvt_net_worker_t *w = l->worker;
+    if (w->n_accepted < w->max_conns)
+        return false;
+    if (w->n_refused++ % NET_REFUSE_LOG_EVERY == 0) {
+        char peer[64] = "?";
+        ucp_conn_request_attr_t attr = {.field_mask = UCP_CONN_REQUEST_ATTR_FIELD_CLIENT_ADDR};
+        if (ucp_conn_request_query(conn_req, &attr) == UCS_OK)
+            addr_format((const struct sockaddr *)&attr.client_address, peer, sizeof(peer));
+        kvt_log_warn("net connection refused, at the cap peer=%s port=%u conns=%zu max_conns=%zu "
+                     "refused=%zu", peer, l->port, w->n_accepted, w->max_conns, w->n_refused);
+    }
+    ucp_listener_reject(l->ul, conn_req);
+    return true;
+}
+
+/* Requests over the cap are refused here already, so a flood of them does
+ * not queue events.  Several can be queued in one progress pass while the
+ * worker is under the cap, so kvt_net_accept checks again. */
 static void conn_cb(ucp_conn_request_h conn_req, void *arg)
 {
     kvt_net_listener_t *l = arg;
+    if (reject_over_cap(l, conn_req))
+        return;
     net_ev_t *ev = kvt_calloc("net accept", 1, sizeof(*ev));
     if (!ev) {
         ucp_listener_reject(l->ul, conn_req);
@@ -170,6 +198,8 @@ static void conn_cb(ucp_conn_request_h conn_req, void *arg)
 void kvt_net_accept(kvt_net_listener_t *l, ucp_conn_request_h conn_req)
 {
     kvt_net_worker_t *w = l->worker;
+    if (reject_over_cap(l, conn_req))
+        return;
     kvt_net_ep_t *ep = kvt_net_ep_alloc(w);
     if (!ep) {
         ucp_listener_reject(l->ul, conn_req);
@@ -190,8 +220,10 @@ void kvt_net_accept(kvt_net_listener_t *l, ucp_conn_request_h conn_req)
     }
     ep->alive = true;
     ep->published = true;
+    ep->accepted = true;
+    w->n_accepted++;
     kvt_net_ep_link(ep);
-    kvt_log_debug("net accepted peer=%s port=%u", ep->peer, l->port);
+    kvt_log_debug("net accepted peer=%s port=%u conns=%zu", ep->peer, l->port, w->n_accepted);
     if (w->on_conn)
         w->on_conn(ep, true, w->arg);
 }

@@ -537,12 +537,19 @@ static void ep_err_cb(void *arg, ucp_ep_h uep, ucs_status_t status)
 }
 
 /* Close the UCX endpoint with the given flags, waiting up to timeout_ms;
- * frees ep, or parks it on the zombie list if the close is still running. */
+ * frees ep, or parks it on the zombie list if the close is still running.
+ * An accepted ep gives back its place under max_conns here. */
 void kvt_net_ep_finish(kvt_net_ep_t *ep, uint32_t flags, int timeout_ms)
 {
     kvt_net_worker_t *w = ep->worker;
     ep_list_del(&w->eps, ep);
     kvt_net_sends_orphan(ep);
+    /* Given back before the close: a parked close is bounded (forced at
+     * worker destroy), so a zombie holds no place a new client needs. */
+    if (ep->accepted) {
+        ep->accepted = false;
+        w->n_accepted--;
+    }
     if (ep->uep) {
         ucp_request_param_t prm = {.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS, .flags = flags};
         void *req = ucp_ep_close_nbx(ep->uep, &prm);
@@ -794,6 +801,7 @@ kvt_status_t kvt_net_worker_create(const kvt_net_worker_params_t *params,
     w->rndv_cap = 4 * per_msg > NET_RNDV_MIN_BYTES ? 4 * per_msg : NET_RNDV_MIN_BYTES;
     w->rndv_ep_cap = 2 * per_msg > NET_RNDV_EP_MIN_BYTES ? 2 * per_msg : NET_RNDV_EP_MIN_BYTES;
     w->send_ep_cap = 4 * w->max_msg > NET_SEND_EP_MIN_BYTES ? 4 * w->max_msg : NET_SEND_EP_MIN_BYTES;
+    w->max_conns = params->max_conns ? params->max_conns : NET_DEFAULT_MAX_CONNS;
     w->on_msg = params->on_msg;
     w->on_conn = params->on_conn;
     w->arg = params->arg;

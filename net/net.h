@@ -45,6 +45,13 @@ typedef void (*kvt_net_conn_fn)(kvt_net_ep_t *ep, bool up, void *arg);
 
 typedef struct {
     size_t max_msg_bytes;        /* 0: 4 MiB */
+    size_t max_conns;            /* 0: 1024.  Accepted endpoints (all of this
+                                    worker's listeners; not its own connects)
+                                    held at once; a connection request beyond
+                                    is rejected and its connect fails.  An
+                                    endpoint counts until kvt_net_ep_close
+                                    (or worker destroy), dead or alive: close
+                                    dead ones in on_conn(ep, false). */
     kvt_net_msg_fn on_msg;       /* may be NULL: messages are dropped */
     kvt_net_conn_fn on_conn;     /* may be NULL */
     void *arg;                   /* passed to both */
@@ -70,7 +77,8 @@ void kvt_net_worker_signal(kvt_net_worker_t *worker);
 /* --- connections --- */
 
 /* Listen on host:port (port 0: any free port; see kvt_net_listener_port).
- * Accepted endpoints are reported through on_conn(ep, true). */
+ * Accepted endpoints are reported through on_conn(ep, true); requests over
+ * the worker's max_conns are rejected (logged, not reported). */
 kvt_status_t kvt_net_listen(kvt_net_worker_t *worker, const char *host_port,
                             kvt_net_listener_t **listener_p);
 uint16_t kvt_net_listener_port(const kvt_net_listener_t *listener);

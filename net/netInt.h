@@ -24,6 +24,8 @@
 #define NET_CTRL_HELLO 1u
 #define NET_CTRL_ACK 2u
 #define NET_DEFAULT_MAX_MSG (4u << 20)
+#define NET_DEFAULT_MAX_CONNS 1024u
+#define NET_REFUSE_LOG_EVERY 100u  /* log the 1st refusal over the cap, then every Nth */
 #define NET_CLOSE_MS 2000          /* bound on a flush-close or a drain */
 #define NET_POLL_MS 100            /* longest sleep between progress passes */
 #define NET_EP_BUCKETS 256         /* ucp_ep_h -> kvt ep lookup */
@@ -92,6 +94,7 @@ struct kvt_net_ep {
     bool published;               /* the user holds it: failures are reported */
     bool hello_acked;
     bool closing;
+    bool accepted;                /* from a listener: counts in n_accepted */
     bool rndv_warned;             /* a receive over budget was logged */
     bool send_warned;             /* a send over its bound was logged */
     size_t rndv_bytes;            /* charged by its rendezvous receives */
@@ -128,6 +131,9 @@ struct kvt_net_worker {
     kvt_net_msg_fn on_msg;
     kvt_net_conn_fn on_conn;
     void *arg;
+    size_t max_conns;             /* cap on n_accepted */
+    size_t n_accepted;            /* accepted eps not yet finished */
+    size_t n_refused;             /* connection requests rejected at the cap */
     kvt_net_ep_t *eps;
     kvt_net_ep_t *zombies;
     kvt_net_ep_t *buckets[NET_EP_BUCKETS];
@@ -153,9 +159,12 @@ uint64_t kvt_net_deadline(int timeout_ms);
 /* Endpoints (net.c).  alloc: zeroed, not yet known to UCX; params: peer
  * error handling and our error callback; link: on the worker's list and
  * lookup table once ep->uep exists; detach: drop its queued events, fail
- * its waiters, orphan its receives; finish: unlink, close the UCX endpoint
- * (flags: 0 flush or UCP_EP_CLOSE_FLAG_FORCE) within timeout_ms and free,
- * or park it as a zombie if the close is still running. */
+ * its waiters, orphan its receives; finish: unlink, give back an accepted
+ * ep's place under max_conns, close the UCX endpoint (flags: 0 flush or
+ * UCP_EP_CLOSE_FLAG_FORCE) within timeout_ms and free, or park it as a
+ * zombie if the close is still running.  finish is the one way out for
+ * every ep (user close, failed connect, worker destroy), so it alone gives
+ * back the place. */
 kvt_net_ep_t *kvt_net_ep_alloc(kvt_net_worker_t *worker);
 void kvt_net_ep_params(kvt_net_ep_t *ep, ucp_ep_params_t *params);
 void kvt_net_ep_link(kvt_net_ep_t *ep);

@@ -2,8 +2,9 @@
  * (in this process on its own thread and worker, or the real `kvtier kv
  * serve` daemon) and a client.  Correctness, missing keys, identity and
  * size checks, blocks served from disk, malformed and hostile messages,
- * lease expiry, a client SIGKILLed while holding pins, and a server
- * SIGKILLed while a client is pulling.  Partial tails: fetched from the
+ * lease expiry, a client SIGKILLed while holding pins, a server
+ * SIGKILLed while a client is pulling, and one client that outlives its
+ * server's SIGKILL and pulls again from the restarted daemon.  Partial tails: fetched from the
  * server's tail store, released, expired, asked for under other tokens;
  * and replies from a hostile in-process server (its own thread and
  * worker, answering TailFetch with whatever a test picks: a flipped
@@ -41,6 +42,8 @@ typedef struct {
     char addr[64];
     kvt_net_worker_t *worker;
     kvt_block_client_t *client;
+    pid_t daemon; /* a `kvtier kv serve` to kill at teardown (a failed
+                     assertion must not leave it holding ctest's pipes) */
 } fx_t;
 
 static void fill_tier(fx_t *fx, uint32_t host_slots)
@@ -88,6 +91,10 @@ static int fx_teardown(void **state)
     kvt_block_client_close(fx->client);
     if (fx->worker)
         kvt_net_worker_destroy(fx->worker);
+    if (fx->daemon > 0) {
+        kill(fx->daemon, SIGKILL);
+        waitpid(fx->daemon, NULL, 0);
+    }
     kvt_block_server_stop(fx->srv);
     kvt_tail_store_destroy(fx->tails);
     kvt_tier_close(fx->tier);
@@ -421,7 +428,8 @@ static void test_client_killed_holding_pins(void **state)
 
 /* --- the real daemon, killed mid-pull --- */
 
-static pid_t spawn_server(const char *data, char *addr, size_t cap)
+/* Start `kvtier kv serve` on listen; addr gets the address it reports. */
+static pid_t spawn_server_at(const char *data, const char *listen, char *addr)
 {
     const char *bin = getenv("KVTIER_BIN");
     assert_non_null(bin);
@@ -431,7 +439,7 @@ static pid_t spawn_server(const char *data, char *addr, size_t cap)
     if (pid == 0) {
         dup2(out[1], 1);
         close(out[0]);
-        execl(bin, bin, "kv", "serve", "--data", data, "--listen", "127.0.0.1:0",
+        execl(bin, bin, "kv", "serve", "--data", data, "--listen", listen,
               "--host-capacity", "1M", (char *)NULL);
         _exit(127);
     }
@@ -441,8 +449,13 @@ static pid_t spawn_server(const char *data, char *addr, size_t cap)
     assert_non_null(fgets(line, sizeof(line), f));
     fclose(f);
     assert_int_equal(sscanf(line, "listening %63s", addr), 1);
-    (void)cap;
     return pid;
+}
+
+static pid_t spawn_server(const char *data, char *addr, size_t cap)
+{
+    (void)cap;
+    return spawn_server_at(data, "127.0.0.1:0", addr);
 }
 
 static void *kill_later(void *arg)
@@ -490,6 +503,62 @@ static void test_server_killed_mid_pull(void **state)
     assert_true(ok_pulls > 0);
     assert_int_equal(failed, 3);
     assert_true(worst_ns < 5000000000ull); /* no hang: bounded by the pull timeout */
+}
+
+/* A pull whose peer is gone fails with a transport error, every item
+ * carrying it. */
+static void pull_chain_fails(fx_t *fx)
+{
+    kvt_pull_t *items = items_for(&fx->a, 0, 8);
+    kvt_status_t st = kvt_block_client_pull(fx->client, items, 8, &g_id, TIMEOUT_MS);
+    print_message("pull with no server: %s\n", kvt_status_str(st));
+    assert_true(st == KVT_ERR_IO || st == KVT_ERR_CLOSED || st == KVT_ERR_AGAIN);
+    for (int i = 0; i < 8; i++)
+        assert_int_equal(items[i].status, st);
+    items_free(items, 8);
+}
+
+/* One client object across a server's SIGKILL and restart (same data,
+ * same port): pulls fail while nobody serves, and the same client pulls
+ * every block, verified, once the daemon is back. */
+static void test_client_reconnects(void **state)
+{
+    fx_t *fx = *state;
+    fill_tier(fx, 64);
+    kvt_tier_close(fx->tier);
+    fx->tier = NULL;
+    fx->daemon = spawn_server_at(fx->dir, "127.0.0.1:0", fx->addr);
+    kvt_net_worker_params_t wp = {0};
+    assert_int_equal(kvt_net_worker_create(&wp, &fx->worker), KVT_OK);
+    assert_int_equal(kvt_block_client_connect(fx->worker, fx->addr, TIMEOUT_MS, &fx->client), KVT_OK);
+    pull_chain_ok(fx);
+
+    kill(fx->daemon, SIGKILL);
+    waitpid(fx->daemon, NULL, 0);
+    fx->daemon = 0;
+    pull_chain_fails(fx); /* on the dead endpoint, or a refused reconnect */
+    /* The death is noticed (reset, else keepalive); from then on a call
+     * goes through the reconnect, which finds nobody and fails too. */
+    for (int i = 0; i < 1000 && kvt_block_client_alive(fx->client); i++)
+        kvt_net_worker_wait(fx->worker, 10);
+    assert_false(kvt_block_client_alive(fx->client));
+    pull_chain_fails(fx);
+    assert_false(kvt_block_client_alive(fx->client));
+
+    char again[64];
+    fx->daemon = spawn_server_at(fx->dir, fx->addr, again);
+    assert_string_equal(again, fx->addr);
+    pull_chain_ok(fx);
+    assert_true(kvt_block_client_alive(fx->client));
+    pull_chain_ok(fx); /* and stays connected */
+
+    kvt_block_client_close(fx->client);
+    fx->client = NULL;
+    kill(fx->daemon, SIGTERM);
+    int ws = 0;
+    waitpid(fx->daemon, &ws, 0);
+    fx->daemon = 0;
+    assert_true(WIFEXITED(ws) && WEXITSTATUS(ws) == 0);
 }
 
 /* One connection cannot hold more than its share of leases. */
@@ -880,6 +949,7 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup_teardown(test_client_killed_holding_pins, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_lease_quota_per_connection, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_server_killed_mid_pull, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_client_reconnects, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_tail_fetch, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_tail_other_tokens, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_tail_no_store, fx_setup, fx_teardown),

@@ -6,11 +6,14 @@
  * registers an 8 MiB region filled with pat(), and answers one-byte
  * opcodes: E echo, R rkey + address, S silence, D reply after 400 ms,
  * P push a non-reply message then echo, K SIGKILL itself, Q reply and quit,
- * T tally silently (payload checked), N reply with srv_stats_t; an empty
- * message flagged TEST_FLAG_ZERO is tallied silently too.
+ * T tally silently (payload checked), N reply with srv_stats_t, C reply
+ * with srv_conns_t; an empty message flagged TEST_FLAG_ZERO is tallied
+ * silently too.  It closes its dead endpoints, as a real server does, and
+ * takes an optional cap on accepted connections (max_conns).
  * The parent is the client: request/reply of sizes across eager and
  * rendezvous, size caps on both sides, RMA batches checked against the
- * pattern, refused connects, timeouts, a peer killed mid-request, and
+ * pattern, refused connects, timeouts, a peer killed mid-request, the
+ * accepted-connection cap, and
  * rendezvous receives (forced with raw UCX sends, so the test includes
  * netInt.h) that complete at once or go over the receive budget. */
 #include "net/netInt.h"
@@ -56,6 +59,11 @@ typedef struct {
     uint64_t rndv_bytes;       /* charged to the worker's budget now */
 } srv_stats_t;
 
+/* The server's answer to C: its worker's connection counts. */
+typedef struct {
+    uint64_t accepted, refused;
+} srv_conns_t;
+
 /* ------------------------------------------------------------------ server */
 
 typedef struct {
@@ -92,6 +100,12 @@ static void srv_stats_reply(srv_t *s, kvt_net_ep_t *ep, uint64_t req_id)
     (void)kvt_net_send(ep, req_id, KVT_NET_FLAG_REPLY, &s->st, sizeof(s->st));
 }
 
+static void srv_conns_reply(srv_t *s, kvt_net_ep_t *ep, uint64_t req_id)
+{
+    srv_conns_t c = {.accepted = s->w->n_accepted, .refused = s->w->n_refused};
+    (void)kvt_net_send(ep, req_id, KVT_NET_FLAG_REPLY, &c, sizeof(c));
+}
+
 static void srv_rkey_reply(srv_t *s, kvt_net_ep_t *ep, uint64_t req_id)
 {
     size_t rlen;
@@ -122,6 +136,9 @@ static void srv_on_msg(kvt_net_ep_t *ep, uint64_t req_id, uint32_t flags, const 
     case 'N':
         srv_stats_reply(s, ep, req_id);
         return;
+    case 'C':
+        srv_conns_reply(s, ep, req_id);
+        return;
     case 'R':
         srv_rkey_reply(s, ep, req_id);
         return;
@@ -145,12 +162,21 @@ static void srv_on_msg(kvt_net_ep_t *ep, uint64_t req_id, uint32_t flags, const 
     (void)kvt_net_send(ep, req_id, KVT_NET_FLAG_REPLY, data, len);
 }
 
-static int server_main(int fd)
+/* A dead client's endpoint is closed, which frees its place under the
+ * connection cap. */
+static void srv_on_conn(kvt_net_ep_t *ep, bool up, void *arg)
+{
+    if (!up)
+        kvt_net_ep_close(ep);
+}
+
+static int server_main(int fd, size_t max_conns)
 {
     srv_t s = {0};
     kvt_net_worker_t *w;
     kvt_net_listener_t *l;
-    kvt_net_worker_params_t p = {.on_msg = srv_on_msg, .arg = &s};
+    kvt_net_worker_params_t p = {.max_conns = max_conns, .on_msg = srv_on_msg,
+                                 .on_conn = srv_on_conn, .arg = &s};
     if (kvt_net_worker_create(&p, &w) != KVT_OK || kvt_net_listen(w, "127.0.0.1:0", &l) != KVT_OK)
         return 2;
     s.w = w;
@@ -220,7 +246,8 @@ static kvt_net_worker_t *client_create(size_t max_msg)
     return w;
 }
 
-static void server_start(server_t *s)
+/* max_conns 0: the default cap. */
+static void server_start_capped(server_t *s, unsigned max_conns)
 {
     int fds[2];
     assert_int_equal(pipe(fds), 0);
@@ -228,9 +255,10 @@ static void server_start(server_t *s)
     assert_true(s->pid >= 0);
     if (s->pid == 0) {
         close(fds[0]);
-        char fd_arg[16];
+        char fd_arg[16], cap_arg[16];
         snprintf(fd_arg, sizeof(fd_arg), "%d", fds[1]);
-        execl("/proc/self/exe", "test_net", "--net-server", fd_arg, (char *)NULL);
+        snprintf(cap_arg, sizeof(cap_arg), "%u", max_conns);
+        execl("/proc/self/exe", "test_net", "--net-server", fd_arg, cap_arg, (char *)NULL);
         _exit(127);
     }
     close(fds[1]);
@@ -242,6 +270,8 @@ static void server_start(server_t *s)
     assert_true(port != 0);
     snprintf(s->addr, sizeof(s->addr), "127.0.0.1:%u", port);
 }
+
+static void server_start(server_t *s) { server_start_capped(s, 0); }
 
 /* Wait for the server to exit; returns its wait status (kills it at 5 s). */
 static int server_reap(server_t *s)
@@ -724,13 +754,82 @@ static void test_rndv_budget(void **state)
     kvt_net_worker_destroy(w);
 }
 
+/* --- the cap on accepted connections --- */
+
+static srv_conns_t srv_conns(kvt_net_ep_t *ep)
+{
+    void *reply;
+    size_t rl;
+    srv_conns_t c;
+    assert_int_equal(kvt_net_request(ep, "C", 1, 3000, &reply, &rl), KVT_OK);
+    assert_int_equal(rl, sizeof(c));
+    memcpy(&c, reply, sizeof(c));
+    kvt_free(reply);
+    return c;
+}
+
+/* Ask until the server holds want accepted endpoints (it closes a dead
+ * one when it hears of the death, which is not at once). */
+static srv_conns_t srv_conns_settle(kvt_net_ep_t *ep, uint64_t want)
+{
+    srv_conns_t c = srv_conns(ep);
+    for (int i = 0; i < 500 && c.accepted != want; i++) {
+        usleep(10 * 1000);
+        c = srv_conns(ep);
+    }
+    return c;
+}
+
+/* A server capped at 2 accepted connections refuses a third while the two
+ * keep working, and takes a new one once one of them has closed. */
+static void test_conn_cap(void **state)
+{
+    server_t s;
+    server_start_capped(&s, 2);
+    kvt_net_worker_t *w = client_create(0);
+    kvt_net_ep_t *ep[2], *extra = NULL;
+    uint8_t buf[256];
+    assert_int_equal(kvt_net_connect(w, s.addr, 3000, &ep[0]), KVT_OK);
+    assert_int_equal(kvt_net_connect(w, s.addr, 3000, &ep[1]), KVT_OK);
+    assert_int_not_equal(kvt_net_connect(w, s.addr, 3000, &extra), KVT_OK);
+    assert_null(extra);
+    echo_once(ep[0], buf, sizeof(buf), 1);
+    echo_once(ep[1], buf, sizeof(buf), 2);
+    srv_conns_t c = srv_conns(ep[0]);
+    assert_int_equal(c.accepted, 2);
+    assert_int_equal(c.refused, 1); /* refused for the cap, not for another reason */
+
+    kvt_net_ep_close(ep[1]);
+    c = srv_conns_settle(ep[0], 1);
+    assert_int_equal(c.accepted, 1);
+    assert_int_equal(kvt_net_connect(w, s.addr, 3000, &ep[1]), KVT_OK);
+    echo_once(ep[1], buf, sizeof(buf), 3);
+    echo_once(ep[0], buf, sizeof(buf), 4);
+    c = srv_conns(ep[1]);
+    assert_int_equal(c.accepted, 2);
+    assert_int_equal(c.refused, 1);
+    assert_int_equal(g_ev.down, 0);
+
+    /* Quit over a held endpoint: at the cap, server_quit's connect would
+     * be refused. */
+    void *r;
+    size_t rl;
+    assert_int_equal(kvt_net_request(ep[0], "Q", 1, 3000, &r, &rl), KVT_OK);
+    kvt_free(r);
+    kvt_net_ep_close(ep[0]);
+    kvt_net_ep_close(ep[1]);
+    int st = server_reap(&s);
+    assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    kvt_net_worker_destroy(w);
+}
+
 int main(int argc, char **argv)
 {
     kvt_log_level_t level;
     if (getenv("KVT_LOG_LEVEL") && kvt_log_level_parse(getenv("KVT_LOG_LEVEL"), &level) == KVT_OK)
         kvt_log_set_level(level);
-    if (argc == 3 && strcmp(argv[1], "--net-server") == 0)
-        return server_main(atoi(argv[2]));
+    if (argc == 4 && strcmp(argv[1], "--net-server") == 0)
+        return server_main(atoi(argv[2]), (size_t)strtoul(argv[3], NULL, 10));
     signal(SIGPIPE, SIG_IGN);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_request_sizes),
@@ -742,6 +841,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_close_in_callback),
         cmocka_unit_test(test_rndv_zero_length),
         cmocka_unit_test(test_rndv_budget),
+        cmocka_unit_test(test_conn_cap),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
