@@ -299,7 +299,7 @@ static void release(kvt_block_client_t *c, uint64_t lease_id)
  * rendezvous (at least 16 MiB per endpoint, net/netInt.h): a reply over
  * that budget would be dropped and its request time out. */
 #define PULL_CHUNK_BYTES (1u << 20)
-#define PULL_ROUND_BYTES (8u << 20)
+#define PULL_ROUND_BYTES (2u << 20)
 #define PULL_MAX_REQUESTS 2
 
 /* Splits pending[0..n) into runs of about PULL_CHUNK_BYTES of destination
