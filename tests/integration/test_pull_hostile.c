@@ -1,0 +1,272 @@
+/* Inline block pulls from a hostile server: a server on its own thread and
+ * UCX worker (127.0.0.1) that answers BlockFetchRequest with payloads in
+ * the envelope's attachment as the real block server does, then breaks
+ * the reply in the way a test picks -- a descriptor pointing past the
+ * attachment, an attachment cut short, a flipped byte, offsets swapped
+ * between blocks, an attachment that is not the last field, a reply with
+ * fewer blocks than asked, RETRY for everything.  The client must refuse
+ * exactly the broken blocks (each honest neighbour still passes, so each
+ * refusal is the mode's doing) and always finish. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include "common/alloc.h"
+#include "kvstore/block_client.h"
+#include "proto/msg.h"
+#include "tests/support/testutil.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#define TIMEOUT_MS 3000
+#define N_BLOCKS 4
+
+typedef enum {
+    B_HONEST,
+    B_OFFSET_PAST_END, /* block 1's offset is past the attachment */
+    B_SHORT_ATTACH,    /* the attachment lacks its last byte: block 3 runs past */
+    B_FLIP,            /* a byte of block 2's payload changed */
+    B_SWAP,            /* blocks 0 and 1 point at each other's payload */
+    B_NOT_LAST,        /* a field after the attachment */
+    B_FEWER_BLOCKS,    /* one descriptor less than keys asked */
+    B_ALL_RETRY,       /* every block RETRY, forever */
+} bmode_t;
+
+typedef struct {
+    pthread_t thread;
+    _Atomic bool stop;
+    _Atomic int mode;
+    _Atomic uint16_t port;
+    _Atomic uint64_t fetches;
+    const tu_chain_t *chain;
+    size_t payload_len;
+} hostile_t;
+
+static kvt_block_identity_t g_id;
+
+static int chain_find(const tu_chain_t *c, const uint8_t *key)
+{
+    for (int i = 0; i < c->n; i++)
+        if (memcmp(c->hdr[i].key.b, key, KVT_KEY_LEN) == 0)
+            return i;
+    return -1;
+}
+
+/* The reply's wire bytes: envelope || attachment prefix || attachment
+ * (|| a trailing field for B_NOT_LAST), as mode breaks them. */
+static uint8_t *hostile_wire(hostile_t *h, const Kvtier__BlockFetchRequest *req, size_t *len_p)
+{
+    bmode_t mode = (bmode_t)atomic_load(&h->mode);
+    size_t n = req->n_keys, plen = h->payload_len, att_len = 0;
+    Kvtier__BlockDescriptor *d = calloc(n + 1, sizeof(*d));
+    Kvtier__BlockDescriptor **dp = calloc(n + 1, sizeof(*dp));
+    uint8_t (*hdrs)[KVT_BLOCK_HEADER_MAX] = calloc(n + 1, KVT_BLOCK_HEADER_MAX);
+    uint8_t *att = malloc(n * plen + 1);
+    for (size_t k = 0; k < n; k++) {
+        kvtier__block_descriptor__init(&d[k]);
+        dp[k] = &d[k];
+        d[k].key = req->keys[k];
+        int i = chain_find(h->chain, req->keys[k].data);
+        if (i < 0 || mode == B_ALL_RETRY) {
+            d[k].status = i < 0 ? KVTIER__BLOCK_DESCRIPTOR__STATUS__MISSING
+                                : KVTIER__BLOCK_DESCRIPTOR__STATUS__RETRY;
+            continue;
+        }
+        size_t hl;
+        assert_int_equal(kvt_block_header_encode(&h->chain->hdr[i], hdrs[k], KVT_BLOCK_HEADER_MAX, &hl), KVT_OK);
+        d[k].header = (ProtobufCBinaryData){hl, hdrs[k]};
+        d[k].length = plen;
+        d[k].attach_offset = att_len;
+        memcpy(att + att_len, h->chain->payload[i], plen);
+        att_len += plen;
+    }
+    switch (mode) {
+    case B_OFFSET_PAST_END: d[1].attach_offset = att_len + 1; break;
+    case B_SHORT_ATTACH: att_len--; break;
+    case B_FLIP: att[d[2].attach_offset + 5] ^= 0x40; break;
+    case B_SWAP: d[0].attach_offset = d[1].attach_offset; d[1].attach_offset = 0; break;
+    default: break;
+    }
+    Kvtier__BlockFetchReply rep = KVTIER__BLOCK_FETCH_REPLY__INIT;
+    rep.n_blocks = mode == B_FEWER_BLOCKS ? n - 1 : n;
+    rep.blocks = dp;
+    kvt_msg_t m = KVTIER__ENVELOPE__INIT;
+    m.body_case = KVTIER__ENVELOPE__BODY_FETCH_REPLY;
+    m.fetch_reply = &rep;
+    uint8_t *env;
+    size_t env_len;
+    assert_int_equal(kvt_msg_encode(&m, &env, &env_len), KVT_OK);
+    uint8_t *wire = malloc(env_len + KVT_MSG_ATTACH_PREFIX_MAX + att_len + 2);
+    memcpy(wire, env, env_len);
+    size_t len = env_len + kvt_msg_attach_prefix(att_len, wire + env_len);
+    memcpy(wire + len, att, att_len);
+    len += att_len;
+    if (mode == B_NOT_LAST) { /* the version field once more */
+        wire[len++] = 0x08;
+        wire[len++] = KVT_PROTO_VERSION;
+    }
+    kvt_free(env);
+    free(att);
+    free(hdrs);
+    free(dp);
+    free(d);
+    *len_p = len;
+    return wire;
+}
+
+static void hostile_on_msg(kvt_net_ep_t *ep, uint64_t req_id, uint32_t flags, const void *data,
+                           size_t len, void *arg)
+{
+    (void)flags;
+    hostile_t *h = arg;
+    kvt_msg_t *req = NULL;
+    if (kvt_msg_decode(data, len, &req) != KVT_OK)
+        return;
+    if (req->body_case == KVTIER__ENVELOPE__BODY_FETCH_REQUEST) {
+        atomic_fetch_add(&h->fetches, 1);
+        size_t n;
+        uint8_t *wire = hostile_wire(h, req->fetch_request, &n);
+        kvt_net_send(ep, req_id, KVT_NET_FLAG_REPLY, wire, n);
+        free(wire);
+    }
+    kvt_msg_free(req);
+}
+
+static void *hostile_main(void *arg)
+{
+    hostile_t *h = arg;
+    kvt_net_worker_params_t wp = {.on_msg = hostile_on_msg, .arg = h};
+    kvt_net_worker_t *w;
+    kvt_net_listener_t *l;
+    if (kvt_net_worker_create(&wp, &w) != KVT_OK || kvt_net_listen(w, "127.0.0.1:0", &l) != KVT_OK)
+        abort();
+    atomic_store(&h->port, kvt_net_listener_port(l));
+    while (!atomic_load(&h->stop))
+        kvt_net_worker_wait(w, 20);
+    kvt_net_listener_destroy(l);
+    kvt_net_worker_destroy(w);
+    return NULL;
+}
+
+typedef struct {
+    tu_chain_t chain;
+    hostile_t h;
+    kvt_net_worker_t *worker;
+    kvt_block_client_t *client;
+    kvt_pull_t items[N_BLOCKS];
+    uint8_t *dst[N_BLOCKS];
+} fx_t;
+
+static int fx_setup(void **state)
+{
+    fx_t *fx = calloc(1, sizeof(*fx));
+    tu_chain_make(&fx->chain, &g_id, N_BLOCKS, 7, NULL, 0);
+    fx->h = (hostile_t){.chain = &fx->chain, .payload_len = tu_payload_len(&g_id)};
+    assert_int_equal(pthread_create(&fx->h.thread, NULL, hostile_main, &fx->h), 0);
+    while (atomic_load(&fx->h.port) == 0)
+        usleep(1000);
+    char addr[64];
+    snprintf(addr, sizeof(addr), "127.0.0.1:%u", atomic_load(&fx->h.port));
+    kvt_net_worker_params_t wp = {0};
+    assert_int_equal(kvt_net_worker_create(&wp, &fx->worker), KVT_OK);
+    assert_int_equal(kvt_block_client_connect(fx->worker, addr, TIMEOUT_MS, &fx->client), KVT_OK);
+    for (int i = 0; i < N_BLOCKS; i++)
+        fx->dst[i] = malloc(fx->h.payload_len);
+    *state = fx;
+    return 0;
+}
+
+static int fx_teardown(void **state)
+{
+    fx_t *fx = *state;
+    kvt_block_client_close(fx->client);
+    kvt_net_worker_destroy(fx->worker);
+    atomic_store(&fx->h.stop, true);
+    pthread_join(fx->h.thread, NULL);
+    for (int i = 0; i < N_BLOCKS; i++)
+        free(fx->dst[i]);
+    tu_chain_free(&fx->chain);
+    free(fx);
+    return 0;
+}
+
+/* Pulls the whole chain under mode; statuses land in fx->items. */
+static kvt_status_t pull_all(fx_t *fx, bmode_t mode)
+{
+    atomic_store(&fx->h.mode, mode);
+    for (int i = 0; i < N_BLOCKS; i++) {
+        memset(fx->dst[i], 0, fx->h.payload_len);
+        fx->items[i] = (kvt_pull_t){.key = fx->chain.hdr[i].key, .dst = fx->dst[i],
+                                    .cap = fx->h.payload_len};
+    }
+    return kvt_block_client_pull(fx->client, fx->items, N_BLOCKS, &g_id, TIMEOUT_MS);
+}
+
+/* Each mode breaks exactly the blocks it names; the others pass with the
+ * right bytes. */
+static void test_broken_blocks_refused(void **state)
+{
+    fx_t *fx = *state;
+    static const struct {
+        bmode_t mode;
+        int bad[N_BLOCKS]; /* 1: expect CORRUPT */
+    } cases[] = {
+        {B_HONEST, {0, 0, 0, 0}},       {B_OFFSET_PAST_END, {0, 1, 0, 0}},
+        {B_SHORT_ATTACH, {0, 0, 0, 1}}, {B_FLIP, {0, 0, 1, 0}},
+        {B_SWAP, {1, 1, 0, 0}},         {B_HONEST, {0, 0, 0, 0}},
+    };
+    for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++) {
+        assert_int_equal(pull_all(fx, cases[c].mode), KVT_OK);
+        for (int i = 0; i < N_BLOCKS; i++) {
+            kvt_status_t want = cases[c].bad[i] ? KVT_ERR_CORRUPT : KVT_OK;
+            if (fx->items[i].status != want)
+                fail_msg("mode %d block %d: st=%d want=%d", cases[c].mode, i,
+                         fx->items[i].status, want);
+            if (want == KVT_OK)
+                assert_true(tu_payload_ok(&g_id, &fx->chain.hdr[i].key, fx->dst[i]));
+        }
+    }
+}
+
+/* A reply that does not parse as ours, or does not answer the fetch,
+ * fails the whole pull: no block counts. */
+static void test_broken_reply_fails_pull(void **state)
+{
+    fx_t *fx = *state;
+    const bmode_t modes[] = {B_NOT_LAST, B_FEWER_BLOCKS};
+    for (size_t m = 0; m < sizeof(modes) / sizeof(modes[0]); m++) {
+        assert_int_equal(pull_all(fx, modes[m]), KVT_ERR_CORRUPT);
+        for (int i = 0; i < N_BLOCKS; i++)
+            assert_int_equal(fx->items[i].status, KVT_ERR_CORRUPT);
+    }
+    assert_int_equal(pull_all(fx, B_HONEST), KVT_OK); /* the connection is still good */
+}
+
+/* A server that answers RETRY forever cannot keep the client looping:
+ * every round settles one block (TOO_LARGE), so N_BLOCKS rounds end it. */
+static void test_retry_forever_ends(void **state)
+{
+    fx_t *fx = *state;
+    uint64_t before = atomic_load(&fx->h.fetches);
+    assert_int_equal(pull_all(fx, B_ALL_RETRY), KVT_OK);
+    for (int i = 0; i < N_BLOCKS; i++)
+        assert_int_equal(fx->items[i].status, KVT_ERR_TOO_LARGE);
+    assert_int_equal(atomic_load(&fx->h.fetches) - before, N_BLOCKS);
+}
+
+int main(void)
+{
+    g_id = tu_identity();
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_broken_blocks_refused, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_broken_reply_fails_pull, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_retry_forever_ends, fx_setup, fx_teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
