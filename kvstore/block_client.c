@@ -291,14 +291,18 @@ static void release(kvt_block_client_t *c, uint64_t lease_id)
 
 /* What one fetch request asks for, and how many a round sends at once:
  * a round sends its requests before it reads any reply, so the server's
- * second reply travels while the first is read.  Two, not more: on UCX
- * 1.13 over one TCP lane, eight 512 KiB replies in flight collapsed to
- * ~0.3 GB/s (rendezvous and eager alike), where two in flight held
- * 1.4-2.6 GB/s (kvtier bench pull, bench/RESULTS.md 2026-11-22).  The
- * round also stays within what the receiving worker takes in flight by
+ * second reply travels while the first is read.  512 KiB of payload per
+ * request, so that its reply, headers included, fits the block server's
+ * 768 KiB inline target (a larger request comes back partly RETRY and
+ * costs another round).  Two in flight, not more: on UCX 1.13 over one
+ * TCP lane, eight 512 KiB replies in flight collapsed to ~0.3 GB/s
+ * (rendezvous and eager alike), and so did two 4 MiB ones, where two of
+ * about 1 MiB held 1.4-2.6 GB/s (kvtier bench pull, bench/RESULTS.md
+ * 2026-11-22).  A round asks for at most 2 MiB (one block at least),
+ * also well within what the receiving worker takes in flight by
  * rendezvous (at least 16 MiB per endpoint, net/netInt.h): a reply over
  * that budget would be dropped and its request time out. */
-#define PULL_CHUNK_BYTES (1u << 20)
+#define PULL_CHUNK_BYTES (512u << 10)
 #define PULL_ROUND_BYTES (2u << 20)
 #define PULL_MAX_REQUESTS 2
 
