@@ -363,15 +363,14 @@ static kvt_status_t send_attached(kvt_block_server_t *srv, kvt_net_ep_t *ep, uin
     size_t att = 0;
     for (size_t i = 0; i < lease->n_views; i++)
         att += lease->views[i].payload_len;
-    size_t env_len = kvtier__envelope__get_packed_size(msg);
+    size_t env_len = kvt_msg_encoded_len(msg);
+    size_t need = env_len + KVT_MSG_ATTACH_PREFIX_MAX + att;
     wire_buf_t *wb = NULL;
-    kvt_status_t st = env_len + KVT_MSG_ATTACH_PREFIX_MAX + att > KVT_PROTO_MAX_MSG
-                          ? KVT_ERR_TOO_LARGE
-                          : wire_get(srv, env_len + KVT_MSG_ATTACH_PREFIX_MAX + att, &wb);
+    kvt_status_t st = need > KVT_PROTO_MAX_MSG ? KVT_ERR_TOO_LARGE : wire_get(srv, need, &wb);
+    if (st == KVT_OK && (st = kvt_msg_encode_to(msg, wb->data, wb->cap, &env_len)) != KVT_OK)
+        wire_put(srv, wb);
     if (st == KVT_OK) {
-        uint8_t *p = wb->data;
-        msg->version = KVT_PROTO_VERSION;
-        p += kvtier__envelope__pack(msg, p);
+        uint8_t *p = wb->data + env_len;
         p += kvt_msg_attach_prefix(att, p);
         for (size_t i = 0; i < lease->n_views; i++) {
             memcpy(p, lease->views[i].payload, lease->views[i].payload_len);

@@ -380,24 +380,43 @@ kvt_status_t kvt_msg_encode(kvt_msg_t *msg, uint8_t **buf_p, size_t *len_p)
 {
     if (!msg || !buf_p || !len_p)
         return KVT_ERR_INVALID;
-    msg->version = KVT_PROTO_VERSION;
-    size_t n = kvtier__envelope__get_packed_size(msg);
+    size_t n = kvt_msg_encoded_len(msg);
     if (n > KVT_PROTO_MAX_MSG) {
         kvt_log_debug("proto encode refused body=%s reason=too large len=%zu max=%u",
                       kvt_msg_body_name(msg->body_case), n, KVT_PROTO_MAX_MSG);
         return KVT_ERR_TOO_LARGE;
     }
-    uint8_t *buf = kvt_malloc("proto message", n);
+    uint8_t *buf = kvt_malloc("proto message", n ? n : 1);
     if (!buf)
         return KVT_ERR_NOMEM;
+    kvt_status_t st = kvt_msg_encode_to(msg, buf, n, len_p);
+    if (st != KVT_OK) {
+        kvt_free(buf);
+        return st;
+    }
+    *buf_p = buf;
+    return KVT_OK;
+}
+
+size_t kvt_msg_encoded_len(kvt_msg_t *msg)
+{
+    msg->version = KVT_PROTO_VERSION;
+    return kvtier__envelope__get_packed_size(msg);
+}
+
+kvt_status_t kvt_msg_encode_to(kvt_msg_t *msg, uint8_t *buf, size_t cap, size_t *len_p)
+{
+    if (!msg || !buf || !len_p)
+        return KVT_ERR_INVALID;
+    size_t n = kvt_msg_encoded_len(msg);
+    if (n > cap || n > KVT_PROTO_MAX_MSG)
+        return KVT_ERR_TOO_LARGE;
     size_t w = kvtier__envelope__pack(msg, buf);
     if (w != n) { /* protobuf-c disagreeing with itself: a bug, not input */
         kvt_log_error("proto encode size mismatch body=%s packed=%zu sized=%zu",
                       kvt_msg_body_name(msg->body_case), w, n);
-        kvt_free(buf);
         return KVT_ERR_INVALID;
     }
-    *buf_p = buf;
     *len_p = n;
     return KVT_OK;
 }

@@ -62,6 +62,12 @@ size_t kvt_msg_attach_prefix(size_t att_len, uint8_t out[KVT_MSG_ATTACH_PREFIX_M
 kvt_status_t kvt_msg_decode_attached(const void *buf, size_t len, kvt_msg_t **msg_p,
                                      const uint8_t **att_p, size_t *att_len_p);
 
+/* Encoding into the caller's buffer: encoded_len sets msg's version and
+ * says how many bytes encode_to will write; encode_to writes them at buf
+ * (KVT_ERR_TOO_LARGE when they exceed cap or KVT_PROTO_MAX_MSG). */
+size_t kvt_msg_encoded_len(kvt_msg_t *msg);
+kvt_status_t kvt_msg_encode_to(kvt_msg_t *msg, uint8_t *buf, size_t cap, size_t *len_p);
+
 /* An Error envelope, encoded. */
 kvt_status_t kvt_msg_encode_error(kvt_status_t code, const char *message, uint8_t **buf_p,
                                   size_t *len_p);
