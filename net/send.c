@@ -212,9 +212,14 @@ kvt_status_t kvt_net_sendv(kvt_net_ep_t *ep, uint64_t req_id, uint32_t flags,
     for (size_t i = 0; i < n; i++) {
         if (iov[i].len && !iov[i].data)
             return KVT_ERR_INVALID;
+        /* Checked before adding: a sum that wrapped around would pass as small. */
+        if (iov[i].len > SIZE_MAX - len) {
+            len = SIZE_MAX;
+            break;
+        }
         len += iov[i].len;
         if (len > ep->worker->max_msg)
-            break; /* send_check refuses it; no overflow on the way */
+            break; /* send_check refuses it */
     }
     kvt_status_t st = send_check(ep, len);
     if (st == KVT_OK)
