@@ -357,9 +357,12 @@ static kvt_status_t pull_round(kvt_block_client_t *c, kvt_pull_t *items, size_t 
     size_t n_req = chunk_plan(items, pending, n, starts);
     kvt_net_req_t reqs[PULL_MAX_REQUESTS] = {{0}};
     kvt_status_t st = KVT_OK;
-    for (size_t i = 0; st == KVT_OK && i < n_req; i++)
-        st = fetch_encode(c, items, pending + starts[i], starts[i + 1] - starts[i],
-                          (uint8_t **)&reqs[i].data, &reqs[i].len);
+    for (size_t i = 0; st == KVT_OK && i < n_req; i++) {
+        uint8_t *buf = NULL;
+        st = fetch_encode(c, items, pending + starts[i], starts[i + 1] - starts[i], &buf,
+                          &reqs[i].len);
+        reqs[i].data = buf;
+    }
     if (st == KVT_OK)
         st = kvt_net_request_many(c->ep, reqs, n_req, timeout_ms);
     memset(retry, 0, n * sizeof(*retry));
