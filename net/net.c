@@ -271,20 +271,16 @@ static void rndv_unreserve(kvt_net_worker_t *w, kvt_net_ep_t *ep, size_t len)
         ep->rndv_bytes -= rndv_charge(len);
 }
 
-static bool rndv_reserve(kvt_net_worker_t *w, kvt_net_ep_t *ep, size_t len)
+static bool rndv_fits(const kvt_net_worker_t *w, const kvt_net_ep_t *ep, size_t len)
 {
     size_t c = rndv_charge(len);
-    if (w->rndv_bytes + c <= w->rndv_cap && ep->rndv_bytes + c <= w->rndv_ep_cap) {
-        w->rndv_bytes += c;
-        ep->rndv_bytes += c;
-        return true;
-    }
-    /* Once per endpoint: a stalling peer would otherwise flood the log. */
-    if (!ep->rndv_warned)
-        kvt_log_warn("net rendezvous dropped, over budget peer=%s len=%zu ep_bytes=%zu "
-                     "worker_bytes=%zu", ep->peer, len, ep->rndv_bytes, w->rndv_bytes);
-    ep->rndv_warned = true;
-    return false;
+    return w->rndv_bytes + c <= w->rndv_cap && ep->rndv_bytes + c <= w->rndv_ep_cap;
+}
+
+static void rndv_reserve(kvt_net_worker_t *w, kvt_net_ep_t *ep, size_t len)
+{
+    w->rndv_bytes += rndv_charge(len);
+    ep->rndv_bytes += rndv_charge(len);
 }
 
 static void rndv_link(kvt_net_worker_t *w, net_rndv_t *r)
@@ -326,20 +322,20 @@ static void rndv_done(void *request, ucs_status_t status, size_t length, void *u
     kvt_free(r);
 }
 
-/* Returning without ucp_am_recv_data_nbx (over budget, no memory) makes
- * the handler's UCS_OK drop the data. */
+/* Starts receiving into a buffer of our own, charged to the budget (which
+ * the caller checked).  Without memory the message is released: dropped,
+ * and the sender's send completes. */
 static void rndv_start(kvt_net_worker_t *w, kvt_net_ep_t *ep, uint64_t req_id, uint32_t flags,
                        void *desc, size_t len)
 {
-    if (!rndv_reserve(w, ep, len))
-        return;
     net_rndv_t *r = kvt_calloc("net rndv", 1, sizeof(*r));
     void *buf = r ? kvt_malloc("net rndv data", len ? len : 1) : NULL;
     if (!buf) {
         kvt_free(r);
-        rndv_unreserve(w, ep, len);
+        ucp_am_data_release(w->uw, desc);
         return;
     }
+    rndv_reserve(w, ep, len);
     *r = (net_rndv_t){.worker = w, .ep = ep, .req_id = req_id, .flags = flags, .len = len,
                       .buf = buf};
     /* Linked first, so every path out goes through rndv_done's unlink:
@@ -356,6 +352,89 @@ static void rndv_start(kvt_net_worker_t *w, kvt_net_ep_t *ep, uint64_t req_id, u
         kvt_log_warn("net rendezvous receive failed peer=%s len=%zu cause=%s", ep->peer, len,
                      ucs_status_string(UCS_PTR_STATUS(req)));
         rndv_done(NULL, UCS_PTR_STATUS(req), 0, r);
+    }
+}
+
+/* A rendezvous message announced: received now if the budget has room and
+ * none of its endpoint's is waiting (per-endpoint order), else kept for
+ * rndv_resume (UCS_INPROGRESS keeps UCX's descriptor).  Only a peer with
+ * NET_DEFER_EP_MAX already waiting loses one (logged once per endpoint). */
+static ucs_status_t rndv_arrive(kvt_net_worker_t *w, kvt_net_ep_t *ep, uint64_t req_id,
+                                uint32_t flags, void *desc, size_t len)
+{
+    if (ep->n_defer == 0 && rndv_fits(w, ep, len)) {
+        rndv_start(w, ep, req_id, flags, desc, len);
+        return UCS_OK;
+    }
+    net_defer_t *d = ep->n_defer < NET_DEFER_EP_MAX ? kvt_calloc("net defer", 1, sizeof(*d)) : NULL;
+    if (!d) {
+        if (!ep->rndv_warned)
+            kvt_log_warn("net rendezvous dropped, too many waiting peer=%s len=%zu waiting=%zu",
+                         ep->peer, len, ep->n_defer);
+        ep->rndv_warned = true;
+        return UCS_OK; /* UCX drops it; the sender's send completes */
+    }
+    *d = (net_defer_t){.ep = ep, .req_id = req_id, .flags = flags, .desc = desc, .len = len};
+    if (w->defer_tail)
+        w->defer_tail->next = d;
+    else
+        w->defer_head = d;
+    w->defer_tail = d;
+    ep->n_defer++;
+    return UCS_INPROGRESS;
+}
+
+/* Unlinks d (whose predecessor is prev) from the waiting list. */
+static void defer_unlink(kvt_net_worker_t *w, net_defer_t *prev, net_defer_t *d)
+{
+    if (prev)
+        prev->next = d->next;
+    else
+        w->defer_head = d->next;
+    if (w->defer_tail == d)
+        w->defer_tail = prev;
+    d->ep->n_defer--;
+}
+
+/* Starts the waiting messages that fit now, in order per endpoint; runs
+ * after progress returns (never inside a UCX callback).  Returns how many
+ * started.  An endpoint going away releases its own (rndv_forget). */
+static unsigned rndv_resume(kvt_net_worker_t *w)
+{
+    unsigned started = 0;
+    net_defer_t *prev = NULL, *d = w->defer_head;
+    while (d) {
+        net_defer_t *next = d->next;
+        if (!d->ep->defer_blocked && rndv_fits(w, d->ep, d->len)) {
+            defer_unlink(w, prev, d);
+            rndv_start(w, d->ep, d->req_id, d->flags, d->desc, d->len);
+            kvt_free(d);
+            started++;
+        } else {
+            d->ep->defer_blocked = true;
+            prev = d;
+        }
+        d = next;
+    }
+    for (d = w->defer_head; d; d = d->next)
+        d->ep->defer_blocked = false;
+    return started;
+}
+
+/* Releases the waiting messages of ep (all of them when ep is NULL). */
+static void rndv_forget(kvt_net_worker_t *w, const kvt_net_ep_t *ep)
+{
+    net_defer_t *prev = NULL, *d = w->defer_head;
+    while (d) {
+        net_defer_t *next = d->next;
+        if (!ep || d->ep == ep) {
+            defer_unlink(w, prev, d);
+            ucp_am_data_release(w->uw, d->desc);
+            kvt_free(d);
+        } else {
+            prev = d;
+        }
+        d = next;
     }
 }
 
@@ -389,10 +468,8 @@ static ucs_status_t am_data_cb(void *arg, const void *header, size_t header_leng
                      length, hlen, w->max_msg);
         return UCS_OK; /* for rendezvous data this tells the sender it is dropped */
     }
-    if (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) {
-        rndv_start(w, ep, req_id, flags, data, length);
-        return UCS_OK;
-    }
+    if (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV)
+        return rndv_arrive(w, ep, req_id, flags, data, length);
     void *buf = kvt_malloc("net message", length ? length : 1);
     if (!buf)
         return UCS_OK;
@@ -431,6 +508,8 @@ static unsigned deliver_queued(kvt_net_worker_t *w)
         deliver_one(w, ev);
         n++;
     }
+    if (w->defer_head) /* budget freed by receives that completed */
+        n += rndv_resume(w);
     return n;
 }
 
@@ -578,6 +657,7 @@ void kvt_net_ep_detach(kvt_net_ep_t *ep)
     ep->closing = true;
     kvt_net_ev_purge(w, ep, NULL);
     pending_fail(w, ep, KVT_ERR_CLOSED);
+    rndv_forget(w, ep);
     for (net_rndv_t *r = w->rndv; r; r = r->next)
         if (r->ep == ep)
             r->ep = NULL;
@@ -838,6 +918,7 @@ void kvt_net_worker_destroy(kvt_net_worker_t *w)
         kvt_log_warn("net worker destroyed with operations in flight sends=%zu rndv=%d zombies=%d",
                      w->n_sends, w->rndv != NULL, w->zombies != NULL);
     ev_discard_all(w);
+    rndv_forget(w, NULL);
     kvt_net_mem_destroy_all(w);
     ucp_worker_destroy(w->uw); /* releases what is still in flight */
     ev_discard_all(w);         /* sends that completed in there */

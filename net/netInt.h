@@ -82,6 +82,19 @@ typedef struct net_rndv {
     void *buf;
 } net_rndv_t;
 
+/* A rendezvous message waiting for budget: UCX keeps its descriptor (the
+ * handler said UCS_INPROGRESS) and the sender's send stays in flight until
+ * the receive starts, so a slow reader pushes back instead of losing it. */
+typedef struct net_defer {
+    struct net_defer *next;
+    kvt_net_ep_t *ep;
+    uint64_t req_id;
+    uint32_t flags;
+    void *desc;
+    size_t len;
+} net_defer_t;
+#define NET_DEFER_EP_MAX 1024      /* per endpoint; dropped (logged) beyond */
+
 struct kvt_net_ep {
     kvt_net_worker_t *worker;
     ucp_ep_h uep;                 /* NULL once closed at the UCX level */
@@ -96,6 +109,8 @@ struct kvt_net_ep {
     bool closing;
     bool accepted;                /* from a listener: counts in n_accepted */
     bool rndv_warned;             /* a receive over budget was logged */
+    bool defer_blocked;           /* rndv_resume: an earlier one of it waits */
+    size_t n_defer;               /* its rendezvous messages waiting for budget */
     bool send_warned;             /* a send over its bound was logged */
     size_t rndv_bytes;            /* charged by its rendezvous receives */
     size_t send_bytes;            /* charged by its sends in flight */
@@ -143,6 +158,7 @@ struct kvt_net_worker {
     size_t ev_bytes, ev_cap;      /* undelivered events, payload + record */
     net_pending_t *pending;
     net_rndv_t *rndv;
+    net_defer_t *defer_head, *defer_tail; /* FIFO, waiting for budget */
     size_t rndv_bytes, rndv_cap, rndv_ep_cap; /* receives in flight, budgets */
     uint64_t next_req_id;
     net_send_t *sends;            /* sends whose completion has not run */
