@@ -405,7 +405,11 @@ static unsigned rndv_resume(kvt_net_worker_t *w)
     net_defer_t *prev = NULL, *d = w->defer_head;
     while (d) {
         net_defer_t *next = d->next;
-        if (!d->ep->defer_blocked && rndv_fits(w, d->ep, d->len)) {
+        if (!d->ep->alive) { /* its peer failed: the message goes with it */
+            defer_unlink(w, prev, d);
+            ucp_am_data_release(w->uw, d->desc);
+            kvt_free(d);
+        } else if (!d->ep->defer_blocked && rndv_fits(w, d->ep, d->len)) {
             defer_unlink(w, prev, d);
             rndv_start(w, d->ep, d->req_id, d->flags, d->desc, d->len);
             kvt_free(d);
@@ -678,6 +682,7 @@ void kvt_net_ep_force_close(kvt_net_ep_t *ep)
     kvt_net_worker_t *w = ep->worker;
     ep->alive = false;
     pending_fail(w, ep, KVT_ERR_CLOSED);
+    rndv_forget(w, ep); /* before UCX drops the endpoint they belong to */
     if (!ep->uep)
         return;
     ucp_request_param_t prm = {.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS,
