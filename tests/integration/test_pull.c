@@ -22,6 +22,7 @@
 #include "kvstore/block_server.h"
 #include "kvstore/tail.h"
 #include "proto/msg.h"
+#include "tests/support/net_thread.h"
 #include "tests/support/testutil.h"
 
 #include <pthread.h>
@@ -794,10 +795,8 @@ typedef enum {
 } hmode_t;
 
 typedef struct {
-    pthread_t thread;
-    _Atomic bool stop;
+    tu_net_thread_t server;
     _Atomic int mode;
-    _Atomic uint16_t port;
     _Atomic uint64_t fetches;
     const tail_fx_t *tail;
 } hostile_t;
@@ -864,22 +863,6 @@ static void hostile_on_msg(kvt_net_ep_t *ep, uint64_t req_id, uint32_t flags, co
     kvt_msg_free(req);
 }
 
-static void *hostile_main(void *arg)
-{
-    hostile_t *h = arg;
-    kvt_net_worker_params_t wp = {.on_msg = hostile_on_msg, .arg = h};
-    kvt_net_worker_t *w;
-    kvt_net_listener_t *l;
-    if (kvt_net_worker_create(&wp, &w) != KVT_OK || kvt_net_listen(w, "127.0.0.1:0", &l) != KVT_OK)
-        abort();
-    atomic_store(&h->port, kvt_net_listener_port(l));
-    while (!atomic_load(&h->stop))
-        kvt_net_worker_wait(w, 20);
-    kvt_net_listener_destroy(l);
-    kvt_net_worker_destroy(w);
-    return NULL;
-}
-
 /* Every way a reply can name another tail, or carry other bytes, is
  * refused; the same server's honest reply passes (so each refusal is the
  * field's doing). */
@@ -890,14 +873,10 @@ static void test_tail_hostile_server(void **state)
     tail_fx_t t;
     tail_make(fx, &t);
     hostile_t h = {.tail = &t};
-    assert_int_equal(pthread_create(&h.thread, NULL, hostile_main, &h), 0);
-    while (atomic_load(&h.port) == 0)
-        usleep(1000);
-    char addr[64];
-    snprintf(addr, sizeof(addr), "127.0.0.1:%u", atomic_load(&h.port));
+    tu_net_thread_start(&h.server, hostile_on_msg, &h);
     kvt_net_worker_params_t wp = {0};
     assert_int_equal(kvt_net_worker_create(&wp, &fx->worker), KVT_OK);
-    assert_int_equal(kvt_block_client_connect(fx->worker, addr, TIMEOUT_MS, &fx->client), KVT_OK);
+    assert_int_equal(kvt_block_client_connect(fx->worker, h.server.addr, TIMEOUT_MS, &fx->client), KVT_OK);
     static const struct {
         hmode_t mode;
         kvt_status_t want;
@@ -928,8 +907,7 @@ static void test_tail_hostile_server(void **state)
     assert_int_equal(atomic_load(&h.fetches), sizeof(cases) / sizeof(cases[0]));
     kvt_block_client_close(fx->client);
     fx->client = NULL;
-    atomic_store(&h.stop, true);
-    pthread_join(h.thread, NULL);
+    tu_net_thread_stop(&h.server);
 }
 
 int main(int argc, char **argv)

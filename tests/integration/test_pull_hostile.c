@@ -16,6 +16,7 @@
 #include "common/alloc.h"
 #include "kvstore/block_client.h"
 #include "proto/msg.h"
+#include "tests/support/net_thread.h"
 #include "tests/support/testutil.h"
 
 #include <pthread.h>
@@ -39,10 +40,8 @@ typedef enum {
 } bmode_t;
 
 typedef struct {
-    pthread_t thread;
-    _Atomic bool stop;
+    tu_net_thread_t server;
     _Atomic int mode;
-    _Atomic uint16_t port;
     _Atomic uint64_t fetches;
     const tu_chain_t *chain;
     size_t payload_len;
@@ -138,22 +137,6 @@ static void hostile_on_msg(kvt_net_ep_t *ep, uint64_t req_id, uint32_t flags, co
     kvt_msg_free(req);
 }
 
-static void *hostile_main(void *arg)
-{
-    hostile_t *h = arg;
-    kvt_net_worker_params_t wp = {.on_msg = hostile_on_msg, .arg = h};
-    kvt_net_worker_t *w;
-    kvt_net_listener_t *l;
-    if (kvt_net_worker_create(&wp, &w) != KVT_OK || kvt_net_listen(w, "127.0.0.1:0", &l) != KVT_OK)
-        abort();
-    atomic_store(&h->port, kvt_net_listener_port(l));
-    while (!atomic_load(&h->stop))
-        kvt_net_worker_wait(w, 20);
-    kvt_net_listener_destroy(l);
-    kvt_net_worker_destroy(w);
-    return NULL;
-}
-
 typedef struct {
     tu_chain_t chain;
     hostile_t h;
@@ -168,14 +151,10 @@ static int fx_setup(void **state)
     fx_t *fx = calloc(1, sizeof(*fx));
     tu_chain_make(&fx->chain, &g_id, N_BLOCKS, 7, NULL, 0);
     fx->h = (hostile_t){.chain = &fx->chain, .payload_len = tu_payload_len(&g_id)};
-    assert_int_equal(pthread_create(&fx->h.thread, NULL, hostile_main, &fx->h), 0);
-    while (atomic_load(&fx->h.port) == 0)
-        usleep(1000);
-    char addr[64];
-    snprintf(addr, sizeof(addr), "127.0.0.1:%u", atomic_load(&fx->h.port));
+    tu_net_thread_start(&fx->h.server, hostile_on_msg, &fx->h);
     kvt_net_worker_params_t wp = {0};
     assert_int_equal(kvt_net_worker_create(&wp, &fx->worker), KVT_OK);
-    assert_int_equal(kvt_block_client_connect(fx->worker, addr, TIMEOUT_MS, &fx->client), KVT_OK);
+    assert_int_equal(kvt_block_client_connect(fx->worker, fx->h.server.addr, TIMEOUT_MS, &fx->client), KVT_OK);
     for (int i = 0; i < N_BLOCKS; i++)
         fx->dst[i] = malloc(fx->h.payload_len);
     *state = fx;
@@ -187,8 +166,7 @@ static int fx_teardown(void **state)
     fx_t *fx = *state;
     kvt_block_client_close(fx->client);
     kvt_net_worker_destroy(fx->worker);
-    atomic_store(&fx->h.stop, true);
-    pthread_join(fx->h.thread, NULL);
+    tu_net_thread_stop(&fx->h.server);
     for (int i = 0; i < N_BLOCKS; i++)
         free(fx->dst[i]);
     tu_chain_free(&fx->chain);
