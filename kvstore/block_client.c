@@ -74,7 +74,9 @@ static kvt_status_t ensure_connected(kvt_block_client_t *c, int timeout_ms)
  * payloads are read where they landed, in the attachment. */
 typedef struct {
     kvt_msg_t *msg;
+    kvt_net_worker_t *worker;     /* raw goes back to it, for reuse */
     void *raw;
+    size_t raw_len;
     const uint8_t *att;
     size_t att_len;
 } reply_t;
@@ -82,7 +84,7 @@ typedef struct {
 static void reply_free(reply_t *r)
 {
     kvt_msg_free(r->msg);
-    kvt_free(r->raw);
+    kvt_net_reply_free(r->worker, r->raw, r->raw_len);
     *r = (reply_t){0};
 }
 
@@ -100,12 +102,12 @@ static kvt_status_t refused(const kvt_block_client_t *c, const Kvtier__Error *e)
  * on an error); an Error reply becomes its status. */
 static kvt_status_t reply_take(kvt_block_client_t *c, void *raw, size_t len, reply_t *r)
 {
-    *r = (reply_t){.raw = raw};
+    *r = (reply_t){.worker = c->worker, .raw = raw, .raw_len = len};
     kvt_status_t st = kvt_msg_decode_attached(raw, len, &r->msg, &r->att, &r->att_len);
     if (st != KVT_OK) {
         kvt_log_error("block client got an undecodable reply peer=%s err=\"%s\"",
                       kvt_net_ep_peer(c->ep), kvt_status_str(st));
-        kvt_free(raw);
+        kvt_net_reply_free(c->worker, raw, len);
         *r = (reply_t){0};
         return KVT_ERR_CORRUPT;
     }
@@ -376,7 +378,7 @@ static kvt_status_t pull_round(kvt_block_client_t *c, kvt_pull_t *items, size_t 
             reply_free(&r);
         }
         kvt_free((void *)reqs[i].data);
-        kvt_free(reqs[i].reply);
+        kvt_net_reply_free(c->worker, reqs[i].reply, reqs[i].reply_len);
     }
     size_t left = 0;
     for (size_t k = 0; k < n; k++)
@@ -508,6 +510,11 @@ kvt_status_t kvt_block_client_pull_tail(kvt_block_client_t *c, const kvt_block_k
 bool kvt_block_client_alive(const kvt_block_client_t *client)
 {
     return client && kvt_net_ep_alive(client->ep);
+}
+
+bool kvt_block_client_lane(const kvt_block_client_t *client)
+{
+    return kvt_block_client_alive(client) && kvt_net_ep_lane(client->ep);
 }
 
 /* --- clients of several peers --- */

@@ -75,6 +75,9 @@ kvt_status_t kvt_block_client_pull_tail(kvt_block_client_t *client, const kvt_bl
 /* The connection is up now.  A client that is not alive stays usable:
  * its next pull or pull_tail connects again.  False for NULL. */
 bool kvt_block_client_alive(const kvt_block_client_t *client);
+/* The server sends to this client over a same-host lane (shared memory
+ * when UCX can: net.h, kvt_net_ep_lane).  False for NULL or while down. */
+bool kvt_block_client_lane(const kvt_block_client_t *client);
 
 /* Clients of several peers on one worker, connected on first use and
  * reconnected by kvt_block_peers_get when their peer died (so that it can

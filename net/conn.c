@@ -108,29 +108,64 @@ static kvt_status_t connect_start(kvt_net_worker_t *w, const char *host_port,
     return KVT_OK;
 }
 
-kvt_status_t kvt_net_connect(kvt_net_worker_t *w, const char *host_port, int timeout_ms,
-                             kvt_net_ep_t **ep_p)
+/* One connect: the client-server endpoint, then hello -> ack, the hello
+ * carrying a same-host lane offer when offer_lane (lane.c). */
+static kvt_status_t connect_once(kvt_net_worker_t *w, const char *host_port, uint64_t deadline,
+                                 bool offer_lane, kvt_net_ep_t **ep_p, ucs_status_t *why_p)
 {
+    *why_p = UCS_OK;
     kvt_net_ep_t *ep;
     kvt_status_t st = connect_start(w, host_port, &ep);
     if (st != KVT_OK)
         return st;
-    st = kvt_net_am_send(ep, NET_AM_CTRL, 0, NET_CTRL_HELLO, NULL, 0);
-    uint64_t deadline = kvt_net_deadline(timeout_ms);
+    void *hello = NULL;
+    size_t hello_len = 0;
+    if (offer_lane)
+        st = kvt_net_lane_offer(ep, &hello, &hello_len);
+    if (st == KVT_OK)
+        st = kvt_net_am_send(ep, NET_AM_CTRL, 0, NET_CTRL_HELLO, hello, hello_len);
+    kvt_free(hello);
     while (st == KVT_OK && !ep->hello_acked && ep->alive && kvt_time_ns() < deadline)
         kvt_net_step(w, deadline, false);
     if (st == KVT_OK && ep->hello_acked && ep->alive) {
         ep->published = true;
-        kvt_log_debug("net connected peer=%s", ep->peer);
+        kvt_log_debug("net connected peer=%s lane=%d", ep->peer, ep->lane_up);
         *ep_p = ep;
         return KVT_OK;
     }
     if (st == KVT_OK)
         st = ep->alive ? KVT_ERR_AGAIN : KVT_ERR_IO;
-    kvt_log_info("net connect failed peer=%s status=%s cause=%s", host_port,
-                 kvt_status_str(st), ep->alive ? "timeout" : ucs_status_string(ep->err));
+    *why_p = ep->err;
+    kvt_log_info("net connect failed peer=%s status=%s lane_offered=%d cause=%s", host_port,
+                 kvt_status_str(st), hello_len > 0,
+                 ep->alive ? "timeout" : ucs_status_string(ep->err));
     kvt_net_ep_detach(ep);
     kvt_net_ep_finish(ep, UCP_EP_CLOSE_FLAG_FORCE, NET_CLOSE_MS);
+    return st;
+}
+
+kvt_status_t kvt_net_connect(kvt_net_worker_t *w, const char *host_port, int timeout_ms,
+                             kvt_net_ep_t **ep_p)
+{
+    uint64_t deadline = kvt_net_deadline(timeout_ms);
+    if (!w->lanes)
+        return connect_once(w, host_port, deadline, false, ep_p, &(ucs_status_t){0});
+    /* With a lane offered, the ack comes on the lane, so a lane UCX cannot
+     * wire (shared memory the identity check let through but UCX could not
+     * attach: the lane has no peer error handling to say so) shows only as
+     * a missing ack.  Half the time for that try, then the rest for one
+     * without an offer.  Not after a refusal: nobody listens, or the
+     * server is at its cap. */
+    uint64_t now = kvt_time_ns();
+    ucs_status_t why;
+    kvt_status_t st = connect_once(w, host_port, now + (deadline - now) / 2, true, ep_p, &why);
+    bool refused = why == UCS_ERR_NOT_CONNECTED || why == UCS_ERR_REJECTED ||
+                   why == UCS_ERR_UNREACHABLE;
+    if ((st == KVT_ERR_IO || st == KVT_ERR_AGAIN) && !refused && kvt_time_ns() < deadline) {
+        kvt_log_warn("net connect failed with a same-host lane offered, retrying without "
+                     "peer=%s status=%s", host_port, kvt_status_str(st));
+        st = connect_once(w, host_port, deadline, false, ep_p, &why);
+    }
     return st;
 }
 

@@ -1,10 +1,11 @@
 /* net: UCX workers, endpoints and framed messages (contract: net.h);
- * sends are in send.c, connect and listen in conn.c, registration and
- * gets in rma.c.
+ * sends are in send.c, connect and listen in conn.c, same-host lanes in
+ * lane.c, receive buffers in buf.c, registration and gets in rma.c.
  *
  * Wire: every message is a UCX active message (id NET_AM_DATA) whose UCX
- * header is 16 bytes {u64 req_id, u32 flags, u32 len} little-endian and
- * whose data is the payload.  A receiver drops (and logs) anything whose
+ * header is 16 bytes {u64 req_id, u32 flags, u32 len} little-endian (24
+ * on a same-host lane: the lane token appended, lane.c) and whose data is
+ * the payload.  A receiver drops (and logs) anything whose
  * header is malformed, whose len differs from the length UCX delivered, or
  * which exceeds max_msg_bytes.  Connection set-up adds one round trip on
  * NET_AM_CTRL (hello -> ack): a client-server UCX endpoint accepts sends at
@@ -30,6 +31,8 @@
 #include <string.h>
 
 static void ep_err_cb(void *arg, ucp_ep_h uep, ucs_status_t status);
+static bool close_running(void *req);
+static void close_free(void *req);
 
 kvt_status_t kvt_net_status(ucs_status_t status)
 {
@@ -149,9 +152,12 @@ static net_ev_t *ev_pop(kvt_net_worker_t *w)
     return ev;
 }
 
-static void ev_free(net_ev_t *ev)
+static void ev_free(kvt_net_worker_t *w, net_ev_t *ev)
 {
-    kvt_free(ev->data);
+    if (ev->type == NET_EV_MSG)
+        kvt_net_buf_put(w, ev->data, ev->len);
+    else
+        kvt_free(ev->data);
     ev->data = NULL;
     if (!ev->embedded)
         kvt_free(ev);
@@ -166,7 +172,7 @@ static void ev_discard_all(kvt_net_worker_t *w)
         if (ev->type == NET_EV_SENT)
             kvt_net_sent_deliver(ev);
         else
-            ev_free(ev);
+            ev_free(w, ev);
     }
 }
 
@@ -180,7 +186,7 @@ void kvt_net_ev_purge(kvt_net_worker_t *w, const kvt_net_ep_t *ep, const kvt_net
         if (drop && ev->type == NET_EV_ACCEPT)
             ucp_listener_reject(ev->listener->ul, ev->conn_req);
         if (drop) {
-            ev_free(ev);
+            ev_free(w, ev);
             continue;
         }
         ev->next = NULL;
@@ -235,7 +241,7 @@ static void deliver(kvt_net_worker_t *w, kvt_net_ep_t *ep, uint64_t req_id, uint
         }
         kvt_log_debug("net reply dropped, nobody waits peer=%s req_id=%llu len=%zu", ep->peer,
                       (unsigned long long)req_id, len);
-        kvt_free(buf);
+        kvt_net_buf_put(w, buf, len);
         return;
     }
     net_ev_t *ev = NULL;
@@ -244,7 +250,7 @@ static void deliver(kvt_net_worker_t *w, kvt_net_ep_t *ep, uint64_t req_id, uint
     if (!ev) {
         kvt_log_warn("net message dropped, queue full peer=%s len=%zu queued=%zu", ep->peer, len,
                      w->ev_bytes);
-        kvt_free(buf);
+        kvt_net_buf_put(w, buf, len);
         return;
     }
     ev->type = NET_EV_MSG;
@@ -317,7 +323,7 @@ static void rndv_done(void *request, ucs_status_t status, size_t length, void *u
     } else {
         kvt_log_debug("net rendezvous receive dropped status=%s len=%zu got=%zu",
                       ucs_status_string(status), r->len, length);
-        kvt_free(r->buf);
+        kvt_net_buf_put(w, r->buf, r->len);
     }
     kvt_free(r);
 }
@@ -329,7 +335,7 @@ static void rndv_start(kvt_net_worker_t *w, kvt_net_ep_t *ep, uint64_t req_id, u
                        void *desc, size_t len)
 {
     net_rndv_t *r = kvt_calloc("net rndv", 1, sizeof(*r));
-    void *buf = r ? kvt_malloc("net rndv data", len ? len : 1) : NULL;
+    void *buf = r ? kvt_net_buf_get(w, len) : NULL;
     if (!buf) {
         kvt_free(r);
         ucp_am_data_release(w->uw, desc);
@@ -442,11 +448,19 @@ static void rndv_forget(kvt_net_worker_t *w, const kvt_net_ep_t *ep)
     }
 }
 
-static kvt_net_ep_t *am_source(kvt_net_worker_t *w, const ucp_am_recv_param_t *param)
+/* The connection a message came from: on a same-host lane the token at
+ * the end of the header names it, elsewhere the sender's reply endpoint
+ * does.  NULL for a closed or unknown sender or a header of the wrong
+ * size; *hdr_ok says which (a wrong size is logged by the caller). */
+static kvt_net_ep_t *am_source(kvt_net_worker_t *w, const void *header, size_t header_length,
+                               const ucp_am_recv_param_t *param, bool *hdr_ok)
 {
-    if (!(param->recv_attr & UCP_AM_RECV_ATTR_FIELD_REPLY_EP))
-        return NULL;
-    kvt_net_ep_t *ep = ep_lookup(w, param->reply_ep);
+    kvt_net_ep_t *ep = NULL;
+    *hdr_ok = header_length == NET_HDR_LEN || header_length == NET_LANE_HDR_LEN;
+    if (header_length == NET_LANE_HDR_LEN)
+        ep = kvt_net_lane_lookup(w, kvt_le_get64((const uint8_t *)header + NET_HDR_LEN));
+    else if (param->recv_attr & UCP_AM_RECV_ATTR_FIELD_REPLY_EP)
+        ep = ep_lookup(w, param->reply_ep);
     return ep && !ep->closing ? ep : NULL;
 }
 
@@ -454,14 +468,14 @@ static ucs_status_t am_data_cb(void *arg, const void *header, size_t header_leng
                                size_t length, const ucp_am_recv_param_t *param)
 {
     kvt_net_worker_t *w = arg;
-    kvt_net_ep_t *ep = am_source(w, param);
-    if (!ep) {
-        kvt_log_debug("net message dropped, sender closed len=%zu", length);
+    bool hdr_ok;
+    kvt_net_ep_t *ep = am_source(w, header, header_length, param, &hdr_ok);
+    if (!hdr_ok) {
+        kvt_log_warn("net message dropped, bad header hdr_len=%zu len=%zu", header_length, length);
         return UCS_OK;
     }
-    if (header_length != NET_HDR_LEN) {
-        kvt_log_warn("net message dropped, bad header peer=%s hdr_len=%zu len=%zu", ep->peer,
-                     header_length, length);
+    if (!ep) {
+        kvt_log_debug("net message dropped, sender closed len=%zu", length);
         return UCS_OK;
     }
     const uint8_t *h = header;
@@ -474,7 +488,7 @@ static ucs_status_t am_data_cb(void *arg, const void *header, size_t header_leng
     }
     if (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV)
         return rndv_arrive(w, ep, req_id, flags, data, length);
-    void *buf = kvt_malloc("net message", length ? length : 1);
+    void *buf = kvt_net_buf_get(w, length);
     if (!buf)
         return UCS_OK;
     if (length)
@@ -483,18 +497,40 @@ static ucs_status_t am_data_cb(void *arg, const void *header, size_t header_leng
     return UCS_OK;
 }
 
+/* A hello (with its lane offer, if any) is answered from the queue: opening
+ * a lane creates an endpoint, which is not for inside a UCX callback. */
+static void hello_queue(kvt_net_worker_t *w, kvt_net_ep_t *ep, const void *data, size_t length)
+{
+    net_ev_t *ev = kvt_calloc("net hello", 1, sizeof(*ev));
+    void *copy = ev ? kvt_malloc("net hello", length ? length : 1) : NULL;
+    if (!copy) {
+        kvt_free(ev);
+        return; /* the client's connect times out and may retry */
+    }
+    if (length)
+        memcpy(copy, data, length);
+    ev->type = NET_EV_HELLO;
+    ev->ep = ep;
+    ev->data = copy;
+    ev->len = length;
+    kvt_net_ev_push(w, ev);
+}
+
 static ucs_status_t am_ctrl_cb(void *arg, const void *header, size_t header_length, void *data,
                                size_t length, const ucp_am_recv_param_t *param)
 {
     kvt_net_worker_t *w = arg;
-    kvt_net_ep_t *ep = am_source(w, param);
-    if (!ep || header_length != NET_HDR_LEN || length != 0)
+    bool hdr_ok;
+    kvt_net_ep_t *ep = am_source(w, header, header_length, param, &hdr_ok);
+    if (!ep || (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV))
         return UCS_OK;
     uint32_t type = kvt_le_get32((const uint8_t *)header + 8);
-    if (type == NET_CTRL_HELLO && ep->alive)
-        (void)kvt_net_am_send(ep, NET_AM_CTRL, 0, NET_CTRL_ACK, NULL, 0);
-    else if (type == NET_CTRL_ACK)
+    if (type == NET_CTRL_HELLO && ep->alive && ep->accepted && length <= NET_HELLO_MAX)
+        hello_queue(w, ep, data, length);
+    else if (type == NET_CTRL_ACK && length == 0 && !ep->accepted) {
         ep->hello_acked = true;
+        ep->lane_up = header_length == NET_LANE_HDR_LEN;
+    }
     return UCS_OK;
 }
 
@@ -522,9 +558,10 @@ static void reap_zombies(kvt_net_worker_t *w)
     kvt_net_ep_t *ep = w->zombies, *next;
     for (; ep; ep = next) {
         next = ep->next;
-        if (ucp_request_check_status(ep->close_req) == UCS_INPROGRESS)
+        if (close_running(ep->close_req) || close_running(ep->lane_close_req))
             continue;
-        ucp_request_free(ep->close_req);
+        close_free(ep->close_req);
+        close_free(ep->lane_close_req);
         ep_list_del(&w->zombies, ep);
         ep_hash_del(ep);
         kvt_free(ep);
@@ -619,38 +656,71 @@ static void ep_err_cb(void *arg, ucp_ep_h uep, ucs_status_t status)
         kvt_net_ev_push(w, &ep->down_ev);
 }
 
-/* Close the UCX endpoint with the given flags, waiting up to timeout_ms;
- * frees ep, or parks it on the zombie list if the close is still running.
+/* Start closing uep; the request while it runs, else NULL. */
+static void *close_start(ucp_ep_h uep, uint32_t flags)
+{
+    ucp_request_param_t prm = {.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS, .flags = flags};
+    void *req = ucp_ep_close_nbx(uep, &prm);
+    return UCS_PTR_IS_PTR(req) ? req : NULL;
+}
+
+static bool close_running(void *req)
+{
+    return req && ucp_request_check_status(req) == UCS_INPROGRESS;
+}
+
+static void close_free(void *req)
+{
+    if (req)
+        ucp_request_free(req);
+}
+
+/* Close ep's endpoints (its lane first, so what was sent there goes out
+ * before the peer sees the connection end) with the given flags, waiting
+ * up to timeout_ms; true when both closes are over. */
+static bool close_both(kvt_net_ep_t *ep, uint32_t flags, int timeout_ms)
+{
+    kvt_net_worker_t *w = ep->worker;
+    if (ep->lane) {
+        ep->lane_close_req = close_start(ep->lane, flags);
+        ep->lane = NULL;
+    }
+    if (ep->uep)
+        ep->close_req = close_start(ep->uep, flags);
+    uint64_t deadline = kvt_net_deadline(timeout_ms);
+    while ((close_running(ep->close_req) || close_running(ep->lane_close_req)) &&
+           kvt_time_ns() < deadline)
+        kvt_net_step(w, deadline, false);
+    if (close_running(ep->close_req) || close_running(ep->lane_close_req))
+        return false;
+    close_free(ep->close_req);
+    close_free(ep->lane_close_req);
+    ep->close_req = ep->lane_close_req = NULL;
+    return true;
+}
+
+/* Close the UCX endpoints with the given flags, waiting up to timeout_ms;
+ * frees ep, or parks it on the zombie list if a close is still running.
  * An accepted ep gives back its place under max_conns here. */
 void kvt_net_ep_finish(kvt_net_ep_t *ep, uint32_t flags, int timeout_ms)
 {
     kvt_net_worker_t *w = ep->worker;
     ep_list_del(&w->eps, ep);
     kvt_net_sends_orphan(ep);
+    kvt_net_lane_forget(ep);
     /* Given back before the close: a parked close is bounded (forced at
      * worker destroy), so a zombie holds no place a new client needs. */
     if (ep->accepted) {
         ep->accepted = false;
         w->n_accepted--;
     }
-    if (ep->uep) {
-        ucp_request_param_t prm = {.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS, .flags = flags};
-        void *req = ucp_ep_close_nbx(ep->uep, &prm);
-        if (UCS_PTR_IS_PTR(req)) {
-            uint64_t deadline = kvt_net_deadline(timeout_ms);
-            while (ucp_request_check_status(req) == UCS_INPROGRESS && kvt_time_ns() < deadline)
-                kvt_net_step(w, deadline, false);
-            if (ucp_request_check_status(req) == UCS_INPROGRESS) {
-                kvt_log_warn("net close still running, parked peer=%s timeout_ms=%d", ep->peer,
-                             timeout_ms);
-                ep->close_req = req;
-                ep_list_add(&w->zombies, ep);
-                return;
-            }
-            ucp_request_free(req);
-        }
-        ep_hash_del(ep);
+    if (!close_both(ep, flags, timeout_ms)) {
+        kvt_log_warn("net close still running, parked peer=%s timeout_ms=%d", ep->peer,
+                     timeout_ms);
+        ep_list_add(&w->zombies, ep);
+        return;
     }
+    ep_hash_del(ep);
     kvt_free(ep);
 }
 
@@ -685,23 +755,18 @@ void kvt_net_ep_force_close(kvt_net_ep_t *ep)
     rndv_forget(w, ep); /* before UCX drops the endpoint they belong to */
     if (!ep->uep)
         return;
-    ucp_request_param_t prm = {.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS,
-                               .flags = UCP_EP_CLOSE_FLAG_FORCE};
-    void *req = ucp_ep_close_nbx(ep->uep, &prm);
-    if (UCS_PTR_IS_PTR(req)) {
-        uint64_t deadline = kvt_net_deadline(NET_CLOSE_MS);
-        while (ucp_request_check_status(req) == UCS_INPROGRESS && kvt_time_ns() < deadline)
-            kvt_net_step(w, deadline, false);
-        if (ucp_request_check_status(req) == UCS_INPROGRESS)
-            kvt_log_error("net forced close did not complete peer=%s", ep->peer);
-        else
-            ucp_request_free(req);
+    if (!close_both(ep, UCP_EP_CLOSE_FLAG_FORCE, NET_CLOSE_MS)) {
+        /* Left to UCX: a forced close that outlives its bound is its bug. */
+        kvt_log_error("net forced close did not complete peer=%s", ep->peer);
+        ep->close_req = ep->lane_close_req = NULL;
     }
     ep_hash_del(ep);
     ep->uep = NULL;
 }
 
 bool kvt_net_ep_alive(const kvt_net_ep_t *ep) { return ep && ep->alive && ep->uep; }
+
+bool kvt_net_ep_lane(const kvt_net_ep_t *ep) { return ep && (ep->lane_up || ep->lane); }
 
 void kvt_net_ep_set_user(kvt_net_ep_t *ep, void *user) { ep->user = user; }
 
@@ -715,12 +780,12 @@ static void deliver_one(kvt_net_worker_t *w, net_ev_t *ev)
      * DOWN event lives inside it. */
     net_ev_t e = *ev;
     ev->data = NULL;
-    ev_free(ev);
+    ev_free(w, ev);
     switch (e.type) {
     case NET_EV_MSG:
         if (w->on_msg)
             w->on_msg(e.ep, e.req_id, e.flags, e.data, e.len, w->arg);
-        kvt_free(e.data);
+        kvt_net_buf_put(w, e.data, e.len);
         break;
     case NET_EV_DOWN:
         if (w->on_conn)
@@ -731,6 +796,10 @@ static void deliver_one(kvt_net_worker_t *w, net_ev_t *ev)
         break;
     case NET_EV_SENT:
         kvt_net_sent_deliver(ev); /* embedded in its send: not freed above */
+        break;
+    case NET_EV_HELLO:
+        kvt_net_lane_hello(e.ep, e.data, e.len);
+        kvt_free(e.data);
         break;
     }
 }
@@ -898,12 +967,14 @@ kvt_status_t kvt_net_worker_create(const kvt_net_worker_params_t *params,
         kvt_free(w);
         return st;
     }
+    kvt_net_lane_setup(w);
     *worker_p = w;
     return KVT_OK;
 }
 
 void kvt_net_worker_destroy(kvt_net_worker_t *w)
 {
+
     if (!w)
         return;
     while (w->listeners)
@@ -925,6 +996,7 @@ void kvt_net_worker_destroy(kvt_net_worker_t *w)
     ev_discard_all(w);
     rndv_forget(w, NULL);
     kvt_net_mem_destroy_all(w);
+    kvt_net_lane_cleanup(w);
     ucp_worker_destroy(w->uw); /* releases what is still in flight */
     ev_discard_all(w);         /* sends that completed in there */
     kvt_net_sends_abandon(w);  /* and those that never will */
@@ -933,6 +1005,7 @@ void kvt_net_worker_destroy(kvt_net_worker_t *w)
         ep_list_del(&w->zombies, ep);
         kvt_free(ep);
     }
+    kvt_net_buf_destroy_all(w);
     ucp_cleanup(w->ctx);
     kvt_free(w);
 }

@@ -99,6 +99,13 @@ bool kvt_net_ep_alive(const kvt_net_ep_t *ep);
 /* Caller data attached to an endpoint (e.g. the server's per-client state). */
 void kvt_net_ep_set_user(kvt_net_ep_t *ep, void *user);
 void *kvt_net_ep_user(const kvt_net_ep_t *ep);
+/* The peer sends to us over a same-host lane: a second UCX endpoint that
+ * the server side opens to this worker's address when both processes are
+ * on one host (same hostname, boot, IPC and pid namespaces and user), so
+ * that UCX can use shared memory, which it does not for client-server
+ * endpoints.  Offered by every connect unless KVT_NET_LANES=0 is set in
+ * the environment; a server on another host simply declines. */
+bool kvt_net_ep_lane(const kvt_net_ep_t *ep);
 /* "host:port" of the peer, for logs. */
 const char *kvt_net_ep_peer(const kvt_net_ep_t *ep);
 
@@ -134,6 +141,12 @@ kvt_status_t kvt_net_sendv(kvt_net_ep_t *ep, uint64_t req_id, uint32_t flags,
  * endpoint dies first. */
 kvt_status_t kvt_net_request(kvt_net_ep_t *ep, const void *data, size_t len, int timeout_ms,
                              void **reply_p, size_t *reply_len_p);
+
+/* Give back a reply of len bytes from kvt_net_request(_many) (NULL: no-op):
+ * the worker may reuse its buffer for a later message, which spares large
+ * receives an allocation and its page faults each time.  kvt_free is also
+ * correct, just not reused.  On the worker's thread. */
+void kvt_net_reply_free(kvt_net_worker_t *worker, void *reply, size_t len);
 
 /* Send every request at once, then wait (as kvt_net_request) until each
  * has its reply or timeout_ms passed: n requests cost one round trip, and

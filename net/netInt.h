@@ -1,6 +1,7 @@
 /* net internals shared by net.c (worker, connections, messages), send.c
- * (sends), conn.c (connect, listen) and rma.c (registration, rkeys,
- * batched gets); no other module includes this.
+ * (sends), conn.c (connect, listen), lane.c (same-host lanes), buf.c
+ * (receive buffers) and rma.c (registration, rkeys, batched gets); no
+ * other module includes this.
  *
  * Ownership: the worker owns every endpoint, listener, registration,
  * queued event and in-flight receive; buffers handed to UCX (send copies,
@@ -21,6 +22,8 @@
 #define NET_AM_DATA 17u            /* user messages */
 #define NET_AM_CTRL 18u            /* connection hello / ack */
 #define NET_HDR_LEN 16u            /* u64 req_id, u32 flags, u32 len, little-endian */
+#define NET_LANE_HDR_LEN 24u       /* the same, then the u64 lane token (lane.c) */
+#define NET_HELLO_MAX (64u << 10)  /* a hello's lane offer (worker address) */
 #define NET_CTRL_HELLO 1u
 #define NET_CTRL_ACK 2u
 #define NET_DEFAULT_MAX_MSG (4u << 20)
@@ -41,9 +44,19 @@
  * gets FULL on our sends instead of our memory. */
 #define NET_SEND_EP_MIN_BYTES (64u << 20)
 
-typedef enum { NET_EV_MSG, NET_EV_DOWN, NET_EV_ACCEPT, NET_EV_SENT } net_ev_type_t;
+typedef enum { NET_EV_MSG, NET_EV_DOWN, NET_EV_ACCEPT, NET_EV_SENT, NET_EV_HELLO } net_ev_type_t;
 
 typedef struct net_send net_send_t; /* a send in flight (send.c) */
+
+/* Receive buffers kept for reuse (buf.c). */
+#define NET_BUF_MIN (64u << 10)    /* smaller ones come from and go to malloc */
+#define NET_BUF_ROUND (64u << 10)  /* capacity = length rounded up to this */
+#define NET_BUF_IDLE (32u << 20)   /* idle bytes kept per worker */
+#define NET_BUF_SLOTS 64
+typedef struct {
+    void *p;
+    size_t cap;
+} net_buf_t;
 
 /* Something UCX told us that the user hears about after progress returns. */
 typedef struct net_ev {
@@ -51,12 +64,12 @@ typedef struct net_ev {
     net_ev_type_t type;
     bool embedded;                /* lives inside its ep (DOWN) or its send
                                      record (SENT): never freed here */
-    kvt_net_ep_t *ep;             /* MSG, DOWN */
+    kvt_net_ep_t *ep;             /* MSG, DOWN, HELLO */
     kvt_net_listener_t *listener; /* ACCEPT */
     ucp_conn_request_h conn_req;  /* ACCEPT */
     uint64_t req_id;
     uint32_t flags;
-    void *data;                   /* MSG: kvt_malloc'd, owned by the event */
+    void *data;                   /* MSG, HELLO: kvt_malloc'd, owned by the event */
     size_t len;
 } net_ev_t;
 
@@ -98,6 +111,11 @@ typedef struct net_defer {
 struct kvt_net_ep {
     kvt_net_worker_t *worker;
     ucp_ep_h uep;                 /* NULL once closed at the UCX level */
+    ucp_ep_h lane;                /* server: same-host lane, where its sends go */
+    uint64_t lane_token;          /* client: its offer's token; server: the lane's */
+    kvt_net_ep_t *tnext;          /* client: token hash chain (lane.c) */
+    void *lane_close_req;         /* zombie: the lane's close still running */
+    bool lane_up;                 /* client: the ack came on a lane */
     kvt_net_ep_t *next, *prev;    /* worker->eps, or worker->zombies */
     kvt_net_ep_t *hnext;          /* hash bucket chain, keyed by uep */
     void *user;
@@ -152,6 +170,12 @@ struct kvt_net_worker {
     kvt_net_ep_t *eps;
     kvt_net_ep_t *zombies;
     kvt_net_ep_t *buckets[NET_EP_BUCKETS];
+    kvt_net_ep_t *tbuckets[NET_EP_BUCKETS]; /* lane token -> client ep */
+    bool lanes;                   /* offer same-host lanes when connecting */
+    char host_id[256];            /* who may share memory with us (lane.c) */
+    ucp_address_t *addr;          /* this worker's address, for lane offers */
+    size_t addr_len;
+    uint64_t token_next;          /* lane tokens: an LCG from a random seed */
     kvt_net_listener_t *listeners;
     kvt_net_mem_t *mems;
     net_ev_t *ev_head, *ev_tail;
@@ -165,6 +189,8 @@ struct kvt_net_worker {
     size_t n_sends;
     size_t send_ep_cap;           /* bound on an endpoint's send_bytes */
     atomic_bool signaled;         /* kvt_net_worker_signal since the last wait */
+    net_buf_t bufs[NET_BUF_SLOTS]; /* idle receive buffers (buf.c) */
+    size_t n_bufs, bufs_idle;
 };
 
 /* UCX status to ours (peer failures and cancels are KVT_ERR_CLOSED). */
@@ -210,6 +236,24 @@ void kvt_net_step(kvt_net_worker_t *worker, uint64_t deadline_ns, bool deliver);
 /* Close ep's UCX endpoint now with FORCE, waiting (bounded) for it; ep stays
  * the user's but is dead.  Used by get_batch at a timeout. */
 void kvt_net_ep_force_close(kvt_net_ep_t *ep);
+/* Same-host lanes (lane.c).  setup/cleanup: at worker create/destroy.
+ * offer: a client's hello payload (malloc'd; NULL, 0 when it offers none),
+ * which also files ep under a fresh token.  lookup: the client ep of a
+ * token.  forget: unfile a client ep (on its way out).  hello: the server
+ * side of a hello, delivered from the queue: opens the lane if the offer
+ * came from this host, then acks (on the lane if there is one). */
+void kvt_net_lane_setup(kvt_net_worker_t *worker);
+void kvt_net_lane_cleanup(kvt_net_worker_t *worker);
+kvt_status_t kvt_net_lane_offer(kvt_net_ep_t *ep, void **hello_p, size_t *len_p);
+kvt_net_ep_t *kvt_net_lane_lookup(kvt_net_worker_t *worker, uint64_t token);
+void kvt_net_lane_forget(kvt_net_ep_t *ep);
+void kvt_net_lane_hello(kvt_net_ep_t *ep, const void *hello, size_t len);
+/* Receive buffers (buf.c): get one for a message of len bytes; put one
+ * back (len: the message's length) for reuse or freeing; free the idle
+ * ones at worker destroy. */
+void *kvt_net_buf_get(kvt_net_worker_t *worker, size_t len);
+void kvt_net_buf_put(kvt_net_worker_t *worker, void *buf, size_t len);
+void kvt_net_buf_destroy_all(kvt_net_worker_t *worker);
 /* Worker teardown of the registrations the user left behind. */
 void kvt_net_mem_destroy_all(kvt_net_worker_t *worker);
 

@@ -2,8 +2,9 @@
  * segments, and the per-endpoint bound on bytes waiting to be sent.
  *
  * Every send is one UCX active message (NET_AM_DATA or NET_AM_CTRL) with
- * the 16-byte frame header of net.c; from NET_RNDV_FROM bytes on it goes
- * by rendezvous, so the receiver takes the data when it has room.
+ * the 16-byte frame header of net.c (24 bytes with the token on a
+ * same-host lane, lane.c); from NET_RNDV_FROM bytes on it goes by
+ * rendezvous, so the receiver takes the data when it has room.
  *
  * Ownership: a send record (net_send_t) belongs to UCX from the send call
  * until send_done.  A copied send's record holds the copy; a zero-copy
@@ -41,7 +42,8 @@ struct net_send {
     void *arg;
     kvt_status_t status;
     net_ev_t ev;                  /* NET_EV_SENT, queued for done */
-    uint8_t hdr[NET_HDR_LEN];
+    uint8_t hdr[NET_LANE_HDR_LEN];
+    size_t hdr_len;
     size_t n_iov;
     ucp_dt_iov_t iov[];           /* zero-copy: the segments; copied: the data follows */
 };
@@ -124,15 +126,19 @@ void kvt_net_sends_abandon(kvt_net_worker_t *w)
 static kvt_status_t send_post(kvt_net_ep_t *ep, unsigned am_id, net_send_t *s, const void *buf,
                               size_t count, bool iov)
 {
+    /* On a lane the token in the header names the connection; elsewhere
+     * the receiver looks the sender up by its reply endpoint. */
     ucp_request_param_t prm = {
         .op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA |
                         UCP_OP_ATTR_FIELD_FLAGS | (iov ? UCP_OP_ATTR_FIELD_DATATYPE : 0),
-        .flags = UCP_AM_SEND_FLAG_REPLY | (s->len >= NET_RNDV_FROM ? UCP_AM_SEND_FLAG_RNDV : 0),
+        .flags = (ep->lane ? 0 : UCP_AM_SEND_FLAG_REPLY) |
+                 (s->len >= NET_RNDV_FROM ? UCP_AM_SEND_FLAG_RNDV : 0),
         .cb.send = send_done,
         .user_data = s,
         .datatype = iov ? ucp_dt_make_iov() : ucp_dt_make_contig(1)};
     sends_link(ep->worker, s);
-    void *req = ucp_am_send_nbx(ep->uep, am_id, s->hdr, NET_HDR_LEN, buf, count, &prm);
+    void *req = ucp_am_send_nbx(ep->lane ? ep->lane : ep->uep, am_id, s->hdr, s->hdr_len, buf,
+                                count, &prm);
     if (req == NULL) {
         send_finish(s, UCS_OK);
         return KVT_OK;
@@ -151,6 +157,11 @@ static void send_header(net_send_t *s, uint64_t req_id, uint32_t flags)
     kvt_le_put64(s->hdr, req_id);
     kvt_le_put32(s->hdr + 8, flags);
     kvt_le_put32(s->hdr + 12, (uint32_t)s->len);
+    s->hdr_len = NET_HDR_LEN;
+    if (s->ep && s->ep->lane) {
+        kvt_le_put64(s->hdr + NET_HDR_LEN, s->ep->lane_token);
+        s->hdr_len = NET_LANE_HDR_LEN;
+    }
 }
 
 /* Refuses what the peer is not draining fast enough (logged once per ep). */

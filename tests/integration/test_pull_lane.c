@@ -1,0 +1,293 @@
+/* Same-host lanes (net/lane.c) between real processes on 127.0.0.1: the
+ * real `kvtier kv serve` daemon and clients in this process or in child
+ * processes.  Blocks are 256 KiB, so replies go by rendezvous over the
+ * lane's shared memory.  A pull over a lane is right and says it used
+ * one; KVT_NET_LANES=0 turns lanes off; clients SIGKILLed at staggered
+ * moments of their transfers leave the daemon serving (the lane has no
+ * UCX peer error handling of its own, so this is what shows that a dead
+ * reader cannot take the server down); a daemon SIGKILLed mid-transfer
+ * fails the client's pulls within their timeout with no wrong data; and
+ * connecting over and over from one worker does not pile up mappings. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include "common/time.h"
+#include "kvstore/block_client.h"
+#include "kvstore/tier.h"
+#include "tests/support/testutil.h"
+
+#include <pthread.h>
+#include <signal.h>
+#include <sys/wait.h>
+
+#define TIMEOUT_MS 3000
+#define N_BLOCKS 16
+
+static kvt_block_identity_t g_id;
+
+typedef struct {
+    char *dir;
+    tu_chain_t chain;
+    pid_t daemon;
+    char addr[64];
+    kvt_net_worker_t *worker;
+    kvt_block_client_t *client;
+} fx_t;
+
+/* 4 layers x 4 kv heads x head_dim 128, B = 16, f32: 256 KiB payloads. */
+static kvt_block_identity_t big_identity(void)
+{
+    kvt_block_identity_t id = tu_identity();
+    id.layout = (kvt_block_layout_t){.n_layers = 4, .n_kv_heads = 4, .head_dim = 128,
+                                     .block_tokens = 16, .dtype = KVT_DTYPE_F32};
+    return id;
+}
+
+static pid_t spawn_daemon(const char *data, char *addr)
+{
+    const char *bin = getenv("KVTIER_BIN");
+    assert_non_null(bin);
+    int out[2];
+    assert_int_equal(pipe(out), 0);
+    pid_t pid = fork();
+    if (pid == 0) {
+        dup2(out[1], 1);
+        close(out[0]);
+        execl(bin, bin, "kv", "serve", "--data", data, "--listen", "127.0.0.1:0",
+              "--host-capacity", "16M", (char *)NULL);
+        _exit(127);
+    }
+    close(out[1]);
+    FILE *f = fdopen(out[0], "r");
+    char line[128] = "";
+    assert_non_null(fgets(line, sizeof(line), f));
+    fclose(f);
+    assert_int_equal(sscanf(line, "listening %63s", addr), 1);
+    return pid;
+}
+
+static int fx_setup(void **state)
+{
+    fx_t *fx = calloc(1, sizeof(*fx));
+    fx->dir = tu_tmpdir("lane");
+    tu_chain_make(&fx->chain, &g_id, N_BLOCKS, 7, NULL, 0);
+    kvt_tier_params_t p = {.data_dir = fx->dir, .identity = &g_id,
+                           .host_capacity_bytes = 4 * tu_payload_len(&g_id)};
+    kvt_tier_t *tier;
+    assert_int_equal(kvt_tier_open(&p, &tier), KVT_OK);
+    for (int i = 0; i < N_BLOCKS; i++)
+        assert_int_equal(kvt_tier_put(tier, &fx->chain.hdr[i], fx->chain.payload[i]), KVT_OK);
+    assert_int_equal(kvt_tier_flush(tier), KVT_OK);
+    kvt_tier_close(tier);
+    fx->daemon = spawn_daemon(fx->dir, fx->addr);
+    *state = fx;
+    return 0;
+}
+
+static int fx_teardown(void **state)
+{
+    fx_t *fx = *state;
+    kvt_block_client_close(fx->client);
+    kvt_net_worker_destroy(fx->worker);
+    if (fx->daemon > 0) {
+        kill(fx->daemon, SIGKILL);
+        waitpid(fx->daemon, NULL, 0);
+    }
+    tu_chain_free(&fx->chain);
+    tu_rmtree(fx->dir);
+    free(fx->dir);
+    free(fx);
+    return 0;
+}
+
+static void client_start(fx_t *fx)
+{
+    kvt_net_worker_params_t wp = {0};
+    assert_int_equal(kvt_net_worker_create(&wp, &fx->worker), KVT_OK);
+    assert_int_equal(kvt_block_client_connect(fx->worker, fx->addr, TIMEOUT_MS, &fx->client),
+                     KVT_OK);
+}
+
+/* Pull the whole chain into fresh buffers: the call's status; every item
+ * that says OK is checked against its key (never wrong data), and *all_ok
+ * says whether every item did. */
+static kvt_status_t pull_all(kvt_block_client_t *c, const tu_chain_t *chain, int timeout_ms,
+                             bool *all_ok)
+{
+    size_t len = tu_payload_len(&g_id);
+    kvt_pull_t items[N_BLOCKS];
+    for (int i = 0; i < N_BLOCKS; i++)
+        items[i] = (kvt_pull_t){.key = chain->hdr[i].key, .dst = calloc(1, len), .cap = len};
+    kvt_status_t st = kvt_block_client_pull(c, items, N_BLOCKS, &g_id, timeout_ms);
+    *all_ok = st == KVT_OK;
+    for (int i = 0; i < N_BLOCKS; i++) {
+        if (items[i].status == KVT_OK && !tu_payload_ok(&g_id, &chain->hdr[i].key, items[i].dst))
+            fail_msg("block %d said OK with wrong bytes", i);
+        *all_ok = *all_ok && items[i].status == KVT_OK;
+        free(items[i].dst);
+    }
+    return st;
+}
+
+static void pull_all_ok(fx_t *fx)
+{
+    bool all_ok;
+    assert_int_equal(pull_all(fx->client, &fx->chain, TIMEOUT_MS, &all_ok), KVT_OK);
+    assert_true(all_ok);
+}
+
+static void test_lane_pull(void **state)
+{
+    fx_t *fx = *state;
+    client_start(fx);
+    assert_true(kvt_block_client_lane(fx->client));
+    for (int i = 0; i < 3; i++)
+        pull_all_ok(fx);
+}
+
+static void test_lanes_off(void **state)
+{
+    fx_t *fx = *state;
+    setenv("KVT_NET_LANES", "0", 1);
+    client_start(fx);
+    unsetenv("KVT_NET_LANES");
+    assert_false(kvt_block_client_lane(fx->client));
+    pull_all_ok(fx);
+}
+
+/* Child: connect, pull for ever, say "pulling" after the first pull. */
+static int pull_loop_main(const char *addr)
+{
+    tu_chain_t chain;
+    tu_chain_make(&chain, &g_id, N_BLOCKS, 7, NULL, 0);
+    kvt_net_worker_params_t wp = {0};
+    kvt_net_worker_t *w;
+    kvt_block_client_t *c;
+    if (kvt_net_worker_create(&wp, &w) != KVT_OK ||
+        kvt_block_client_connect(w, addr, TIMEOUT_MS, &c) != KVT_OK || !kvt_block_client_lane(c))
+        return 2;
+    for (bool said = false;;) {
+        bool all_ok;
+        if (pull_all(c, &chain, TIMEOUT_MS, &all_ok) != KVT_OK || !all_ok)
+            return 3;
+        if (!said) {
+            printf("pulling\n");
+            fflush(stdout);
+            said = true;
+        }
+    }
+}
+
+static void test_clients_killed_mid_transfer(void **state)
+{
+    fx_t *fx = *state;
+    for (int i = 0; i < 12; i++) {
+        int out[2];
+        assert_int_equal(pipe(out), 0);
+        pid_t pid = fork();
+        if (pid == 0) {
+            dup2(out[1], 1);
+            close(out[0]);
+            execl("/proc/self/exe", "test_pull_lane", "--pull-loop", fx->addr, (char *)NULL);
+            _exit(127);
+        }
+        close(out[1]);
+        char line[32] = "";
+        FILE *f = fdopen(out[0], "r");
+        assert_non_null(fgets(line, sizeof(line), f));
+        fclose(f);
+        assert_string_equal(line, "pulling\n");
+        usleep((useconds_t)(i * 700)); /* a different point of the transfer each time */
+        kill(pid, SIGKILL);
+        waitpid(pid, NULL, 0);
+        assert_int_equal(waitpid(fx->daemon, NULL, WNOHANG), 0); /* the daemon lives */
+    }
+    client_start(fx);
+    assert_true(kvt_block_client_lane(fx->client));
+    pull_all_ok(fx);
+}
+
+static void *kill_later(void *arg)
+{
+    usleep(300000);
+    kill(*(pid_t *)arg, SIGKILL);
+    return NULL;
+}
+
+static void test_daemon_killed_mid_transfer(void **state)
+{
+    fx_t *fx = *state;
+    client_start(fx);
+    assert_true(kvt_block_client_lane(fx->client));
+    pthread_t killer;
+    pthread_create(&killer, NULL, kill_later, &fx->daemon);
+    int ok = 0, failed = 0;
+    uint64_t worst_ns = 0;
+    while (failed < 3) {
+        uint64_t t0 = kvt_time_ns();
+        bool all_ok;
+        (void)pull_all(fx->client, &fx->chain, 1000, &all_ok);
+        uint64_t dt = kvt_time_ns() - t0;
+        worst_ns = dt > worst_ns ? dt : worst_ns;
+        ok += all_ok;
+        failed += !all_ok;
+    }
+    pthread_join(killer, NULL);
+    waitpid(fx->daemon, NULL, 0);
+    fx->daemon = 0;
+    print_message("daemon killed: ok_pulls=%d worst_pull_ms=%.1f\n", ok, worst_ns / 1e6);
+    assert_true(ok > 0);
+    assert_true(worst_ns < 5000000000ull); /* bounded by the pull timeout, no hang */
+}
+
+static int count_maps(void)
+{
+    FILE *f = fopen("/proc/self/maps", "r");
+    int n = 0;
+    for (int ch; (ch = fgetc(f)) != EOF;)
+        n += ch == '\n';
+    fclose(f);
+    return n;
+}
+
+/* Each connection's lane is a second UCX endpoint at both ends; closing
+ * the connection must take both away, or a client that reconnects often
+ * would collect them. */
+static void test_connect_churn(void **state)
+{
+    fx_t *fx = *state;
+    client_start(fx);
+    pull_all_ok(fx);
+    int before = 0;
+    for (int i = 0; i < 120; i++) {
+        if (i == 20)
+            before = count_maps();
+        kvt_block_client_t *c;
+        assert_int_equal(kvt_block_client_connect(fx->worker, fx->addr, TIMEOUT_MS, &c), KVT_OK);
+        assert_true(kvt_block_client_lane(c));
+        kvt_block_client_close(c);
+    }
+    int after = count_maps();
+    print_message("maps after 20 connects: %d, after 120: %d\n", before, after);
+    assert_true(after - before < 16);
+    pull_all_ok(fx);
+}
+
+int main(int argc, char **argv)
+{
+    g_id = big_identity();
+    if (argc == 3 && strcmp(argv[1], "--pull-loop") == 0)
+        return pull_loop_main(argv[2]);
+    signal(SIGPIPE, SIG_IGN);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_lane_pull, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_lanes_off, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_clients_killed_mid_transfer, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_daemon_killed_mid_transfer, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_connect_churn, fx_setup, fx_teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
