@@ -306,7 +306,7 @@ static void release(kvt_block_client_t *c, uint64_t lease_id)
  * that budget would be dropped and its request time out. */
 #define PULL_CHUNK_BYTES (512u << 10)
 #define PULL_ROUND_BYTES (2u << 20)
-#define PULL_MAX_REQUESTS 2
+#define PULL_MAX_REQUESTS 4
 
 /* Splits pending[0..n) into runs of about PULL_CHUNK_BYTES of destination
  * capacity (at least one key each) while the round stays within

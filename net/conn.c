@@ -152,8 +152,7 @@ kvt_status_t kvt_net_connect(kvt_net_worker_t *w, const char *host_port, int tim
         return connect_once(w, host_port, deadline, false, ep_p, &(ucs_status_t){0});
     /* With a lane offered, the ack comes on the lane, so a lane UCX cannot
      * wire (shared memory the identity check let through but UCX could not
-     * attach: the lane has no peer error handling to say so) shows only as
-     * a missing ack.  Half the time for that try, then the rest for one
+     * attach) may show only as a missing ack.  Half the time for that try, then the rest for one
      * without an offer.  Not after a refusal: nobody listens, or the
      * server is at its cap. */
     uint64_t now = kvt_time_ns();

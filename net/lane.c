@@ -20,13 +20,14 @@
  *
  * Failure: a server on another host, or one that cannot create the lane,
  * acks on the client-server endpoint and the connection works as before.
- * The lane has no UCX peer error handling (lane_open says why); the
- * client-server endpoint, which both ends keep, has it, with keepalive, so
- * either end still notices the other dying, and the server then closes the
- * lane with the connection.  A lane UCX cannot wire shows as a missing ack:
- * kvt_net_connect then tries once more without an offer.  tests/integration
- * /test_pull_lane.c kills readers mid-transfer to show the server lives.
- * KVT_NET_LANES=0 in the environment stops a process from offering lanes. */
+ * The lane has peer error handling like every endpoint, its error callback
+ * is the connection's, and net.c turns on UCX's error handling for posix
+ * and sysv shared memory (keepalive checks that the peer process lives),
+ * without which UCX 1.13 would wire a peer-handled lane over TCP again.  A
+ * lane UCX cannot wire shows as a missing ack: kvt_net_connect then tries
+ * once more without an offer.  tests/integration/test_pull_lane.c kills
+ * readers and the daemon mid-transfer.  KVT_NET_LANES=0 in the
+ * environment stops a process from offering lanes. */
 #include "net/netInt.h"
 
 #include "common/alloc.h"
@@ -193,13 +194,6 @@ static void lane_open(kvt_net_ep_t *ep, const lane_offer_t *o)
     kvt_net_ep_params(ep, &p);
     p.field_mask |= UCP_EP_PARAM_FIELD_REMOTE_ADDRESS;
     p.address = o->addr;
-    /* No peer error handling on the lane: UCX 1.13 wires a peer-handled
-     * endpoint only over transports that report peer failure, which rules
-     * out posix and sysv shared memory, and the lane would be TCP again.
-     * The connection's client-server endpoint keeps peer handling and
-     * keepalive, so a dead client still takes the connection down (and the
-     * lane with it, closed by force) within the keepalive bound. */
-    p.err_mode = UCP_ERR_HANDLING_MODE_NONE;
     ucp_ep_h lane;
     ucs_status_t us = ucp_ep_create(w->uw, &p, &lane);
     if (us != UCS_OK) {

@@ -894,6 +894,14 @@ static kvt_status_t context_create(ucp_context_h *ctx_p)
     if (!getenv("UCX_RNDV_SCHEME") &&
         (us = ucp_config_modify(cfg, "RNDV_SCHEME", "put_zcopy")) != UCS_OK)
         kvt_log_warn("net rendezvous scheme not set cause=%s", ucs_status_string(us));
+    /* Shared memory that reports a dead peer (keepalive checks the peer
+     * process): without it UCX 1.13 leaves posix and sysv out of every
+     * endpoint with peer error handling, same-host lanes included.  Set
+     * here under its shared-memory table's name, MM_; the environment's
+     * UCX_POSIX_/UCX_SYSV_ERROR_HANDLING win. */
+    if (!getenv("UCX_POSIX_ERROR_HANDLING") && !getenv("UCX_SYSV_ERROR_HANDLING") &&
+        (us = ucp_config_modify(cfg, "MM_ERROR_HANDLING", "y")) != UCS_OK)
+        kvt_log_warn("net shared memory error handling not set cause=%s", ucs_status_string(us));
     ucp_params_t p = {.field_mask = UCP_PARAM_FIELD_FEATURES,
                       .features = UCP_FEATURE_AM | UCP_FEATURE_RMA | UCP_FEATURE_WAKEUP};
     us = ucp_init(&p, cfg, ctx_p);
