@@ -14,12 +14,19 @@
  *            request for the single-block latency.
  *   ucx_perftest  `ucx_perftest -t ucp_get -s N` between two processes on
  *            loopback, on kvtier's transport: UCX_TLS from --perftest-tls
- *            (default: this environment's UCX_TLS, else tcp, which is what
- *            kvt_net's client-server endpoints get on loopback; left to
- *            itself UCX would map ucx_perftest's buffers in shared memory,
- *            which registered pool memory never is).  Bandwidth "overall"
- *            and the 50th-percentile latency of one get, from its "Final:"
- *            line (MB there = 2^20 B).
+ *            (default: this environment's UCX_TLS, else the transport the
+ *            pull's replies took: sm when the block server answered over a
+ *            same-host lane (net.h), tcp otherwise, which is what kvt_net's
+ *            client-server endpoints get on loopback).  Over sm ucx_perftest
+ *            reads one buffer of N bytes again and again, from cache while
+ *            N fits there; the pull moves M distinct blocks.  Bandwidth
+ *            "overall" and the 50th-percentile latency of one get, from its
+ *            "Final:" line (MB there = 2^20 B).
+ *   memcpy   the same M blocks copied once from the chain's source into the
+ *            destination in this process, best of three passes: what one
+ *            pass over the bytes costs on this machine (a pull makes at
+ *            least three: the transport's copy, the checksum, the copy out
+ *            of the reply).
  *   redis    a redis-server on 127.0.0.1 holding the same blocks (key = the
  *            block key in hex), read with pipelined GETs of --batch keys
  *            straight into the same destination buffer (cli/resp.c), warm-up
@@ -77,6 +84,8 @@ typedef struct {
     char perftest[PATH_MAX], redis_bin[PATH_MAX];
     char tls_buf[256];         /* "UCX_TLS=..." for the ucx_perftest pair */
     const char *perftest_env;  /* tls_buf, or NULL: this environment as is */
+    bool perftest_auto;        /* tls_buf follows the pull's transport */
+    bool lane;                 /* the last pull's replies came over a lane */
     bool have_perftest, have_redis;
     bool rma;                  /* the server serves by RMA (kv serve --rma) */
     kvt_bench_child_t server, redis;
@@ -99,10 +108,9 @@ static const kvt_opt_t g_opts[] = {
     {"seed", KVT_OPT_U64, "1", "seed for payloads, tokens and fingerprint"},
     {"perftest-tls", KVT_OPT_STR, NULL,
      "UCX_TLS for the ucx_perftest pair, so it uses kvtier's transport: by default this "
-     "environment's UCX_TLS, else tcp (what kvt_net's client-server endpoints wire up on "
-     "loopback: UCX_LOG_LEVEL=info shows rma_am(tcp/lo)); 'inherit': this environment as is "
-     "(UCX then maps ucx_perftest's buffers in shared memory, a transport kvtier's pulls "
-     "do not get)"},
+     "environment's UCX_TLS, else what the pull's replies took: sm over a same-host lane, "
+     "tcp otherwise (KVT_NET_LANES=0, or a --peer on another host); 'inherit': this "
+     "environment as is"},
     {"keep", KVT_OPT_BOOL, NULL, "keep DIR/pull/<size> (serve it later for --peer runs)"},
     {"rma", KVT_OPT_BOOL, NULL,
      "start the block server with --rma (RMA reads under leases) instead of inline replies"},
@@ -270,8 +278,12 @@ static kvt_status_t pull_run(pull_t *p, const char *peer, figs_t *f)
         kvt_log_error("destination register failed err=\"%s\"", kvt_status_str(st));
     if (st == KVT_OK)
         st = kvt_block_client_connect(w, peer, PULL_TIMEOUT_MS, &cl);
-    if (st == KVT_OK)
+    if (st == KVT_OK) {
+        p->lane = kvt_block_client_lane(cl);
+        if (p->perftest_auto)
+            snprintf(p->tls_buf, sizeof(p->tls_buf), "UCX_TLS=%s", p->lane ? "sm,self" : "tcp");
         st = pull_measure(p, cl, f);
+    }
     kvt_block_client_close(cl);
     if (mem)
         kvt_net_mem_deregister(mem);
@@ -439,6 +451,21 @@ static kvt_status_t redis_run(pull_t *p, figs_t *f)
 
 /* ---- one size ---- */
 
+/* The memcpy reference: GB/s of the best of three passes. */
+static double memcpy_gbps(pull_t *p)
+{
+    double best = 0;
+    for (int pass = 0; pass < 3; pass++) {
+        memset(p->dst, 0, p->c.n * p->m);
+        uint64_t t0 = kvt_time_ns();
+        for (uint64_t i = 0; i < p->m; i++)
+            memcpy(p->dst + i * p->c.n, p->c.src + i * p->c.n, p->c.n);
+        double g = gbps_of(p, (double)(kvt_time_ns() - t0) * 1e-9);
+        best = g > best ? g : best;
+    }
+    return best;
+}
+
 static void add_rows(pull_t *p, const figs_t *pf, const figs_t *uf, const figs_t *rf)
 {
     char l[24], name[64], ref[64];
@@ -452,6 +479,8 @@ static void add_rows(pull_t *p, const figs_t *pf, const figs_t *uf, const figs_t
     ROW("pull_%s_throughput", pf->gbps, "GB/s", "ucx_perftest_get_%s_throughput", uf->gbps, false);
     ROW("pull_%s_single_p50", pf->single_p50_us, "us", "ucx_perftest_get_%s_p50",
         uf->single_p50_us, true);
+    ROW("pull_%s_vs_memcpy_throughput", pf->gbps, "GB/s", "memcpy_%s_throughput", memcpy_gbps(p),
+        false);
     ROW("pull_%s_vs_redis_throughput", pf->gbps, "GB/s", "redis_get_%s_throughput", rf->gbps,
         false);
     ROW("pull_%s_p50", pf->p50_us, "us", "redis_get_%s_p50", rf->p50_us, true);
@@ -551,8 +580,9 @@ static bool pull_config(pull_t *p, const kvt_config_t *cfg)
         return false;
     }
     const char *tls = kvt_config_str(cfg, "perftest-tls"), *env_tls = getenv("UCX_TLS");
+    p->perftest_auto = (!tls || !*tls) && !(env_tls && *env_tls);
     if (!tls || !*tls)
-        tls = env_tls && *env_tls ? env_tls : "tcp";
+        tls = env_tls && *env_tls ? env_tls : "tcp"; /* auto: set again after each pull */
     if (strcmp(tls, "inherit") != 0) {
         snprintf(p->tls_buf, sizeof(p->tls_buf), "UCX_TLS=%s", tls);
         p->perftest_env = p->tls_buf;
@@ -571,6 +601,7 @@ static cJSON *pull_machine(const pull_t *p)
                                 p->perftest_env ? p->perftest_env + 8 : "inherit");
         cJSON_AddStringToObject(m, "peer", p->peer ? p->peer : "kv serve on 127.0.0.1");
         cJSON_AddStringToObject(m, "pull_mode", p->rma ? "rma" : "inline");
+        cJSON_AddBoolToObject(m, "same_host_lane", p->lane);
     }
     return m;
 }
@@ -581,10 +612,10 @@ static void print_table(const pull_t *p)
     const cJSON *cpu = cJSON_GetObjectItem(m, "cpu"), *tls = cJSON_GetObjectItem(m, "ucx_tls"),
                 *ptls = cJSON_GetObjectItem(m, "ucx_perftest_tls");
     printf("kvtier bench pull: %llu blocks per size, %llu keys per request, %llu rounds (median)"
-           "\npeer %s, UCX_TLS %s (ucx_perftest: %s), cpu %s\n\n",
+           "\npeer %s, UCX_TLS %s, same-host lane %s (ucx_perftest: %s), cpu %s\n\n",
            (unsigned long long)p->m, (unsigned long long)p->batch, (unsigned long long)p->iters,
            p->peer ? p->peer : "kv serve on 127.0.0.1", cJSON_IsString(tls) ? tls->valuestring : "?",
-           cJSON_IsString(ptls) ? ptls->valuestring : "?",
+           p->lane ? "yes" : "no", cJSON_IsString(ptls) ? ptls->valuestring : "?",
            cJSON_IsString(cpu) ? cpu->valuestring : "?");
     cJSON_Delete(m);
     kvt_bench_print_table(&p->res);

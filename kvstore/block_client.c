@@ -296,23 +296,27 @@ static void release(kvt_block_client_t *c, uint64_t lease_id)
  * second reply travels while the first is read.  512 KiB of payload per
  * request, so that its reply, headers included, fits the block server's
  * 768 KiB inline target (a larger request comes back partly RETRY and
- * costs another round).  Two in flight, not more: on UCX 1.13 over one
- * TCP lane, eight 512 KiB replies in flight collapsed to ~0.3 GB/s
- * (rendezvous and eager alike), and so did two 4 MiB ones, where two of
- * about 1 MiB held 1.4-2.6 GB/s (kvtier bench pull, bench/RESULTS.md
- * 2026-11-22).  A round asks for at most 2 MiB (one block at least),
+ * costs another round).  Over TCP two in flight, not more: on UCX 1.13
+ * over one TCP lane, eight 512 KiB replies in flight collapsed to ~0.3
+ * GB/s (rendezvous and eager alike), and so did two 4 MiB ones, where two
+ * of about 1 MiB held 1.4-2.6 GB/s (kvtier bench pull, bench/RESULTS.md
+ * 2026-11-22).  Over a same-host lane (shared memory) four, which keeps
+ * the server sending while the client reads.  A round asks for at most
+ * 2 MiB (one block at least),
  * also well within what the receiving worker takes in flight by
  * rendezvous (at least 16 MiB per endpoint, net/netInt.h): a reply over
- * that budget would be dropped and its request time out. */
+ * that budget waits for room. */
 #define PULL_CHUNK_BYTES (512u << 10)
 #define PULL_ROUND_BYTES (2u << 20)
-#define PULL_MAX_REQUESTS 4
+#define PULL_MAX_REQUESTS 4       /* on a same-host lane */
+#define PULL_MAX_REQUESTS_TCP 2
 
 /* Splits pending[0..n) into runs of about PULL_CHUNK_BYTES of destination
  * capacity (at least one key each) while the round stays within
  * PULL_ROUND_BYTES (it always takes one run): starts[0..count] bound
  * them, and the keys past starts[count] wait for the next round. */
-static size_t chunk_plan(const kvt_pull_t *items, const size_t *pending, size_t n, size_t *starts)
+static size_t chunk_plan(const kvt_pull_t *items, const size_t *pending, size_t n,
+                         size_t max_requests, size_t *starts)
 {
     size_t count = 0, run = 0, round = 0, k;
     starts[0] = 0;
@@ -321,7 +325,7 @@ static size_t chunk_plan(const kvt_pull_t *items, const size_t *pending, size_t 
         if (k > 0 && round + cap > PULL_ROUND_BYTES)
             break;
         if (k > starts[count] && run + cap > PULL_CHUNK_BYTES) {
-            if (count + 1 == PULL_MAX_REQUESTS)
+            if (count + 1 == max_requests)
                 break;
             starts[++count] = k;
             run = 0;
@@ -356,7 +360,9 @@ static kvt_status_t pull_round(kvt_block_client_t *c, kvt_pull_t *items, size_t 
                                int timeout_ms)
 {
     size_t n = *n_p, starts[PULL_MAX_REQUESTS + 1];
-    size_t n_req = chunk_plan(items, pending, n, starts);
+    size_t n_req = chunk_plan(items, pending, n,
+                              kvt_net_ep_lane(c->ep) ? PULL_MAX_REQUESTS : PULL_MAX_REQUESTS_TCP,
+                              starts);
     kvt_net_req_t reqs[PULL_MAX_REQUESTS] = {{0}};
     kvt_status_t st = KVT_OK;
     for (size_t i = 0; st == KVT_OK && i < n_req; i++) {
