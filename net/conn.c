@@ -152,9 +152,9 @@ kvt_status_t kvt_net_connect(kvt_net_worker_t *w, const char *host_port, int tim
         return connect_once(w, host_port, deadline, false, ep_p, &(ucs_status_t){0});
     /* With a lane offered, the ack comes on the lane, so a lane UCX cannot
      * wire (shared memory the identity check let through but UCX could not
-     * attach) may show only as a missing ack.  Half the time for that try, then the rest for one
-     * without an offer.  Not after a refusal: nobody listens, or the
-     * server is at its cap. */
+     * attach) may show only as a missing ack.  Half the time for that try,
+     * then the rest for one without an offer.  Not after a refusal: nobody
+     * listens, or the server is at its cap. */
     uint64_t now = kvt_time_ns();
     ucs_status_t why;
     kvt_status_t st = connect_once(w, host_port, now + (deadline - now) / 2, true, ep_p, &why);

@@ -456,10 +456,13 @@ static kvt_net_ep_t *am_source(kvt_net_worker_t *w, const void *header, size_t h
                                const ucp_am_recv_param_t *param, bool *hdr_ok)
 {
     kvt_net_ep_t *ep = NULL;
+    bool has_reply_ep = param->recv_attr & UCP_AM_RECV_ATTR_FIELD_REPLY_EP;
     *hdr_ok = header_length == NET_HDR_LEN || header_length == NET_LANE_HDR_LEN;
-    if (header_length == NET_LANE_HDR_LEN)
+    /* Lane messages come without a reply endpoint (send.c); one that has
+     * one is a peer on a client-server endpoint dressing up as a lane. */
+    if (header_length == NET_LANE_HDR_LEN && !has_reply_ep)
         ep = kvt_net_lane_lookup(w, kvt_le_get64((const uint8_t *)header + NET_HDR_LEN));
-    else if (param->recv_attr & UCP_AM_RECV_ATTR_FIELD_REPLY_EP)
+    else if (header_length == NET_HDR_LEN && has_reply_ep)
         ep = ep_lookup(w, param->reply_ep);
     return ep && !ep->closing ? ep : NULL;
 }
