@@ -718,8 +718,9 @@ void kvt_net_ep_finish(kvt_net_ep_t *ep, uint32_t flags, int timeout_ms)
         w->n_accepted--;
     }
     if (!close_both(ep, flags, timeout_ms)) {
-        kvt_log_warn("net close still running, parked peer=%s timeout_ms=%d", ep->peer,
-                     timeout_ms);
+        if (timeout_ms > 0)
+            kvt_log_warn("net close still running, parked peer=%s timeout_ms=%d", ep->peer,
+                         timeout_ms);
         ep_list_add(&w->zombies, ep);
         return;
     }
@@ -747,7 +748,10 @@ void kvt_net_ep_close(kvt_net_ep_t *ep)
     kvt_net_ep_detach(ep);
     bool alive = ep->alive && ep->uep;
     kvt_log_debug("net close peer=%s alive=%d", ep->peer, alive);
-    kvt_net_ep_finish(ep, alive ? 0 : UCP_EP_CLOSE_FLAG_FORCE, NET_CLOSE_MS);
+    /* A dead endpoint has nothing to flush: its forced close is not waited
+     * for here but parked and reaped by later progress, so a server that
+     * closes the endpoints of dead clients keeps answering the others. */
+    kvt_net_ep_finish(ep, alive ? 0 : UCP_EP_CLOSE_FLAG_FORCE, alive ? NET_CLOSE_MS : 0);
 }
 
 void kvt_net_ep_force_close(kvt_net_ep_t *ep)

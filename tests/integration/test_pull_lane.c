@@ -166,8 +166,9 @@ static int pull_loop_main(const char *addr)
     kvt_net_worker_params_t wp = {0};
     kvt_net_worker_t *w;
     kvt_block_client_t *c;
+    /* The connect may meet the daemon closing the last child's connection. */
     if (kvt_net_worker_create(&wp, &w) != KVT_OK ||
-        kvt_block_client_connect(w, addr, TIMEOUT_MS, &c) != KVT_OK || !kvt_block_client_lane(c))
+        kvt_block_client_connect(w, addr, 10000, &c) != KVT_OK || !kvt_block_client_lane(c))
         return 2;
     for (bool said = false;;) {
         bool all_ok;
