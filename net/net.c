@@ -500,8 +500,8 @@ static ucs_status_t am_data_cb(void *arg, const void *header, size_t header_leng
     return UCS_OK;
 }
 
-/* A hello (with its lane offer, if any) is answered from the queue: opening
- * a lane creates an endpoint, which is not for inside a UCX callback. */
+/* A hello with a lane offer is answered from the queue: opening a lane
+ * creates an endpoint, which is not for inside a UCX callback. */
 static void hello_queue(kvt_net_worker_t *w, kvt_net_ep_t *ep, const void *data, size_t length)
 {
     net_ev_t *ev = kvt_calloc("net hello", 1, sizeof(*ev));
@@ -528,7 +528,9 @@ static ucs_status_t am_ctrl_cb(void *arg, const void *header, size_t header_leng
     if (!ep || (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV))
         return UCS_OK;
     uint32_t type = kvt_le_get32((const uint8_t *)header + 8);
-    if (type == NET_CTRL_HELLO && ep->alive && ep->accepted && length <= NET_HELLO_MAX)
+    if (type == NET_CTRL_HELLO && ep->alive && ep->accepted && length == 0)
+        kvt_net_lane_hello(ep, NULL, 0); /* no offer: acked at once, as always */
+    else if (type == NET_CTRL_HELLO && ep->alive && ep->accepted && length <= NET_HELLO_MAX)
         hello_queue(w, ep, data, length);
     else if (type == NET_CTRL_ACK && length == 0 && !ep->accepted) {
         ep->hello_acked = true;

@@ -240,8 +240,9 @@ void kvt_net_ep_force_close(kvt_net_ep_t *ep);
  * offer: a client's hello payload (malloc'd; NULL, 0 when it offers none),
  * which also files ep under a fresh token.  lookup: the client ep of a
  * token.  forget: unfile a client ep (on its way out).  hello: the server
- * side of a hello, delivered from the queue: opens the lane if the offer
- * came from this host, then acks (on the lane if there is one). */
+ * side of a hello (from the queue when it carries an offer, at once when
+ * not): opens the lane if the offer came from this host, then acks (on
+ * the lane if there is one). */
 void kvt_net_lane_setup(kvt_net_worker_t *worker);
 void kvt_net_lane_cleanup(kvt_net_worker_t *worker);
 kvt_status_t kvt_net_lane_offer(kvt_net_ep_t *ep, void **hello_p, size_t *len_p);
