@@ -22,6 +22,7 @@
 #include "kvstore/block_server.h"
 #include "kvstore/tail.h"
 #include "proto/msg.h"
+#include "tests/support/kv_serve.h"
 #include "tests/support/net_thread.h"
 #include "tests/support/testutil.h"
 
@@ -440,25 +441,7 @@ static void test_client_killed_holding_pins(void **state)
 /* Start `kvtier kv serve` on listen; addr gets the address it reports. */
 static pid_t spawn_server_at(const char *data, const char *listen, char *addr)
 {
-    const char *bin = getenv("KVTIER_BIN");
-    assert_non_null(bin);
-    int out[2];
-    assert_int_equal(pipe(out), 0);
-    pid_t pid = fork();
-    if (pid == 0) {
-        dup2(out[1], 1);
-        close(out[0]);
-        execl(bin, bin, "kv", "serve", "--data", data, "--listen", listen,
-              "--host-capacity", "1M", (char *)NULL);
-        _exit(127);
-    }
-    close(out[1]);
-    FILE *f = fdopen(out[0], "r");
-    char line[128] = "";
-    assert_non_null(fgets(line, sizeof(line), f));
-    fclose(f);
-    assert_int_equal(sscanf(line, "listening %63s", addr), 1);
-    return pid;
+    return tu_kv_serve(data, listen, "1M", addr);
 }
 
 static pid_t spawn_server(const char *data, char *addr, size_t cap)

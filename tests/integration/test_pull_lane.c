@@ -17,6 +17,7 @@
 #include "common/time.h"
 #include "kvstore/block_client.h"
 #include "kvstore/tier.h"
+#include "tests/support/kv_serve.h"
 #include "tests/support/testutil.h"
 
 #include <pthread.h>
@@ -46,29 +47,6 @@ static kvt_block_identity_t big_identity(void)
     return id;
 }
 
-static pid_t spawn_daemon(const char *data, char *addr)
-{
-    const char *bin = getenv("KVTIER_BIN");
-    assert_non_null(bin);
-    int out[2];
-    assert_int_equal(pipe(out), 0);
-    pid_t pid = fork();
-    if (pid == 0) {
-        dup2(out[1], 1);
-        close(out[0]);
-        execl(bin, bin, "kv", "serve", "--data", data, "--listen", "127.0.0.1:0",
-              "--host-capacity", "16M", (char *)NULL);
-        _exit(127);
-    }
-    close(out[1]);
-    FILE *f = fdopen(out[0], "r");
-    char line[128] = "";
-    assert_non_null(fgets(line, sizeof(line), f));
-    fclose(f);
-    assert_int_equal(sscanf(line, "listening %63s", addr), 1);
-    return pid;
-}
-
 static int fx_setup(void **state)
 {
     fx_t *fx = calloc(1, sizeof(*fx));
@@ -82,7 +60,7 @@ static int fx_setup(void **state)
         assert_int_equal(kvt_tier_put(tier, &fx->chain.hdr[i], fx->chain.payload[i]), KVT_OK);
     assert_int_equal(kvt_tier_flush(tier), KVT_OK);
     kvt_tier_close(tier);
-    fx->daemon = spawn_daemon(fx->dir, fx->addr);
+    fx->daemon = tu_kv_serve(fx->dir, "127.0.0.1:0", "16M", fx->addr);
     *state = fx;
     return 0;
 }
