@@ -84,7 +84,7 @@ typedef struct {
 static void reply_free(reply_t *r)
 {
     kvt_msg_free(r->msg);
-    kvt_net_reply_free(r->worker, r->raw, r->raw_len);
+    kvt_net_buf_free(r->worker, r->raw, r->raw_len);
     *r = (reply_t){0};
 }
 
@@ -107,7 +107,7 @@ static kvt_status_t reply_take(kvt_block_client_t *c, void *raw, size_t len, rep
     if (st != KVT_OK) {
         kvt_log_error("block client got an undecodable reply peer=%s err=\"%s\"",
                       kvt_net_ep_peer(c->ep), kvt_status_str(st));
-        kvt_net_reply_free(c->worker, raw, len);
+        kvt_net_buf_free(c->worker, raw, len);
         *r = (reply_t){0};
         return KVT_ERR_CORRUPT;
     }
@@ -384,7 +384,7 @@ static kvt_status_t pull_round(kvt_block_client_t *c, kvt_pull_t *items, size_t 
             reply_free(&r);
         }
         kvt_free((void *)reqs[i].data);
-        kvt_net_reply_free(c->worker, reqs[i].reply, reqs[i].reply_len);
+        kvt_net_buf_free(c->worker, reqs[i].reply, reqs[i].reply_len);
     }
     size_t left = 0;
     for (size_t k = 0; k < n; k++)

@@ -34,12 +34,14 @@
  * larger than this still goes alone, up to the client's cap. */
 #define INLINE_TARGET_BYTES (768u << 10)
 
-/* A buffer an inline reply is sent from (pooled: see wire_get). */
-typedef struct wire_buf {
+/* An inline reply being sent from a gathered buffer (the worker's message
+ * buffers, kvt_net_buf_alloc: a fresh multi-MiB buffer per reply cost its
+ * page faults every time and made 64 KiB-block pulls several times
+ * slower). */
+typedef struct {
     kvt_block_server_t *srv;
-    struct wire_buf *next;
-    size_t cap;
     uint8_t *data;
+    size_t len;
 } wire_buf_t;
 
 typedef struct lease {
@@ -79,8 +81,6 @@ struct kvt_block_server {
     uint32_t n_leases;
     kvt_net_ep_t **dead; /* endpoints to close after progress returns */
     size_t n_dead, cap_dead;
-    wire_buf_t *wire_idle; /* reply buffers not being sent */
-    size_t wire_idle_bytes;
     /* stats */
     pthread_mutex_t stats_lock;
     kvt_block_server_stats_t stats;
@@ -138,61 +138,23 @@ static void reply_ack(kvt_block_server_t *srv, kvt_net_ep_t *ep, uint64_t req_id
 
 /* --- reply buffers --- */
 
-/* Idle reply buffers are kept up to this many bytes: a fresh buffer of a
- * megabyte costs its page faults on every reply (on the project's VM that
- * made 64 KiB-block pulls several times slower). */
-#define WIRE_IDLE_MAX_BYTES (32u << 20)
-#define WIRE_MIN_CAP (1u << 20)
-
 static kvt_status_t wire_get(kvt_block_server_t *srv, size_t need, wire_buf_t **wb_p)
 {
-    for (wire_buf_t **pp = &srv->wire_idle; *pp; pp = &(*pp)->next) {
-        if ((*pp)->cap >= need) {
-            *wb_p = *pp;
-            *pp = (*pp)->next;
-            srv->wire_idle_bytes -= (*wb_p)->cap;
-            return KVT_OK;
-        }
-    }
-    wire_buf_t *wb = kvt_calloc("block server reply buffer", 1, sizeof(*wb));
-    size_t cap = need > WIRE_MIN_CAP ? need : WIRE_MIN_CAP;
-    if (wb)
-        wb->data = kvt_malloc("block server reply", cap);
-    if (!wb || !wb->data) {
+    wire_buf_t *wb = kvt_malloc("block server reply", sizeof(*wb));
+    uint8_t *data = wb ? kvt_net_buf_alloc(srv->worker, need) : NULL;
+    if (!data) {
         kvt_free(wb);
         return KVT_ERR_NOMEM;
     }
-    wb->srv = srv;
-    wb->cap = cap;
+    *wb = (wire_buf_t){.srv = srv, .data = data, .len = need};
     *wb_p = wb;
     return KVT_OK;
 }
 
-static void wire_free(wire_buf_t *wb)
+static void wire_put(wire_buf_t *wb)
 {
-    kvt_free(wb->data);
+    kvt_net_buf_free(wb->srv->worker, wb->data, wb->len);
     kvt_free(wb);
-}
-
-static void wire_put(kvt_block_server_t *srv, wire_buf_t *wb)
-{
-    if (srv->wire_idle_bytes + wb->cap > WIRE_IDLE_MAX_BYTES) {
-        wire_free(wb);
-        return;
-    }
-    wb->next = srv->wire_idle;
-    srv->wire_idle = wb;
-    srv->wire_idle_bytes += wb->cap;
-}
-
-static void wire_free_idle(kvt_block_server_t *srv)
-{
-    while (srv->wire_idle) {
-        wire_buf_t *wb = srv->wire_idle;
-        srv->wire_idle = wb->next;
-        wire_free(wb);
-    }
-    srv->wire_idle_bytes = 0;
 }
 
 /* --- leases --- */
@@ -349,7 +311,7 @@ static void inline_sent(kvt_status_t status, void *arg)
     wire_buf_t *wb = arg;
     if (status != KVT_OK)
         kvt_log_info("block server inline reply not delivered err=\"%s\"", kvt_status_str(status));
-    wire_put(wb->srv, wb);
+    wire_put(wb);
 }
 
 /* A zero-copy inline reply in flight: its envelope and attachment prefix
@@ -425,8 +387,8 @@ static kvt_status_t send_attached(kvt_block_server_t *srv, kvt_net_ep_t *ep, uin
         return send_attached_zcopy(srv, ep, req_id, msg, lease, att, lease_taken);
     wire_buf_t *wb = NULL;
     kvt_status_t st = need > KVT_PROTO_MAX_MSG ? KVT_ERR_TOO_LARGE : wire_get(srv, need, &wb);
-    if (st == KVT_OK && (st = kvt_msg_encode_to(msg, wb->data, wb->cap, &env_len)) != KVT_OK)
-        wire_put(srv, wb);
+    if (st == KVT_OK && (st = kvt_msg_encode_to(msg, wb->data, wb->len, &env_len)) != KVT_OK)
+        wire_put(wb);
     if (st == KVT_OK) {
         uint8_t *p = wb->data + env_len;
         p += kvt_msg_attach_prefix(att, p);
@@ -437,7 +399,7 @@ static kvt_status_t send_attached(kvt_block_server_t *srv, kvt_net_ep_t *ep, uin
         kvt_net_iov_t iov = {wb->data, (size_t)(p - wb->data)};
         st = kvt_net_sendv(ep, req_id, KVT_NET_FLAG_REPLY, &iov, 1, inline_sent, wb);
         if (st != KVT_OK)
-            wire_put(srv, wb);
+            wire_put(wb);
     }
     if (st != KVT_OK)
         kvt_log_warn("block server reply not sent peer=%s err=\"%s\"", kvt_net_ep_peer(ep),
@@ -680,7 +642,6 @@ static void serve_teardown(kvt_block_server_t *srv)
         kvt_net_mem_deregister(srv->mem);
     if (srv->worker)
         kvt_net_worker_destroy(srv->worker); /* closes the endpoints still open */
-    wire_free_idle(srv); /* after the worker: sends in flight came back there */
     kvt_free(srv->dead);
 }
 

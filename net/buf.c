@@ -1,4 +1,5 @@
-/* net receive buffers: large message buffers are kept for reuse instead of
+/* net message buffers: large message buffers (received messages, and
+ * what users send from, kvt_net_buf_alloc) are kept for reuse instead of
  * going back to malloc.
  *
  * Why: a pull moves a 0.5-2 MiB reply every few hundred microseconds.  With
@@ -10,8 +11,8 @@
  * show it, which is why the benchmark's own server child hid it.
  *
  * Buffers of at least NET_BUF_MIN bytes are allocated with their size
- * rounded up to NET_BUF_ROUND, so a buffer handed back with its message
- * length is known to have that rounded capacity; they are plain malloc
+ * rounded up to NET_BUF_ROUND, so a buffer handed back with its length is
+ * known to hold at least that rounded capacity; they are plain malloc
  * memory, so a user may still kvt_free one (it is then simply not reused).
  * At most NET_BUF_IDLE bytes wait idle per worker; beyond, a handed-back
  * buffer is freed. */
@@ -24,28 +25,34 @@ static size_t buf_cap(size_t len)
     return (len + NET_BUF_ROUND - 1) / NET_BUF_ROUND * NET_BUF_ROUND;
 }
 
-void *kvt_net_buf_get(kvt_net_worker_t *w, size_t len)
+/* The smallest idle buffer that holds cap without wasting more than as
+ * much again (message sizes vary a little: a block server's replies). */
+void *kvt_net_buf_alloc(kvt_net_worker_t *w, size_t len)
 {
     if (len < NET_BUF_MIN)
         return kvt_malloc("net message", len ? len : 1);
-    size_t cap = buf_cap(len);
-    for (size_t i = w->n_bufs; i-- > 0;) {
-        if (w->bufs[i].cap != cap)
-            continue;
-        void *p = w->bufs[i].p;
-        w->bufs[i] = w->bufs[--w->n_bufs];
-        w->bufs_idle -= cap;
-        return p;
-    }
-    return kvt_malloc("net message", cap);
+    size_t cap = buf_cap(len), best = w->n_bufs;
+    for (size_t i = 0; i < w->n_bufs; i++)
+        if (w->bufs[i].cap >= cap && w->bufs[i].cap / 2 <= cap &&
+            (best == w->n_bufs || w->bufs[i].cap < w->bufs[best].cap))
+            best = i;
+    if (best == w->n_bufs)
+        return kvt_malloc("net message", cap);
+    void *p = w->bufs[best].p;
+    w->bufs_idle -= w->bufs[best].cap;
+    w->bufs[best] = w->bufs[--w->n_bufs];
+    return p;
 }
 
-void kvt_net_buf_put(kvt_net_worker_t *w, void *buf, size_t len)
+/* len's rounded capacity is what the buffer is known to hold: a larger
+ * idle buffer that alloc handed out is filed under less than it has,
+ * which is safe. */
+void kvt_net_buf_free(kvt_net_worker_t *w, void *buf, size_t len)
 {
     if (!buf)
         return;
     size_t cap = buf_cap(len);
-    if (len < NET_BUF_MIN || w->n_bufs == NET_BUF_SLOTS || w->bufs_idle + cap > NET_BUF_IDLE) {
+    if (!w || len < NET_BUF_MIN || w->n_bufs == NET_BUF_SLOTS || w->bufs_idle + cap > NET_BUF_IDLE) {
         kvt_free(buf);
         return;
     }
@@ -58,12 +65,4 @@ void kvt_net_buf_destroy_all(kvt_net_worker_t *w)
     while (w->n_bufs)
         kvt_free(w->bufs[--w->n_bufs].p);
     w->bufs_idle = 0;
-}
-
-void kvt_net_reply_free(kvt_net_worker_t *w, void *reply, size_t len)
-{
-    if (w)
-        kvt_net_buf_put(w, reply, len);
-    else
-        kvt_free(reply);
 }

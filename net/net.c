@@ -155,7 +155,7 @@ static net_ev_t *ev_pop(kvt_net_worker_t *w)
 static void ev_free(kvt_net_worker_t *w, net_ev_t *ev)
 {
     if (ev->type == NET_EV_MSG)
-        kvt_net_buf_put(w, ev->data, ev->len);
+        kvt_net_buf_free(w, ev->data, ev->len);
     else
         kvt_free(ev->data);
     ev->data = NULL;
@@ -241,7 +241,7 @@ static void deliver(kvt_net_worker_t *w, kvt_net_ep_t *ep, uint64_t req_id, uint
         }
         kvt_log_debug("net reply dropped, nobody waits peer=%s req_id=%llu len=%zu", ep->peer,
                       (unsigned long long)req_id, len);
-        kvt_net_buf_put(w, buf, len);
+        kvt_net_buf_free(w, buf, len);
         return;
     }
     net_ev_t *ev = NULL;
@@ -250,7 +250,7 @@ static void deliver(kvt_net_worker_t *w, kvt_net_ep_t *ep, uint64_t req_id, uint
     if (!ev) {
         kvt_log_warn("net message dropped, queue full peer=%s len=%zu queued=%zu", ep->peer, len,
                      w->ev_bytes);
-        kvt_net_buf_put(w, buf, len);
+        kvt_net_buf_free(w, buf, len);
         return;
     }
     ev->type = NET_EV_MSG;
@@ -323,7 +323,7 @@ static void rndv_done(void *request, ucs_status_t status, size_t length, void *u
     } else {
         kvt_log_debug("net rendezvous receive dropped status=%s len=%zu got=%zu",
                       ucs_status_string(status), r->len, length);
-        kvt_net_buf_put(w, r->buf, r->len);
+        kvt_net_buf_free(w, r->buf, r->len);
     }
     kvt_free(r);
 }
@@ -335,7 +335,7 @@ static void rndv_start(kvt_net_worker_t *w, kvt_net_ep_t *ep, uint64_t req_id, u
                        void *desc, size_t len)
 {
     net_rndv_t *r = kvt_calloc("net rndv", 1, sizeof(*r));
-    void *buf = r ? kvt_net_buf_get(w, len) : NULL;
+    void *buf = r ? kvt_net_buf_alloc(w, len) : NULL;
     if (!buf) {
         kvt_free(r);
         ucp_am_data_release(w->uw, desc);
@@ -491,7 +491,7 @@ static ucs_status_t am_data_cb(void *arg, const void *header, size_t header_leng
     }
     if (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV)
         return rndv_arrive(w, ep, req_id, flags, data, length);
-    void *buf = kvt_net_buf_get(w, length);
+    void *buf = kvt_net_buf_alloc(w, length);
     if (!buf)
         return UCS_OK;
     if (length)
@@ -794,7 +794,7 @@ static void deliver_one(kvt_net_worker_t *w, net_ev_t *ev)
     case NET_EV_MSG:
         if (w->on_msg)
             w->on_msg(e.ep, e.req_id, e.flags, e.data, e.len, w->arg);
-        kvt_net_buf_put(w, e.data, e.len);
+        kvt_net_buf_free(w, e.data, e.len);
         break;
     case NET_EV_DOWN:
         if (w->on_conn)

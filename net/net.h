@@ -143,11 +143,15 @@ kvt_status_t kvt_net_sendv(kvt_net_ep_t *ep, uint64_t req_id, uint32_t flags,
 kvt_status_t kvt_net_request(kvt_net_ep_t *ep, const void *data, size_t len, int timeout_ms,
                              void **reply_p, size_t *reply_len_p);
 
-/* Give back a reply of len bytes from kvt_net_request(_many) (NULL: no-op):
- * the worker may reuse its buffer for a later message, which spares large
- * receives an allocation and its page faults each time.  kvt_free is also
- * correct, just not reused.  On the worker's thread. */
-void kvt_net_reply_free(kvt_net_worker_t *worker, void *reply, size_t len);
+/* Buffers for large messages, kept by the worker for reuse: a fresh
+ * multi-MiB allocation pays a page fault per 4 KiB each time (glibc maps
+ * it anew), which made pulls several times slower.  alloc: at least len
+ * bytes (NULL: out of memory).  free (NULL: no-op): give back a buffer of
+ * len bytes, from alloc or a reply of kvt_net_request(_many) with its
+ * length; kvt_free is also correct for those, just not reused.  On the
+ * worker's thread; idle buffers are freed at worker destroy. */
+void *kvt_net_buf_alloc(kvt_net_worker_t *worker, size_t len);
+void kvt_net_buf_free(kvt_net_worker_t *worker, void *buf, size_t len);
 
 /* Send every request at once, then wait (as kvt_net_request) until each
  * has its reply or timeout_ms passed: n requests cost one round trip, and

@@ -48,7 +48,7 @@ typedef enum { NET_EV_MSG, NET_EV_DOWN, NET_EV_ACCEPT, NET_EV_SENT, NET_EV_HELLO
 
 typedef struct net_send net_send_t; /* a send in flight (send.c) */
 
-/* Receive buffers kept for reuse (buf.c). */
+/* Message buffers kept for reuse (buf.c). */
 #define NET_BUF_MIN (64u << 10)    /* smaller ones come from and go to malloc */
 #define NET_BUF_ROUND (64u << 10)  /* capacity = length rounded up to this */
 #define NET_BUF_IDLE (32u << 20)   /* idle bytes kept per worker */
@@ -189,7 +189,7 @@ struct kvt_net_worker {
     size_t n_sends;
     size_t send_ep_cap;           /* bound on an endpoint's send_bytes */
     atomic_bool signaled;         /* kvt_net_worker_signal since the last wait */
-    net_buf_t bufs[NET_BUF_SLOTS]; /* idle receive buffers (buf.c) */
+    net_buf_t bufs[NET_BUF_SLOTS]; /* idle message buffers (buf.c) */
     size_t n_bufs, bufs_idle;
 };
 
@@ -249,11 +249,8 @@ kvt_status_t kvt_net_lane_offer(kvt_net_ep_t *ep, void **hello_p, size_t *len_p)
 kvt_net_ep_t *kvt_net_lane_lookup(kvt_net_worker_t *worker, uint64_t token);
 void kvt_net_lane_forget(kvt_net_ep_t *ep);
 void kvt_net_lane_hello(kvt_net_ep_t *ep, const void *hello, size_t len);
-/* Receive buffers (buf.c): get one for a message of len bytes; put one
- * back (len: the message's length) for reuse or freeing; free the idle
+/* Message buffers (buf.c; kvt_net_buf_alloc/free in net.h): free the idle
  * ones at worker destroy. */
-void *kvt_net_buf_get(kvt_net_worker_t *worker, size_t len);
-void kvt_net_buf_put(kvt_net_worker_t *worker, void *buf, size_t len);
 void kvt_net_buf_destroy_all(kvt_net_worker_t *worker);
 /* Worker teardown of the registrations the user left behind. */
 void kvt_net_mem_destroy_all(kvt_net_worker_t *worker);
