@@ -1,6 +1,7 @@
 /* net: UCX workers, endpoints and framed messages (contract: net.h);
- * sends are in send.c, connect and listen in conn.c, same-host lanes in
- * lane.c, receive buffers in buf.c, registration and gets in rma.c.
+ * sends are in send.c, rendezvous receives in rndv.c, connect and listen
+ * in conn.c, same-host lanes in lane.c, message buffers in buf.c,
+ * registration and gets in rma.c.
  *
  * Wire: every message is a UCX active message (id NET_AM_DATA) whose UCX
  * header is 16 bytes {u64 req_id, u32 flags, u32 len} little-endian (24
@@ -226,8 +227,8 @@ static void pending_del(kvt_net_worker_t *w, net_pending_t *p)
 
 /* A complete message with its payload in buf (owned here from now on):
  * a reply goes to its waiter, anything else to the queue. */
-static void deliver(kvt_net_worker_t *w, kvt_net_ep_t *ep, uint64_t req_id, uint32_t flags,
-                    void *buf, size_t len)
+void kvt_net_deliver(kvt_net_worker_t *w, kvt_net_ep_t *ep, uint64_t req_id, uint32_t flags,
+                     void *buf, size_t len)
 {
     if (flags & KVT_NET_FLAG_REPLY) {
         for (net_pending_t *p = w->pending; p; p = p->next) {
@@ -263,190 +264,6 @@ static void deliver(kvt_net_worker_t *w, kvt_net_ep_t *ep, uint64_t req_id, uint
 }
 
 /* --- active message receive --- */
-
-/* Rendezvous budget: a receive holds its buffer and record from the
- * header until the peer sends the data, so what the receives in flight may
- * hold is capped per worker and per endpoint (ep NULL: it was detached and
- * its share went with it). */
-static size_t rndv_charge(size_t len) { return len + sizeof(net_rndv_t); }
-
-static void rndv_unreserve(kvt_net_worker_t *w, kvt_net_ep_t *ep, size_t len)
-{
-    w->rndv_bytes -= rndv_charge(len);
-    if (ep)
-        ep->rndv_bytes -= rndv_charge(len);
-}
-
-static bool rndv_fits(const kvt_net_worker_t *w, const kvt_net_ep_t *ep, size_t len)
-{
-    size_t c = rndv_charge(len);
-    return w->rndv_bytes + c <= w->rndv_cap && ep->rndv_bytes + c <= w->rndv_ep_cap;
-}
-
-static void rndv_reserve(kvt_net_worker_t *w, kvt_net_ep_t *ep, size_t len)
-{
-    w->rndv_bytes += rndv_charge(len);
-    ep->rndv_bytes += rndv_charge(len);
-}
-
-static void rndv_link(kvt_net_worker_t *w, net_rndv_t *r)
-{
-    r->prev = NULL;
-    r->next = w->rndv;
-    if (w->rndv)
-        w->rndv->prev = r;
-    w->rndv = r;
-}
-
-static void rndv_unlink(kvt_net_worker_t *w, net_rndv_t *r)
-{
-    if (r->prev)
-        r->prev->next = r->next;
-    else
-        w->rndv = r->next;
-    if (r->next)
-        r->next->prev = r->prev;
-    r->next = r->prev = NULL;
-}
-
-/* Completion, from UCX (request set) or from rndv_start (request NULL). */
-static void rndv_done(void *request, ucs_status_t status, size_t length, void *user_data)
-{
-    net_rndv_t *r = user_data;
-    kvt_net_worker_t *w = r->worker;
-    rndv_unlink(w, r);
-    rndv_unreserve(w, r->ep, r->len);
-    if (request)
-        ucp_request_free(request);
-    if (status == UCS_OK && length == r->len && r->ep && !r->ep->closing) {
-        deliver(w, r->ep, r->req_id, r->flags, r->buf, r->len);
-    } else {
-        kvt_log_debug("net rendezvous receive dropped status=%s len=%zu got=%zu",
-                      ucs_status_string(status), r->len, length);
-        kvt_net_buf_free(w, r->buf, r->len);
-    }
-    kvt_free(r);
-}
-
-/* Starts receiving into a buffer of our own, charged to the budget (which
- * the caller checked).  Without memory the message is released: dropped,
- * and the sender's send completes. */
-static void rndv_start(kvt_net_worker_t *w, kvt_net_ep_t *ep, uint64_t req_id, uint32_t flags,
-                       void *desc, size_t len)
-{
-    net_rndv_t *r = kvt_calloc("net rndv", 1, sizeof(*r));
-    void *buf = r ? kvt_net_buf_alloc(w, len) : NULL;
-    if (!buf) {
-        kvt_free(r);
-        ucp_am_data_release(w->uw, desc);
-        return;
-    }
-    rndv_reserve(w, ep, len);
-    *r = (net_rndv_t){.worker = w, .ep = ep, .req_id = req_id, .flags = flags, .len = len,
-                      .buf = buf};
-    /* Linked first, so every path out goes through rndv_done's unlink:
-     * completion can be immediate (a zero-length message, for one). */
-    rndv_link(w, r);
-    ucp_request_param_t prm = {.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK |
-                                               UCP_OP_ATTR_FIELD_USER_DATA,
-                               .cb.recv_am = rndv_done,
-                               .user_data = r};
-    void *req = ucp_am_recv_data_nbx(w->uw, desc, buf, len, &prm);
-    if (req == NULL) {
-        rndv_done(NULL, UCS_OK, len, r);
-    } else if (UCS_PTR_IS_ERR(req)) {
-        kvt_log_warn("net rendezvous receive failed peer=%s len=%zu cause=%s", ep->peer, len,
-                     ucs_status_string(UCS_PTR_STATUS(req)));
-        rndv_done(NULL, UCS_PTR_STATUS(req), 0, r);
-    }
-}
-
-/* A rendezvous message announced: received now if the budget has room and
- * none of its endpoint's is waiting (per-endpoint order), else kept for
- * rndv_resume (UCS_INPROGRESS keeps UCX's descriptor).  Only a peer with
- * NET_DEFER_EP_MAX already waiting loses one (logged once per endpoint). */
-static ucs_status_t rndv_arrive(kvt_net_worker_t *w, kvt_net_ep_t *ep, uint64_t req_id,
-                                uint32_t flags, void *desc, size_t len)
-{
-    if (ep->n_defer == 0 && rndv_fits(w, ep, len)) {
-        rndv_start(w, ep, req_id, flags, desc, len);
-        return UCS_OK;
-    }
-    net_defer_t *d = ep->n_defer < NET_DEFER_EP_MAX ? kvt_calloc("net defer", 1, sizeof(*d)) : NULL;
-    if (!d) {
-        if (!ep->rndv_warned)
-            kvt_log_warn("net rendezvous dropped, too many waiting peer=%s len=%zu waiting=%zu",
-                         ep->peer, len, ep->n_defer);
-        ep->rndv_warned = true;
-        return UCS_OK; /* UCX drops it; the sender's send completes */
-    }
-    *d = (net_defer_t){.ep = ep, .req_id = req_id, .flags = flags, .desc = desc, .len = len};
-    if (w->defer_tail)
-        w->defer_tail->next = d;
-    else
-        w->defer_head = d;
-    w->defer_tail = d;
-    ep->n_defer++;
-    return UCS_INPROGRESS;
-}
-
-/* Unlinks d (whose predecessor is prev) from the waiting list. */
-static void defer_unlink(kvt_net_worker_t *w, net_defer_t *prev, net_defer_t *d)
-{
-    if (prev)
-        prev->next = d->next;
-    else
-        w->defer_head = d->next;
-    if (w->defer_tail == d)
-        w->defer_tail = prev;
-    d->ep->n_defer--;
-}
-
-/* Starts the waiting messages that fit now, in order per endpoint; runs
- * after progress returns (never inside a UCX callback).  Returns how many
- * started.  An endpoint going away releases its own (rndv_forget). */
-static unsigned rndv_resume(kvt_net_worker_t *w)
-{
-    unsigned started = 0;
-    net_defer_t *prev = NULL, *d = w->defer_head;
-    while (d) {
-        net_defer_t *next = d->next;
-        if (!d->ep->alive) { /* its peer failed: the message goes with it */
-            defer_unlink(w, prev, d);
-            ucp_am_data_release(w->uw, d->desc);
-            kvt_free(d);
-        } else if (!d->ep->defer_blocked && rndv_fits(w, d->ep, d->len)) {
-            defer_unlink(w, prev, d);
-            rndv_start(w, d->ep, d->req_id, d->flags, d->desc, d->len);
-            kvt_free(d);
-            started++;
-        } else {
-            d->ep->defer_blocked = true;
-            prev = d;
-        }
-        d = next;
-    }
-    for (d = w->defer_head; d; d = d->next)
-        d->ep->defer_blocked = false;
-    return started;
-}
-
-/* Releases the waiting messages of ep (all of them when ep is NULL). */
-static void rndv_forget(kvt_net_worker_t *w, const kvt_net_ep_t *ep)
-{
-    net_defer_t *prev = NULL, *d = w->defer_head;
-    while (d) {
-        net_defer_t *next = d->next;
-        if (!ep || d->ep == ep) {
-            defer_unlink(w, prev, d);
-            ucp_am_data_release(w->uw, d->desc);
-            kvt_free(d);
-        } else {
-            prev = d;
-        }
-        d = next;
-    }
-}
 
 /* The connection a message came from: on a same-host lane the token at
  * the end of the header names it, elsewhere the sender's reply endpoint
@@ -490,13 +307,13 @@ static ucs_status_t am_data_cb(void *arg, const void *header, size_t header_leng
         return UCS_OK; /* for rendezvous data this tells the sender it is dropped */
     }
     if (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV)
-        return rndv_arrive(w, ep, req_id, flags, data, length);
+        return kvt_net_rndv_arrive(w, ep, req_id, flags, data, length);
     void *buf = kvt_net_buf_alloc(w, length);
     if (!buf)
         return UCS_OK;
     if (length)
         memcpy(buf, data, length);
-    deliver(w, ep, req_id, flags, buf, length);
+    kvt_net_deliver(w, ep, req_id, flags, buf, length);
     return UCS_OK;
 }
 
@@ -554,7 +371,7 @@ static unsigned deliver_queued(kvt_net_worker_t *w)
         n++;
     }
     if (w->defer_head) /* budget freed by receives that completed */
-        n += rndv_resume(w);
+        n += kvt_net_rndv_resume(w);
     return n;
 }
 
@@ -737,10 +554,8 @@ void kvt_net_ep_detach(kvt_net_ep_t *ep)
     ep->closing = true;
     kvt_net_ev_purge(w, ep, NULL);
     pending_fail(w, ep, KVT_ERR_CLOSED);
-    rndv_forget(w, ep);
-    for (net_rndv_t *r = w->rndv; r; r = r->next)
-        if (r->ep == ep)
-            r->ep = NULL;
+    kvt_net_rndv_forget(w, ep);
+    kvt_net_rndv_orphan(w, ep);
 }
 
 void kvt_net_ep_close(kvt_net_ep_t *ep)
@@ -761,7 +576,7 @@ void kvt_net_ep_force_close(kvt_net_ep_t *ep)
     kvt_net_worker_t *w = ep->worker;
     ep->alive = false;
     pending_fail(w, ep, KVT_ERR_CLOSED);
-    rndv_forget(w, ep); /* before UCX drops the endpoint they belong to */
+    kvt_net_rndv_forget(w, ep); /* before UCX drops the endpoint they belong to */
     if (!ep->uep)
         return;
     if (!close_both(ep, UCP_EP_CLOSE_FLAG_FORCE, NET_CLOSE_MS)) {
@@ -1011,7 +826,7 @@ void kvt_net_worker_destroy(kvt_net_worker_t *w)
         kvt_log_warn("net worker destroyed with operations in flight sends=%zu rndv=%d zombies=%d",
                      w->n_sends, w->rndv != NULL, w->zombies != NULL);
     ev_discard_all(w);
-    rndv_forget(w, NULL);
+    kvt_net_rndv_forget(w, NULL);
     kvt_net_mem_destroy_all(w);
     kvt_net_lane_cleanup(w);
     ucp_worker_destroy(w->uw); /* releases what is still in flight */

@@ -1,5 +1,6 @@
 /* net internals shared by net.c (worker, connections, messages), send.c
- * (sends), conn.c (connect, listen), lane.c (same-host lanes), buf.c
+ * (sends), rndv.c (rendezvous receives), conn.c (connect, listen),
+ * lane.c (same-host lanes), buf.c
  * (receive buffers) and rma.c (registration, rkeys, batched gets); no
  * other module includes this.
  *
@@ -127,7 +128,7 @@ struct kvt_net_ep {
     bool closing;
     bool accepted;                /* from a listener: counts in n_accepted */
     bool rndv_warned;             /* a receive over budget was logged */
-    bool defer_blocked;           /* rndv_resume: an earlier one of it waits */
+    bool defer_blocked;           /* kvt_net_rndv_resume: an earlier one waits */
     size_t n_defer;               /* its rendezvous messages waiting for budget */
     bool send_warned;             /* a send over its bound was logged */
     size_t rndv_bytes;            /* charged by its rendezvous receives */
@@ -223,6 +224,21 @@ kvt_status_t kvt_net_am_send(kvt_net_ep_t *ep, unsigned am_id, uint64_t req_id, 
 void kvt_net_sent_deliver(net_ev_t *ev);
 void kvt_net_sends_orphan(kvt_net_ep_t *ep);
 void kvt_net_sends_abandon(kvt_net_worker_t *w);
+/* A complete message whose payload is in buf (taken over: a reply goes to
+ * its waiter, anything else to the queue) (net.c). */
+void kvt_net_deliver(kvt_net_worker_t *worker, kvt_net_ep_t *ep, uint64_t req_id, uint32_t flags,
+                     void *buf, size_t len);
+/* Rendezvous receives (rndv.c).  arrive: the AM handler's answer to an
+ * announcement (start it, or keep it waiting: UCS_INPROGRESS).  resume:
+ * start waiting ones the budget now allows (after progress, never inside
+ * a UCX callback); returns how many.  forget: release the waiting ones of
+ * ep (NULL: all).  orphan: receives in flight for ep complete into
+ * nothing. */
+ucs_status_t kvt_net_rndv_arrive(kvt_net_worker_t *worker, kvt_net_ep_t *ep, uint64_t req_id,
+                                 uint32_t flags, void *desc, size_t len);
+unsigned kvt_net_rndv_resume(kvt_net_worker_t *worker);
+void kvt_net_rndv_forget(kvt_net_worker_t *worker, const kvt_net_ep_t *ep);
+void kvt_net_rndv_orphan(kvt_net_worker_t *worker, const kvt_net_ep_t *ep);
 /* Event queue (net.c): push one; purge those of ep or of listener. */
 void kvt_net_ev_push(kvt_net_worker_t *worker, net_ev_t *ev);
 void kvt_net_ev_purge(kvt_net_worker_t *worker, const kvt_net_ep_t *ep,
