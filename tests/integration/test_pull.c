@@ -450,13 +450,6 @@ static pid_t spawn_server(const char *data, char *addr, size_t cap)
     return spawn_server_at(data, "127.0.0.1:0", addr);
 }
 
-static void *kill_later(void *arg)
-{
-    usleep(300000);
-    kill(*(pid_t *)arg, SIGKILL);
-    return NULL;
-}
-
 static void test_server_killed_mid_pull(void **state)
 {
     fx_t *fx = *state;
@@ -468,7 +461,7 @@ static void test_server_killed_mid_pull(void **state)
     assert_int_equal(kvt_net_worker_create(&wp, &fx->worker), KVT_OK);
     assert_int_equal(kvt_block_client_connect(fx->worker, fx->addr, TIMEOUT_MS, &fx->client), KVT_OK);
     pthread_t killer;
-    pthread_create(&killer, NULL, kill_later, &pid);
+    pthread_create(&killer, NULL, tu_kill_in_300ms, &pid);
     int ok_pulls = 0, failed = 0;
     uint64_t worst_ns = 0;
     for (int round = 0; round < 100000 && failed < 3; round++) {

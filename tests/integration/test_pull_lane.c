@@ -192,20 +192,13 @@ static void test_clients_killed_mid_transfer(void **state)
     pull_all_ok(fx);
 }
 
-static void *kill_later(void *arg)
-{
-    usleep(300000);
-    kill(*(pid_t *)arg, SIGKILL);
-    return NULL;
-}
-
 static void test_daemon_killed_mid_transfer(void **state)
 {
     fx_t *fx = *state;
     client_start(fx);
     assert_true(kvt_block_client_lane(fx->client));
     pthread_t killer;
-    pthread_create(&killer, NULL, kill_later, &fx->daemon);
+    pthread_create(&killer, NULL, tu_kill_in_300ms, &fx->daemon);
     int ok = 0, failed = 0;
     uint64_t worst_ns = 0;
     while (failed < 3) {

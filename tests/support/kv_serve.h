@@ -1,9 +1,10 @@
-/* Start the real `kvtier kv serve` daemon (KVTIER_BIN, set by ctest) for
- * integration tests.  Header-only, cmocka assertions: include after
+/* Start (and kill) the real `kvtier kv serve` daemon (KVTIER_BIN, set by
+ * ctest) for integration tests.  Header-only, cmocka assertions: include after
  * <cmocka.h>.  The caller kills and reaps the returned pid. */
 #ifndef KVT_TESTS_KV_SERVE_H
 #define KVT_TESTS_KV_SERVE_H
 
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <unistd.h>
@@ -32,6 +33,15 @@ static inline pid_t tu_kv_serve(const char *data, const char *listen, const char
     fclose(f);
     assert_int_equal(sscanf(line, "listening %63s", addr), 1);
     return pid;
+}
+
+/* A thread body that SIGKILLs *(pid_t *)arg 300 ms after it starts: the
+ * daemon dies while the test's client is in the middle of its pulls. */
+static inline void *tu_kill_in_300ms(void *arg)
+{
+    usleep(300000);
+    kill(*(pid_t *)arg, SIGKILL);
+    return NULL;
 }
 
 #endif
