@@ -26,9 +26,8 @@
  * without which UCX 1.13 would wire a peer-handled lane over TCP again.  A
  * lane UCX cannot wire shows as a missing ack: kvt_net_connect then tries
  * once more without an offer.  tests/integration/test_pull_lane.c kills
- * readers and the daemon mid-transfer.  A client offers lanes only with
- * KVT_NET_LANES=1 in its environment (docs/net.md, "Known limits", says
- * why they are not the default yet); servers always accept them. */
+ * readers and the daemon mid-transfer.  A client offers a lane unless
+ * KVT_NET_LANES=0 is in its environment; servers always accept them. */
 #include "net/netInt.h"
 
 #include "common/alloc.h"
@@ -73,11 +72,10 @@ static void host_identity(char *out, size_t cap)
 
 void kvt_net_lane_setup(kvt_net_worker_t *w)
 {
-    /* Off unless asked for: see "Known limits" in docs/net.md (a block
-     * server was seen stalled inside ucp_worker_arm after clients on lanes
-     * were killed mid-transfer, under load). */
+    /* On unless turned off: KVT_NET_LANES=0 keeps every reply on the
+     * client-server endpoint (TCP), e.g. to compare the two. */
     const char *env = getenv("KVT_NET_LANES");
-    w->lanes = env && strcmp(env, "1") == 0;
+    w->lanes = !(env && strcmp(env, "0") == 0);
     host_identity(w->host_id, sizeof(w->host_id));
     if (getrandom(&w->token_next, sizeof(w->token_next), 0) != (ssize_t)sizeof(w->token_next))
         w->token_next = (uint64_t)getpid() * 0x9e3779b97f4a7c15ull;

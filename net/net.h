@@ -103,9 +103,8 @@ void *kvt_net_ep_user(const kvt_net_ep_t *ep);
  * the server side opens to this worker's address when both processes are
  * on one host (same hostname, boot, IPC and pid namespaces and user), so
  * that UCX can use shared memory, which it does not for client-server
- * endpoints.  Offered by a connect only when KVT_NET_LANES=1 is set in
- * the client's environment (not the default yet: docs/net.md, "Known
- * limits"); a server on another host simply declines. */
+ * endpoints.  Offered by every connect unless KVT_NET_LANES=0 is set in
+ * the client's environment; a server on another host simply declines. */
 bool kvt_net_ep_lane(const kvt_net_ep_t *ep);
 /* "host:port" of the peer, for logs. */
 const char *kvt_net_ep_peer(const kvt_net_ep_t *ep);
