@@ -2,11 +2,11 @@
  * real `kvtier kv serve` daemon and clients in this process or in child
  * processes.  Blocks are 256 KiB, so replies go by rendezvous over the
  * lane's shared memory.  A pull over a lane is right and says it used
- * one (lanes are the default: main unsets KVT_NET_LANES) and
- * none with KVT_NET_LANES=0; clients SIGKILLed at staggered
- * moments of their transfers leave the daemon serving; a daemon SIGKILLed
- * mid-transfer fails the client's pulls within their timeout with no wrong
- * data; and connecting over and over from one worker does not pile up mappings. */
+ * one (lanes are the default: main unsets KVT_NET_LANES) and none with
+ * KVT_NET_LANES=0; clients SIGKILLed at staggered moments of their
+ * transfers leave the daemon serving; a daemon SIGKILLed mid-transfer
+ * fails the client's pulls within their timeout with no wrong data; and
+ * connecting over and over from one worker does not pile up mappings. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
