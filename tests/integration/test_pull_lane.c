@@ -177,20 +177,9 @@ static void test_clients_killed_mid_transfer(void **state)
     fx_t *fx = *state;
     setenv("KVT_NET_LANES", child_lanes() ? "1" : "0", 1); /* for the children */
     for (int i = 0; i < 12; i++) {
-        int out[2];
-        assert_int_equal(pipe(out), 0);
-        pid_t pid = fork();
-        if (pid == 0) {
-            dup2(out[1], 1);
-            close(out[0]);
-            execl("/proc/self/exe", "test_pull_lane", "--pull-loop", fx->addr, (char *)NULL);
-            _exit(127);
-        }
-        close(out[1]);
-        char line[32] = "";
-        FILE *f = fdopen(out[0], "r");
-        assert_non_null(fgets(line, sizeof(line), f));
-        fclose(f);
+        char *const argv[] = {"test_pull_lane", "--pull-loop", fx->addr, NULL};
+        char line[32];
+        pid_t pid = tu_spawn_first_line("/proc/self/exe", argv, line, sizeof(line));
         assert_string_equal(line, "pulling\n");
         usleep((useconds_t)(i * 700)); /* a different point of the transfer each time */
         kill(pid, SIGKILL);
