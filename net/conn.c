@@ -148,6 +148,7 @@ kvt_status_t kvt_net_connect(kvt_net_worker_t *w, const char *host_port, int tim
                              kvt_net_ep_t **ep_p)
 {
     uint64_t deadline = kvt_net_deadline(timeout_ms);
+    kvt_net_wedge_check(w); /* a connect is a top-level call (net/heal.c) */
     if (!w->lanes)
         return connect_once(w, host_port, deadline, false, ep_p, &(ucs_status_t){0});
     /* With a lane offered, the ack comes on the lane, so a lane UCX cannot
@@ -163,6 +164,7 @@ kvt_status_t kvt_net_connect(kvt_net_worker_t *w, const char *host_port, int tim
     if ((st == KVT_ERR_IO || st == KVT_ERR_AGAIN) && !refused && kvt_time_ns() < deadline) {
         kvt_log_warn("net connect failed with a same-host lane offered, retrying without "
                      "peer=%s status=%s", host_port, kvt_status_str(st));
+        kvt_net_wedge_check(w); /* our own worker may be what failed it */
         st = connect_once(w, host_port, deadline, false, ep_p, &why);
     }
     return st;
@@ -284,12 +286,19 @@ kvt_status_t kvt_net_listen(kvt_net_worker_t *w, const char *host_port,
         kvt_free(l);
         return KVT_ERR_IO;
     }
+    l->sa = sa;
+    l->salen = salen;
     ucp_listener_attr_t attr = {.field_mask = UCP_LISTENER_ATTR_FIELD_SOCKADDR};
     if (ucp_listener_query(l->ul, &attr) == UCS_OK) {
         const struct sockaddr *la = (const struct sockaddr *)&attr.sockaddr;
         l->port = la->sa_family == AF_INET6 ? ntohs(((const struct sockaddr_in6 *)la)->sin6_port)
                                             : ntohs(((const struct sockaddr_in *)la)->sin_port);
     }
+    /* A rebuild listens on the port we got, not on "any free port". */
+    if (l->sa.ss_family == AF_INET6)
+        ((struct sockaddr_in6 *)&l->sa)->sin6_port = htons(l->port);
+    else
+        ((struct sockaddr_in *)&l->sa)->sin_port = htons(l->port);
     l->next = w->listeners;
     if (w->listeners)
         w->listeners->prev = l;
@@ -301,13 +310,35 @@ kvt_status_t kvt_net_listen(kvt_net_worker_t *w, const char *host_port,
 
 uint16_t kvt_net_listener_port(const kvt_net_listener_t *l) { return l->port; }
 
+void kvt_net_listener_unbind(kvt_net_listener_t *l)
+{
+    kvt_net_ev_purge(l->worker, NULL, l);
+    if (l->ul)
+        ucp_listener_destroy(l->ul);
+    l->ul = NULL;
+}
+
+void kvt_net_listener_rebind(kvt_net_listener_t *l)
+{
+    ucp_listener_params_t p = {.field_mask = UCP_LISTENER_PARAM_FIELD_SOCK_ADDR |
+                                             UCP_LISTENER_PARAM_FIELD_CONN_HANDLER,
+                               .sockaddr = {.addr = (const struct sockaddr *)&l->sa,
+                                            .addrlen = l->salen},
+                               .conn_handler = {.cb = conn_cb, .arg = l}};
+    ucs_status_t us = ucp_listener_create(l->worker->uw, &p, &l->ul);
+    if (us != UCS_OK) {
+        kvt_log_error("net listen again after a rebuild failed, not accepting port=%u cause=%s",
+                      l->port, ucs_status_string(us));
+        l->ul = NULL;
+    }
+}
+
 void kvt_net_listener_destroy(kvt_net_listener_t *l)
 {
     if (!l)
         return;
     kvt_net_worker_t *w = l->worker;
-    kvt_net_ev_purge(w, NULL, l);
-    ucp_listener_destroy(l->ul);
+    kvt_net_listener_unbind(l);
     if (l->prev)
         l->prev->next = l->next;
     else

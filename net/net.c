@@ -375,6 +375,18 @@ static unsigned deliver_queued(kvt_net_worker_t *w)
     return n;
 }
 
+void kvt_net_zombies_free(kvt_net_worker_t *w)
+{
+    while (w->zombies) {
+        kvt_net_ep_t *ep = w->zombies;
+        close_free(ep->close_req);
+        close_free(ep->lane_close_req);
+        ep_list_del(&w->zombies, ep);
+        ep_hash_del(ep);
+        kvt_free(ep);
+    }
+}
+
 static void reap_zombies(kvt_net_worker_t *w)
 {
     kvt_net_ep_t *ep = w->zombies, *next;
@@ -395,22 +407,31 @@ void kvt_net_step(kvt_net_worker_t *w, uint64_t deadline_ns, bool deliver_events
     unsigned n = ucp_worker_progress(w->uw);
     if (deliver_events)
         n += deliver_queued(w);
-    if (n)
+    if (n) {
+        w->busy_since_ns = 0;
         return;
+    }
     uint64_t now = kvt_time_ns();
     if (now >= deadline_ns)
         return;
     uint64_t ms = (deadline_ns - now + 999999) / 1000000;
-    if (ms > NET_POLL_MS)
-        ms = NET_POLL_MS;
-    if (ucp_worker_arm(w->uw) != UCS_OK)
-        return; /* UCS_ERR_BUSY: more to do at once */
+    /* Send completions do not wake us (kvt_net_worker_setup), so poll
+     * often while sends are in flight. */
+    uint64_t cap = w->n_sends ? NET_SEND_POLL_MS : NET_POLL_MS;
+    if (ms > cap)
+        ms = cap;
+    if (ucp_worker_arm(w->uw) != UCS_OK) {
+        kvt_net_wedge_note_busy(w, now); /* UCS_ERR_BUSY: more to do at once */
+        return;
+    }
+    w->busy_since_ns = 0;
     struct pollfd pfd = {.fd = w->efd, .events = POLLIN};
     (void)poll(&pfd, 1, (int)ms);
 }
 
 void kvt_net_worker_progress(kvt_net_worker_t *w)
 {
+    kvt_net_wedge_check(w);
     ucp_worker_progress(w->uw);
     deliver_queued(w);
     if (w->zombies)
@@ -427,6 +448,7 @@ void kvt_net_worker_wait(kvt_net_worker_t *w, int timeout_ms)
 {
     uint64_t deadline = kvt_net_deadline(timeout_ms);
     for (;;) {
+        kvt_net_wedge_check(w);
         unsigned n = ucp_worker_progress(w->uw) + deliver_queued(w);
         if (w->zombies)
             reap_zombies(w);
@@ -463,7 +485,12 @@ void kvt_net_ep_params(kvt_net_ep_t *ep, ucp_ep_params_t *p)
 
 static void ep_err_cb(void *arg, ucp_ep_h uep, ucs_status_t status)
 {
-    kvt_net_ep_t *ep = arg;
+    (void)uep;
+    kvt_net_ep_fail(arg, status);
+}
+
+void kvt_net_ep_fail(kvt_net_ep_t *ep, ucs_status_t status)
+{
     kvt_net_worker_t *w = ep->worker;
     if (!ep->alive)
         return;
@@ -726,6 +753,11 @@ static kvt_status_t context_create(ucp_context_h *ctx_p)
     if (!getenv("UCX_POSIX_ERROR_HANDLING") && !getenv("UCX_SYSV_ERROR_HANDLING") &&
         (us = ucp_config_modify(cfg, "MM_ERROR_HANDLING", "y")) != UCS_OK)
         kvt_log_warn("net shared memory error handling not set cause=%s", ucs_status_string(us));
+    /* A rebuilt worker (heal.c) listens again on its port, which the
+     * connections it just closed hold in TIME_WAIT. */
+    if (!getenv("UCX_CM_REUSEADDR") &&
+        (us = ucp_config_modify(cfg, "CM_REUSEADDR", "y")) != UCS_OK)
+        kvt_log_warn("net listener address reuse not set cause=%s", ucs_status_string(us));
     ucp_params_t p = {.field_mask = UCP_PARAM_FIELD_FEATURES,
                       .features = UCP_FEATURE_AM | UCP_FEATURE_RMA | UCP_FEATURE_WAKEUP};
     us = ucp_init(&p, cfg, ctx_p);
@@ -737,10 +769,17 @@ static kvt_status_t context_create(ucp_context_h *ctx_p)
     return KVT_OK;
 }
 
-static kvt_status_t worker_setup(kvt_net_worker_t *w)
+/* Wakeups for arrivals only.  With send completions too, UCX 1.13's shared
+ * memory reports "busy" for as long as a send waits on a peer's full queue
+ * (a stopped peer: for ever), which would look like the wedge heal.c
+ * rebuilds; kvt_net_step polls every NET_SEND_POLL_MS instead while sends
+ * are in flight. */
+kvt_status_t kvt_net_worker_setup(kvt_net_worker_t *w)
 {
-    ucp_worker_params_t wp = {.field_mask = UCP_WORKER_PARAM_FIELD_THREAD_MODE,
-                              .thread_mode = UCS_THREAD_MODE_SINGLE};
+    ucp_worker_params_t wp = {.field_mask = UCP_WORKER_PARAM_FIELD_THREAD_MODE |
+                                            UCP_WORKER_PARAM_FIELD_EVENTS,
+                              .thread_mode = UCS_THREAD_MODE_SINGLE,
+                              .events = UCP_WAKEUP_RX};
     ucs_status_t us = ucp_worker_create(w->ctx, &wp, &w->uw);
     if (us != UCS_OK) {
         kvt_log_error("net worker create failed cause=%s", ucs_status_string(us));
@@ -793,13 +832,14 @@ kvt_status_t kvt_net_worker_create(const kvt_net_worker_params_t *params,
     w->arg = params->arg;
     w->next_req_id = 1;
     kvt_status_t st = context_create(&w->ctx);
-    if (st == KVT_OK && (st = worker_setup(w)) != KVT_OK)
+    if (st == KVT_OK && (st = kvt_net_worker_setup(w)) != KVT_OK)
         ucp_cleanup(w->ctx);
     if (st != KVT_OK) {
         kvt_free(w);
         return st;
     }
     kvt_net_lane_setup(w);
+    kvt_net_wedge_setup(w);
     *worker_p = w;
     return KVT_OK;
 }

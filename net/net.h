@@ -74,6 +74,18 @@ void kvt_net_worker_wait(kvt_net_worker_t *worker, int timeout_ms);
  * threads hand work to the owner through their own queue, then signal. */
 void kvt_net_worker_signal(kvt_net_worker_t *worker);
 
+/* Replace the UCX worker with a fresh one: every endpoint is reported down
+ * (on_conn(ep, false); close it as after any failure), listeners listen
+ * again on the same ports, and nothing else changes.  Done by itself when
+ * the worker is wedged: UCX keeps reporting work and does none for
+ * KVT_NET_WEDGE_MS (default 2000; 0: never), which a same-host peer killed
+ * in the middle of a shared-memory send causes in UCX 1.13 (net/heal.c).
+ * Callable directly (tests, an operator's reset).  KVT_ERR_IO: no new
+ * worker could be made; the old one is kept. */
+kvt_status_t kvt_net_worker_rebuild(kvt_net_worker_t *worker);
+/* How many times this worker was rebuilt. */
+uint64_t kvt_net_worker_rebuilds(const kvt_net_worker_t *worker);
+
 /* --- connections --- */
 
 /* Listen on host:port (port 0: any free port; see kvt_net_listener_port).

@@ -1,8 +1,8 @@
 /* net internals shared by net.c (worker, connections, messages), send.c
  * (sends), rndv.c (rendezvous receives), conn.c (connect, listen),
  * lane.c (same-host lanes), buf.c
- * (receive buffers) and rma.c (registration, rkeys, batched gets); no
- * other module includes this.
+ * (receive buffers), rma.c (registration, rkeys, batched gets) and heal.c
+ * (rebuilding a wedged UCX worker); no other module includes this.
  *
  * Ownership: the worker owns every endpoint, listener, registration,
  * queued event and in-flight receive; buffers handed to UCX (send copies,
@@ -18,6 +18,7 @@
 #include "net/net.h"
 
 #include <stdatomic.h>
+#include <sys/socket.h>
 #include <ucp/api/ucp.h>
 
 #define NET_AM_DATA 17u            /* user messages */
@@ -32,6 +33,8 @@
 #define NET_REFUSE_LOG_EVERY 100u  /* log the 1st refusal over the cap, then every Nth */
 #define NET_CLOSE_MS 2000          /* bound on a flush-close or a drain */
 #define NET_POLL_MS 100            /* longest sleep between progress passes */
+#define NET_SEND_POLL_MS 1         /* the same while sends are in flight (heal.c) */
+#define NET_WEDGE_MS 2000          /* default of KVT_NET_WEDGE_MS (heal.c) */
 #define NET_EP_BUCKETS 256         /* ucp_ep_h -> kvt ep lookup */
 #define NET_QUEUE_MIN_BYTES (64u << 20) /* hard cap on undelivered messages */
 /* Floors of the budgets for rendezvous receives in flight (worker-wide, per
@@ -139,9 +142,11 @@ struct kvt_net_ep {
 
 struct kvt_net_listener {
     kvt_net_worker_t *worker;
-    ucp_listener_h ul;
+    ucp_listener_h ul;            /* NULL: a rebuild could not listen again */
     kvt_net_listener_t *next, *prev;
     uint16_t port;
+    struct sockaddr_storage sa;   /* where it listens (bound port), for a rebuild */
+    socklen_t salen;
 };
 
 struct kvt_net_mem {
@@ -192,6 +197,12 @@ struct kvt_net_worker {
     atomic_bool signaled;         /* kvt_net_worker_signal since the last wait */
     net_buf_t bufs[NET_BUF_SLOTS]; /* idle message buffers (buf.c) */
     size_t n_bufs, bufs_idle;
+    /* heal.c: a UCX worker whose wakeup stays busy with nothing to progress
+     * for wedge_ns is rebuilt. */
+    uint64_t wedge_ns;            /* 0: never rebuild */
+    uint64_t busy_since_ns;       /* 0: the last arm was not busy */
+    bool wedged;                  /* rebuild at the next top-level call */
+    uint64_t rebuilds;
 };
 
 /* UCX status to ours (peer failures and cancels are KVT_ERR_CLOSED). */
@@ -213,6 +224,23 @@ void kvt_net_ep_params(kvt_net_ep_t *ep, ucp_ep_params_t *params);
 void kvt_net_ep_link(kvt_net_ep_t *ep);
 void kvt_net_ep_detach(kvt_net_ep_t *ep);
 void kvt_net_ep_finish(kvt_net_ep_t *ep, uint32_t flags, int timeout_ms);
+/* The peer is gone (status says why): fail its waiters and report it down
+ * once, as UCX's error callback does. */
+void kvt_net_ep_fail(kvt_net_ep_t *ep, ucs_status_t status);
+/* Create w->uw (and w->efd) on w->ctx with our handlers. */
+kvt_status_t kvt_net_worker_setup(kvt_net_worker_t *w);
+/* Free the close requests and memory of every parked ep. */
+void kvt_net_zombies_free(kvt_net_worker_t *w);
+/* heal.c.  note_busy: ucp_worker_arm said busy after a progress pass that
+ * did nothing (marks the worker wedged once that lasted wedge_ns).  check:
+ * rebuild if marked (top-level calls only). */
+void kvt_net_wedge_setup(kvt_net_worker_t *w);
+void kvt_net_wedge_note_busy(kvt_net_worker_t *w, uint64_t now_ns);
+void kvt_net_wedge_check(kvt_net_worker_t *w);
+/* Listeners (conn.c): close the UCX listener (rebuild: before the old
+ * worker goes), and listen again on the new worker. */
+void kvt_net_listener_unbind(kvt_net_listener_t *l);
+void kvt_net_listener_rebind(kvt_net_listener_t *l);
 /* Sends (send.c).  am_send: a framed active message, the bytes copied
  * first (FULL over the endpoint's send bound).  sent_deliver: run the done
  * callback of the zero-copy send whose SENT event this is (with the

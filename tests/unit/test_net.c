@@ -7,13 +7,14 @@
  * opcodes: E echo, R rkey + address, S silence, D reply after 400 ms,
  * P push a non-reply message then echo, K SIGKILL itself, Q reply and quit,
  * T tally silently (payload checked), N reply with srv_stats_t, C reply
- * with srv_conns_t; an empty message flagged TEST_FLAG_ZERO is tallied
+ * with srv_conns_t, W reply then rebuild its UCX worker (net/heal.c); an
+ * empty message flagged TEST_FLAG_ZERO is tallied
  * silently too.  It closes its dead endpoints, as a real server does, and
  * takes an optional cap on accepted connections (max_conns).
  * The parent is the client: request/reply of sizes across eager and
  * rendezvous, size caps on both sides, RMA batches checked against the
  * pattern, refused connects, timeouts, a peer killed mid-request, the
- * accepted-connection cap, and
+ * accepted-connection cap, a server that rebuilds its worker, and
  * rendezvous receives (forced with raw UCX sends, so the test includes
  * netInt.h) that complete at once or go over the receive budget. */
 #include "net/netInt.h"
@@ -62,6 +63,7 @@ typedef struct {
 /* The server's answer to C: its worker's connection counts. */
 typedef struct {
     uint64_t accepted, refused;
+    uint64_t rebuilds; /* kvt_net_worker_rebuilds */
 } srv_conns_t;
 
 /* ------------------------------------------------------------------ server */
@@ -71,6 +73,7 @@ typedef struct {
     kvt_net_mem_t *mem;
     uint8_t *region;
     bool quit;
+    bool rebuild; /* W: after the reply left */
     srv_stats_t st;
 } srv_t;
 
@@ -102,7 +105,8 @@ static void srv_stats_reply(srv_t *s, kvt_net_ep_t *ep, uint64_t req_id)
 
 static void srv_conns_reply(srv_t *s, kvt_net_ep_t *ep, uint64_t req_id)
 {
-    srv_conns_t c = {.accepted = s->w->n_accepted, .refused = s->w->n_refused};
+    srv_conns_t c = {.accepted = s->w->n_accepted, .refused = s->w->n_refused,
+                     .rebuilds = kvt_net_worker_rebuilds(s->w)};
     (void)kvt_net_send(ep, req_id, KVT_NET_FLAG_REPLY, &c, sizeof(c));
 }
 
@@ -156,6 +160,9 @@ static void srv_on_msg(kvt_net_ep_t *ep, uint64_t req_id, uint32_t flags, const 
     case 'Q':
         s->quit = true;
         break;
+    case 'W':
+        s->rebuild = true;
+        break;
     default:
         break;
     }
@@ -191,8 +198,16 @@ static int server_main(int fd, size_t max_conns)
     close(fd);
     pid_t parent = getppid();
     double end = kvt_time_s() + 30; /* never outlive a crashed test for long */
-    while (!s.quit && getppid() == parent && kvt_time_s() < end)
+    while (!s.quit && getppid() == parent && kvt_time_s() < end) {
         kvt_net_worker_wait(w, 100);
+        if (s.rebuild) {
+            for (int i = 0; i < 20; i++) /* let the W reply leave */
+                kvt_net_worker_wait(w, 5);
+            s.rebuild = false;
+            if (kvt_net_worker_rebuild(w) != KVT_OK)
+                return 5;
+        }
+    }
     for (int i = 0; i < 20; i++) /* let the quit reply leave */
         kvt_net_worker_wait(w, 5);
     kvt_net_mem_deregister(s.mem);
@@ -824,6 +839,54 @@ static void test_conn_cap(void **state)
     kvt_net_worker_destroy(w);
 }
 
+/* A server that rebuilds its UCX worker (what it does by itself when
+ * wedged): the client's endpoint is reported down, a fresh connect to the
+ * same port works, over a same-host lane again, and so do requests and RMA
+ * reads of memory registered before the rebuild. */
+static void test_server_rebuild(void **state)
+{
+    server_t s;
+    server_start(&s);
+    kvt_net_worker_t *w = client_create(0);
+    kvt_net_ep_t *ep;
+    uint8_t buf[300000]; /* rendezvous-sized */
+    assert_int_equal(kvt_net_connect(w, s.addr, 3000, &ep), KVT_OK);
+    bool lane = kvt_net_ep_lane(ep);
+    echo_once(ep, buf, sizeof(buf), 1);
+    void *r;
+    size_t rl;
+    assert_int_equal(kvt_net_request(ep, "W", 1, 3000, &r, &rl), KVT_OK);
+    kvt_free(r);
+    for (int i = 0; i < 500 && g_ev.down == 0; i++)
+        kvt_net_worker_wait(w, 10);
+    assert_int_equal(g_ev.down, 1);
+    assert_ptr_equal(g_ev.down_ep, ep);
+    assert_false(kvt_net_ep_alive(ep));
+    assert_int_not_equal(kvt_net_request(ep, "E", 1, 1000, &r, &rl), KVT_OK);
+    kvt_net_ep_close(ep);
+
+    assert_int_equal(kvt_net_connect_retry(w, s.addr, 10000, &ep), KVT_OK);
+    assert_int_equal(kvt_net_ep_lane(ep), lane);
+    echo_once(ep, buf, sizeof(buf), 2);
+    srv_conns_t c = srv_conns(ep);
+    assert_int_equal(c.rebuilds, 1);
+    assert_int_equal(c.accepted, 1); /* the old connection gave its place back */
+    uint64_t base;
+    kvt_net_rkey_t *rk = fetch_rkey(ep, &base);
+    static uint8_t local[65536];
+    kvt_net_get_t op = {.local = local, .remote_addr = base + 4096, .len = sizeof(local),
+                        .status = KVT_ERR_INVALID};
+    assert_int_equal(kvt_net_get_batch(ep, rk, &op, 1, 5000), KVT_OK);
+    assert_int_equal(op.status, KVT_OK);
+    for (size_t j = 0; j < sizeof(local); j++)
+        if (local[j] != pat(4096 + j))
+            fail_msg("byte %zu: got %u want %u", j, local[j], pat(4096 + j));
+    kvt_net_rkey_destroy(rk);
+    kvt_net_ep_close(ep);
+    server_quit(w, &s);
+    kvt_net_worker_destroy(w);
+}
+
 int main(int argc, char **argv)
 {
     kvt_log_level_t level;
@@ -843,6 +906,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_rndv_zero_length),
         cmocka_unit_test(test_rndv_budget),
         cmocka_unit_test(test_conn_cap),
+        cmocka_unit_test(test_server_rebuild),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
