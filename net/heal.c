@@ -23,13 +23,17 @@
  * listens again on the same ports.
  * Clients reconnect; nothing that was stored is touched.
  *
+ * The one false alarm: a send waiting on a same-host peer's full queue
+ * also keeps the wakeup busy, so a peer stopped (SIGSTOP, a debugger) with
+ * its queue full for wedge_ns costs a rebuild too -- a reconnect for every
+ * client, no lost data.  (Wakeups for arrivals only would tell the two
+ * apart, but UCX 1.13's rendezvous needs send completions to wake us.)
+ *
  * Ownership: the rebuild runs only where no UCX object of the user's can
  * point into the old worker: registrations belong to the UCX context, and
  * rkeys live inside one blocking pull, which never reaches a top-level
  * call.  Sends the old worker never completed are finished with
- * KVT_ERR_CLOSED.  Wakeups are for arrivals only (kvt_net_worker_setup), so
- * a send waiting on a stopped peer's full queue does not look like a
- * wedge. */
+ * KVT_ERR_CLOSED. */
 #include "net/netInt.h"
 
 #include "common/log.h"

@@ -415,11 +415,8 @@ void kvt_net_step(kvt_net_worker_t *w, uint64_t deadline_ns, bool deliver_events
     if (now >= deadline_ns)
         return;
     uint64_t ms = (deadline_ns - now + 999999) / 1000000;
-    /* Send completions do not wake us (kvt_net_worker_setup), so poll
-     * often while sends are in flight. */
-    uint64_t cap = w->n_sends ? NET_SEND_POLL_MS : NET_POLL_MS;
-    if (ms > cap)
-        ms = cap;
+    if (ms > NET_POLL_MS)
+        ms = NET_POLL_MS;
     if (ucp_worker_arm(w->uw) != UCS_OK) {
         kvt_net_wedge_note_busy(w, now); /* UCS_ERR_BUSY: more to do at once */
         return;
@@ -769,17 +766,15 @@ static kvt_status_t context_create(ucp_context_h *ctx_p)
     return KVT_OK;
 }
 
-/* Wakeups for arrivals only.  With send completions too, UCX 1.13's shared
- * memory reports "busy" for as long as a send waits on a peer's full queue
- * (a stopped peer: for ever), which would look like the wedge heal.c
- * rebuilds; kvt_net_step polls every NET_SEND_POLL_MS instead while sends
- * are in flight. */
+/* Wakeups for every event type (UCX's default).  Arrivals only
+ * (UCP_WAKEUP_RX) would keep a send waiting on a stopped peer's full
+ * shared-memory queue from looking like a wedge (heal.c), but pulls fell
+ * to 0.01 GB/s at every size: UCX 1.13's rendezvous needs send completions
+ * to wake the worker (bench/RESULTS.md, 2026-11-22). */
 kvt_status_t kvt_net_worker_setup(kvt_net_worker_t *w)
 {
-    ucp_worker_params_t wp = {.field_mask = UCP_WORKER_PARAM_FIELD_THREAD_MODE |
-                                            UCP_WORKER_PARAM_FIELD_EVENTS,
-                              .thread_mode = UCS_THREAD_MODE_SINGLE,
-                              .events = UCP_WAKEUP_RX};
+    ucp_worker_params_t wp = {.field_mask = UCP_WORKER_PARAM_FIELD_THREAD_MODE,
+                              .thread_mode = UCS_THREAD_MODE_SINGLE};
     ucs_status_t us = ucp_worker_create(w->ctx, &wp, &w->uw);
     if (us != UCS_OK) {
         kvt_log_error("net worker create failed cause=%s", ucs_status_string(us));

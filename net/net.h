@@ -78,7 +78,7 @@ void kvt_net_worker_signal(kvt_net_worker_t *worker);
  * (on_conn(ep, false); close it as after any failure), listeners listen
  * again on the same ports, and nothing else changes.  Done by itself when
  * the worker is wedged: UCX keeps reporting work and does none for
- * KVT_NET_WEDGE_MS (default 2000; 0: never), which a same-host peer killed
+ * KVT_NET_WEDGE_MS (default 3000; 0: never), which a same-host peer killed
  * in the middle of a shared-memory send causes in UCX 1.13 (net/heal.c).
  * Callable directly (tests, an operator's reset).  KVT_ERR_IO: no new
  * worker could be made; the old one is kept. */

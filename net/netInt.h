@@ -33,8 +33,7 @@
 #define NET_REFUSE_LOG_EVERY 100u  /* log the 1st refusal over the cap, then every Nth */
 #define NET_CLOSE_MS 2000          /* bound on a flush-close or a drain */
 #define NET_POLL_MS 100            /* longest sleep between progress passes */
-#define NET_SEND_POLL_MS 1         /* the same while sends are in flight (heal.c) */
-#define NET_WEDGE_MS 2000          /* default of KVT_NET_WEDGE_MS (heal.c) */
+#define NET_WEDGE_MS 3000          /* default of KVT_NET_WEDGE_MS (heal.c) */
 #define NET_EP_BUCKETS 256         /* ucp_ep_h -> kvt ep lookup */
 #define NET_QUEUE_MIN_BYTES (64u << 20) /* hard cap on undelivered messages */
 /* Floors of the budgets for rendezvous receives in flight (worker-wide, per
