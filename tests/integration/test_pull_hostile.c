@@ -272,7 +272,7 @@ static void test_busy_forever_ends(void **state)
 {
     fx_t *fx = *state;
     uint64_t before = atomic_load(&fx->h.fetches);
-    assert_int_equal(pull_all_within(fx, B_BUSY_FOREVER, 200), KVT_OK);
+    assert_int_equal(pull_all_within(fx, B_BUSY_FOREVER, 1000), KVT_OK);
     for (int i = 0; i < N_BLOCKS; i++) {
         assert_int_equal(fx->items[i].status, KVT_ERR_BUSY);
         for (size_t b = 0; b < fx->h.payload_len; b++)
