@@ -86,26 +86,36 @@ size_t kvt_block_promote_job_pin_resident(kvt_tier_t *tier, kvt_block_promote_jo
 
 /* --- the thread --- */
 
-/* A failed promotion fails only its key: the blocks after it in the chain
- * then fail too (T1 takes no block without its parent), which is what the
- * network thread did before. */
+/* A fetch names a chain, and T1 takes no block without its parent, so
+ * once one promotion fails (T1 full of pinned blocks, or the parent not
+ * in T1) every later one would fail too -- each after a full T2 read, on
+ * the one thread every client's cold fetch waits for.  So the rest are
+ * FAILED unread, and the job logs one line.  (A block that T2 no longer
+ * holds is MISSING, as are its descendants, found so without a read.) */
 static void promote_job(kvt_block_promote_t *p, job_t *job)
 {
+    size_t failed = 0, first = 0;
+    kvt_status_t why = KVT_OK;
     for (size_t i = 0; i < job->n_keys; i++) {
         if (job->state[i] != KVT_PROMOTE_TODO)
             continue;
         if (atomic_load(&job->cancelled))
-            return;
-        kvt_status_t st = kvt_tier_pin_promote(p->tier, &job->keys[i], &job->views[i]);
+            break; /* nobody will read it: the rest stay TODO, unpinned */
+        kvt_status_t st = failed ? KVT_ERR_NO_PARENT
+                                 : kvt_tier_pin_promote(p->tier, &job->keys[i], &job->views[i]);
         job->state[i] = st == KVT_OK                ? KVT_PROMOTE_PINNED
                         : st == KVT_ERR_NOT_FOUND ? KVT_PROMOTE_MISSING
                                                   : KVT_PROMOTE_FAILED;
-        if (st != KVT_OK && st != KVT_ERR_NOT_FOUND) {
-            char hex[2 * KVT_KEY_LEN + 1];
-            kvt_block_key_hex(&job->keys[i], hex);
-            kvt_log_warn("block server promotion failed key=%s err=\"%s\"", hex,
-                         kvt_status_str(st));
+        if (st != KVT_OK && st != KVT_ERR_NOT_FOUND && failed++ == 0) {
+            first = i;
+            why = st;
         }
+    }
+    if (failed) {
+        char hex[2 * KVT_KEY_LEN + 1];
+        kvt_block_key_hex(&job->keys[first], hex);
+        kvt_log_warn("block server promotion failed key=%s err=\"%s\" blocks=%zu", hex,
+                     kvt_status_str(why), failed);
     }
 }
 

@@ -364,6 +364,51 @@ static void test_full_queue_busy(void **state) { full_queue_busy(*state, false);
 
 static void test_full_queue_busy_rma(void **state) { full_queue_busy(*state, true); }
 
+/* T1 full of pinned blocks: the first cold block cannot be promoted, so
+ * neither can any after it.  Each is FAILED, only the first is read from
+ * T2 (the others are not: the promotion thread is every client's), and
+ * once T1 has room the same pull gets every block. */
+static void test_t1_full_reads_once(void **state)
+{
+    fx_t *fx = *state;
+    size_t bl = tu_payload_len(&g_id);
+    kvt_tier_params_t p = {.data_dir = fx->dir, .identity = &g_id, .host_capacity_bytes = 4 * bl};
+    assert_int_equal(kvt_tier_open(&p, &fx->tier), KVT_OK);
+    for (int i = 0; i < fx->a.n; i++)
+        assert_int_equal(kvt_tier_put(fx->tier, &fx->a.hdr[i], fx->a.payload[i]), KVT_OK);
+    assert_int_equal(kvt_tier_flush(fx->tier), KVT_OK);
+    kvt_tier_close(fx->tier);
+    assert_int_equal(kvt_tier_open(&p, &fx->tier), KVT_OK); /* T1 empty, a in T2 */
+    tu_chain_t b;
+    tu_chain_make(&b, &g_id, 4, 2, NULL, 0);
+    kvt_block_view_t pins[4];
+    for (int i = 0; i < 4; i++)
+        assert_int_equal(kvt_tier_put(fx->tier, &b.hdr[i], b.payload[i]), KVT_OK);
+    assert_int_equal(kvt_tier_flush(fx->tier), KVT_OK);
+    for (int i = 0; i < 4; i++)
+        assert_int_equal(kvt_tier_pin(fx->tier, &b.hdr[i].key, &pins[i]), KVT_OK);
+    assert_false(in_t1(fx, 0));
+    start_server(fx, false, 0);
+    kvt_tier_stats_all_t t0, t1;
+    kvt_tier_stats(fx->tier, &t0);
+    kvt_pull_t *items = items_for(&fx->a, ALL, 8);
+    assert_int_equal(kvt_block_client_pull(fx->client, items, 8, &g_id, TIMEOUT_MS), KVT_OK);
+    for (int k = 0; k < 8; k++)
+        assert_int_equal(items[k].status, KVT_ERR_IO); /* FAILED */
+    items_free(items, 8);
+    kvt_tier_stats(fx->tier, &t1);
+    assert_int_equal(t1.disk.hits - t0.disk.hits, 1);
+    assert_int_equal(stats(fx).blocks_failed, 8);
+    assert_int_equal(t1_pinned(fx), 4); /* ours; the fetch left none */
+    for (int i = 0; i < 4; i++)
+        kvt_tier_unpin(fx->tier, &pins[i]);
+    assert_int_equal(t1_pinned(fx), 0);
+    tu_chain_free(&b);
+    static const int head[4] = {0, 1, 2, 3};
+    pull_ok(fx, head, 4);
+    assert_true(t1_pins_drop_to(fx, 0));
+}
+
 /* One connection has at most four fetches at the promotion thread: its
  * fifth gets Error BUSY at once, and the four are answered when let go. */
 typedef struct {
@@ -468,6 +513,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_client_gone_while_queued, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_full_queue_busy, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_full_queue_busy_rma, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_t1_full_reads_once, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_per_connection_bound, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_stop_with_fetch_queued, fx_setup, fx_teardown),
     };
