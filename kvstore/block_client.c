@@ -11,6 +11,7 @@
 
 #include "common/alloc.h"
 #include "common/log.h"
+#include "common/time.h"
 #include "proto/msg.h"
 
 #include <inttypes.h>
@@ -92,10 +93,16 @@ static void reply_free(reply_t *r)
  * (the code comes from the peer). */
 static kvt_status_t refused(const kvt_block_client_t *c, const Kvtier__Error *e)
 {
-    kvt_log_warn("block server refused peer=%s code=%u message=\"%s\"", kvt_net_ep_peer(c->ep),
-                 e->code, e->message);
-    return e->code >= 1 && e->code <= (uint32_t)-KVT_ERR_EXISTS ? (kvt_status_t)-(int)e->code
-                                                               : KVT_ERR_IO;
+    kvt_status_t st = e->code >= 1 && e->code <= (uint32_t)-KVT_ERR_EXISTS
+                          ? (kvt_status_t)-(int)e->code
+                          : KVT_ERR_IO;
+    if (st == KVT_ERR_BUSY) /* asked again (pull); a busy server says it often */
+        kvt_log_debug("block server busy peer=%s message=\"%s\"", kvt_net_ep_peer(c->ep),
+                      e->message);
+    else
+        kvt_log_warn("block server refused peer=%s code=%u message=\"%s\"",
+                     kvt_net_ep_peer(c->ep), e->code, e->message);
+    return st;
 }
 
 /* Decodes a reply that arrived in raw (taken over: freed with *r, or here
@@ -237,10 +244,11 @@ static void read_inline(kvt_block_client_t *c, const reply_t *r, kvt_pull_t *ite
     }
 }
 
-/* RMA reply: read every described block; statuses land in items. */
+/* RMA reply: read every described block; statuses land in items, RETRY
+ * items (the server was busy promoting them) are marked. */
 static kvt_status_t read_rma(kvt_block_client_t *c, const Kvtier__BlockFetchReply *rep,
                              kvt_pull_t *items, const size_t *pending, size_t n,
-                             const kvt_block_identity_t *expect, int timeout_ms)
+                             const kvt_block_identity_t *expect, bool *retry, int timeout_ms)
 {
     kvt_net_get_t *ops = kvt_calloc("pull ops", n + 1, sizeof(*ops));
     size_t *which = kvt_calloc("pull op items", n + 1, sizeof(*which));
@@ -249,6 +257,9 @@ static kvt_status_t read_rma(kvt_block_client_t *c, const Kvtier__BlockFetchRepl
     size_t n_ops = 0;
     for (size_t k = 0; st == KVT_OK && k < n; k++) {
         kvt_pull_t *item = &items[pending[k]];
+        retry[k] = rep->blocks[k]->status == KVTIER__BLOCK_DESCRIPTOR__STATUS__RETRY;
+        if (retry[k])
+            continue;
         item->status = describe(rep->blocks[k], item, expect);
         if (item->status != KVT_OK)
             continue;
@@ -347,14 +358,15 @@ static kvt_status_t read_reply(kvt_block_client_t *c, const reply_t *r, kvt_pull
         read_inline(c, r, items, pending, n, expect, retry);
         return KVT_OK;
     }
-    kvt_status_t st = read_rma(c, rep, items, pending, n, expect, timeout_ms);
+    kvt_status_t st = read_rma(c, rep, items, pending, n, expect, retry, timeout_ms);
     release(c, rep->lease_id);
     return st;
 }
 
 /* One fetch round over items[pending[0..*n_p)]: up to PULL_MAX_REQUESTS
  * requests at once.  Leaves in pending the items to fetch again (the
- * server's inline reply was full, or they did not fit in this round). */
+ * server's inline reply was full, it was busy promoting them from disk,
+ * or they did not fit in this round). */
 static kvt_status_t pull_round(kvt_block_client_t *c, kvt_pull_t *items, size_t *pending,
                                size_t *n_p, bool *retry, const kvt_block_identity_t *expect,
                                int timeout_ms)
@@ -377,11 +389,15 @@ static kvt_status_t pull_round(kvt_block_client_t *c, kvt_pull_t *items, size_t 
     for (size_t i = 0; i < n_req; i++) {
         size_t at = starts[i], cnt = starts[i + 1] - at;
         reply_t r;
-        if (st == KVT_OK)
-            st = fetch_reply_take(c, &reqs[i], cnt, &r);
-        if (st == KVT_OK) {
+        kvt_status_t rs = st == KVT_OK ? fetch_reply_take(c, &reqs[i], cnt, &r) : st;
+        if (rs == KVT_ERR_BUSY) { /* its promotion queue is full: every key again */
+            for (size_t k = at; k < at + cnt; k++)
+                retry[k] = true;
+        } else if (rs == KVT_OK) {
             st = read_reply(c, &r, items, pending + at, cnt, expect, retry + at, timeout_ms);
             reply_free(&r);
+        } else {
+            st = rs;
         }
         kvt_free((void *)reqs[i].data);
         kvt_net_buf_free(c->worker, reqs[i].reply, reqs[i].reply_len);
@@ -392,6 +408,27 @@ static kvt_status_t pull_round(kvt_block_client_t *c, kvt_pull_t *items, size_t 
             pending[left++] = pending[k];
     *n_p = left;
     return st;
+}
+
+/* A round that settled nothing (the server is busy promoting, or says so
+ * forever) is followed by a pause, doubling from BUSY_PAUSE_MIN_MS up to
+ * BUSY_PAUSE_MAX_MS, while the worker progresses; false when the deadline
+ * has passed. */
+#define BUSY_PAUSE_MIN_MS 1
+#define BUSY_PAUSE_MAX_MS 64
+
+static bool busy_pause(kvt_block_client_t *c, uint64_t deadline, int *pause_ms)
+{
+    uint64_t now = kvt_time_ns();
+    if (now >= deadline)
+        return false;
+    uint64_t until = now + (uint64_t)*pause_ms * 1000000;
+    if (until > deadline)
+        until = deadline;
+    while ((now = kvt_time_ns()) < until)
+        kvt_net_worker_wait(c->worker, (int)((until - now + 999999) / 1000000));
+    *pause_ms = *pause_ms * 2 > BUSY_PAUSE_MAX_MS ? BUSY_PAUSE_MAX_MS : *pause_ms * 2;
+    return true;
 }
 
 kvt_status_t kvt_block_client_pull(kvt_block_client_t *client, kvt_pull_t *items, size_t n,
@@ -413,13 +450,31 @@ kvt_status_t kvt_block_client_pull(kvt_block_client_t *client, kvt_pull_t *items
     size_t n_pending = n;
     for (size_t i = 0; st == KVT_OK && i < n; i++)
         pending[i] = i;
-    /* Every round settles at least one item per request (read_inline), so
-     * even a server that answers RETRY forever cannot keep this looping. */
-    while (st == KVT_OK && n_pending > 0)
+    /* A round settles at least one item per inline reply (read_inline)
+     * unless the server was busy.  Rounds that settle nothing pause, and
+     * stop timeout_ms after the last one that did, so even a server that
+     * answers RETRY or BUSY forever cannot keep this looping. */
+    uint64_t timeout_ns = (uint64_t)(timeout_ms > 0 ? timeout_ms : 0) * 1000000;
+    uint64_t deadline = kvt_time_ns() + timeout_ns;
+    int pause_ms = BUSY_PAUSE_MIN_MS;
+    while (st == KVT_OK && n_pending > 0) {
+        size_t before = n_pending;
         st = pull_round(client, items, pending, &n_pending, retry, expect, timeout_ms);
+        if (st != KVT_OK)
+            break;
+        if (n_pending < before) {
+            deadline = kvt_time_ns() + timeout_ns;
+            pause_ms = BUSY_PAUSE_MIN_MS;
+        } else if (!busy_pause(client, deadline, &pause_ms)) {
+            break;
+        }
+    }
     if (st != KVT_OK) /* nothing was read, or not all of it: none counts */
         for (size_t i = 0; i < n; i++)
             items[i].status = st;
+    else /* still busy at the deadline: these were not served */
+        for (size_t k = 0; k < n_pending; k++)
+            items[pending[k]].status = KVT_ERR_BUSY;
     kvt_free(pending);
     kvt_free(retry);
     return st;

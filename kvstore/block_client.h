@@ -35,8 +35,10 @@ typedef struct {
     kvt_status_t status;        /* out: KVT_OK, KVT_ERR_NOT_FOUND (peer lacks it),
                                    KVT_ERR_CORRUPT (bad header or checksum),
                                    KVT_ERR_MISMATCH (other model/layout),
-                                   KVT_ERR_TOO_LARGE (cap short), or why the
-                                   transfer failed (KVT_ERR_IO, _CLOSED, _AGAIN) */
+                                   KVT_ERR_TOO_LARGE (cap short), KVT_ERR_BUSY
+                                   (the peer was still too busy reading its disk
+                                   to serve it), or why the transfer failed
+                                   (KVT_ERR_IO, _CLOSED, _AGAIN) */
 } kvt_pull_t;
 
 /* Connect to peer ("HOST:PORT", copied; under 256 bytes) within
@@ -48,9 +50,12 @@ kvt_status_t kvt_block_client_connect(kvt_net_worker_t *worker, const char *peer
 void kvt_block_client_close(kvt_block_client_t *client);
 
 /* Pull items[0..n).  expect may be NULL (then any identity is accepted).
- * Returns KVT_OK when the exchange ran (see each item's status), or the
- * transport's error, a failed reconnect's included (then every item
- * carries it: none counts as read). */
+ * Blocks the server answers RETRY (its reply was full, or its promotion
+ * queue was: block_server.h) or BUSY are asked for again; once no round
+ * has served anything for timeout_ms, with short growing pauses between,
+ * the rest get KVT_ERR_BUSY.  Returns KVT_OK when the exchange ran (see
+ * each item's status), or the transport's error, a failed reconnect's
+ * included (then every item carries it: none counts as read). */
 kvt_status_t kvt_block_client_pull(kvt_block_client_t *client, kvt_pull_t *items, size_t n,
                                    const kvt_block_identity_t *expect, int timeout_ms);
 

@@ -1,15 +1,32 @@
-/* Block server: one thread, one UCX worker, leases over pinned T1 blocks.
+/* Block server: a network thread with one UCX worker, a promotion
+ * thread, leases over pinned T1 blocks.
  *
- * Everything below runs on the server thread (the worker is single-thread)
- * except start/stop/stats, which only touch the thread handle, the stop
- * flag and the stats under their mutex.  A lease owns pins (views) in the
- * host pool: it ends by Release, by expiry, by its client's disconnect or
- * by stop, and each of those unpins every view exactly once. */
+ * Everything below runs on the network thread (the worker is
+ * single-thread) except start/stop/stats/promote_hold, which only touch
+ * the thread handle, the stop flag, the stats under their mutex and the
+ * promotion queue's hold under its lock.  The network thread never reads
+ * the disk: a fetch pins what T1 holds (kvt_tier_pin_resident) and is
+ * answered at once when no block it names is in T2 only.  Otherwise the
+ * fetch becomes a job of the promotion thread (kvstore/block_promote.h),
+ * which owns the job's keys and pins until it posts the job back
+ * promoted; the network thread then answers it with the request id it
+ * came with.  When the promotion queue is full (max_promotions jobs, 4
+ * per connection) the fetch is not queued: what T1 holds is served and
+ * the rest comes back RETRY, or, when nothing could be served, the answer
+ * is Error BUSY; the client asks again.  A job whose client went away
+ * comes back without an endpoint and is dropped; at stop, every job
+ * still out is dropped, unanswered, once the promotion thread is joined.
+ *
+ * A lease owns pins (views) in the host pool: it ends by Release, by
+ * expiry, by its client's disconnect or by stop, and each of those unpins
+ * every view exactly once.  A job owns its pins the same way until they
+ * become its reply's or its lease's, or it is dropped. */
 #include "kvstore/block_server.h"
 
 #include "common/alloc.h"
 #include "common/log.h"
 #include "common/time.h"
+#include "kvstore/block_promote.h"
 #include "net/net.h"
 #include "proto/msg.h"
 
@@ -81,6 +98,8 @@ struct kvt_block_server {
     uint32_t n_leases;
     kvt_net_ep_t **dead; /* endpoints to close after progress returns */
     size_t n_dead, cap_dead;
+    kvt_block_promote_t *promote; /* made and destroyed on the network thread */
+    uint32_t max_promotions;
     /* stats */
     pthread_mutex_t stats_lock;
     kvt_block_server_stats_t stats;
@@ -111,18 +130,23 @@ static kvt_status_t send_envelope(kvt_block_server_t *srv, kvt_net_ep_t *ep, uin
     return st;
 }
 
-static void reply_error(kvt_block_server_t *srv, kvt_net_ep_t *ep, uint64_t req_id,
-                        kvt_status_t code, const char *message)
+static void send_error(kvt_net_ep_t *ep, uint64_t req_id, kvt_status_t code, const char *message)
 {
     uint8_t *buf;
     size_t len;
-    STAT_ADD(srv, bad_messages, 1);
-    kvt_log_info("block server refused a request peer=%s err=\"%s\" reason=\"%s\"",
-                 kvt_net_ep_peer(ep), kvt_status_str(code), message);
     if (kvt_msg_encode_error(code, message, &buf, &len) != KVT_OK)
         return;
     kvt_net_send(ep, req_id, KVT_NET_FLAG_REPLY, buf, len);
     kvt_free(buf);
+}
+
+static void reply_error(kvt_block_server_t *srv, kvt_net_ep_t *ep, uint64_t req_id,
+                        kvt_status_t code, const char *message)
+{
+    STAT_ADD(srv, bad_messages, 1);
+    kvt_log_info("block server refused a request peer=%s err=\"%s\" reason=\"%s\"",
+                 kvt_net_ep_peer(ep), kvt_status_str(code), message);
+    send_error(ep, req_id, code, message);
 }
 
 static void reply_ack(kvt_block_server_t *srv, kvt_net_ep_t *ep, uint64_t req_id,
@@ -232,9 +256,9 @@ static uint32_t lease_ms_for(const kvt_block_server_t *srv, uint32_t asked)
 
 /* What an inline reply may carry: what the client accepts (and we can
  * send), less room for the envelope. */
-static size_t inline_budget(const kvt_block_server_t *srv, const Kvtier__BlockFetchRequest *req)
+static size_t inline_budget(const kvt_block_server_t *srv, uint32_t max_reply_bytes)
 {
-    size_t budget = req->max_reply_bytes ? req->max_reply_bytes : CLIENT_DEFAULT_MAX_REPLY;
+    size_t budget = max_reply_bytes ? max_reply_bytes : CLIENT_DEFAULT_MAX_REPLY;
     size_t ours = kvt_net_worker_max_msg(srv->worker);
     if (budget > ours)
         budget = ours;
@@ -269,40 +293,6 @@ static bool describe_pinned(kvt_block_server_t *srv, Kvtier__BlockDescriptor *d,
         d->addr = (uint64_t)(uintptr_t)v->payload;
     }
     return true;
-}
-
-/* Pins what it can into lease->views and describes every key. */
-static void fetch_pin(kvt_block_server_t *srv, const Kvtier__BlockFetchRequest *req, lease_t *lease,
-                      Kvtier__BlockDescriptor *descs, Kvtier__BlockDescriptor **ptrs,
-                      size_t *inline_left)
-{
-    uint64_t missing = 0, failed = 0, attached = 0;
-    size_t used = 0;
-    for (size_t i = 0; i < req->n_keys; i++) {
-        Kvtier__BlockDescriptor *d = &descs[i];
-        kvtier__block_descriptor__init(d);
-        ptrs[i] = d;
-        d->key = req->keys[i]; /* 32 bytes: checked by the decoder */
-        kvt_block_key_t key;
-        memcpy(key.b, req->keys[i].data, KVT_KEY_LEN);
-        kvt_block_view_t *v = &lease->views[lease->n_views];
-        kvt_status_t st = kvt_tier_pin(srv->tier, &key, v);
-        if (st == KVT_OK) {
-            lease->n_views += describe_pinned(srv, d, v, inline_left, &used, &attached);
-        } else if (st == KVT_ERR_NOT_FOUND) {
-            d->status = KVTIER__BLOCK_DESCRIPTOR__STATUS__MISSING;
-            missing++;
-        } else {
-            d->status = KVTIER__BLOCK_DESCRIPTOR__STATUS__FAILED;
-            failed++;
-        }
-    }
-    pthread_mutex_lock(&srv->stats_lock);
-    srv->stats.fetches++;
-    srv->stats.blocks_served += lease->n_views;
-    srv->stats.blocks_missing += missing;
-    srv->stats.blocks_failed += failed;
-    pthread_mutex_unlock(&srv->stats_lock);
 }
 
 /* An inline reply's send is over: its buffer goes back to the pool. */
@@ -430,6 +420,148 @@ static kvt_status_t fetch_reply(kvt_block_server_t *srv, kvt_net_ep_t *ep, uint6
                 : send_attached(srv, ep, req_id, &msg, lease, lease_taken);
 }
 
+/* --- a fetch, at once or through the promotion thread --- */
+
+typedef kvt_block_promote_job_t fetch_t;
+
+static void fetch_free(kvt_block_server_t *srv, fetch_t *f)
+{
+    kvt_block_promote_job_destroy(srv->tier, f);
+}
+
+static void fetch_drop(fetch_t *f, void *srv) { fetch_free(srv, f); }
+
+/* The request, copied: a fetch outlives its message when it is promoted. */
+static fetch_t *fetch_new(kvt_net_ep_t *ep, uint64_t req_id, const Kvtier__BlockFetchRequest *req)
+{
+    fetch_t *f = kvt_block_promote_job_create(req->n_keys);
+    if (!f)
+        return NULL;
+    for (size_t i = 0; i < req->n_keys; i++)
+        memcpy(f->keys[i].b, req->keys[i].data, KVT_KEY_LEN); /* 32 bytes: checked by the decoder */
+    f->ep = ep;
+    f->req_id = req_id;
+    f->lease_ms = req->lease_ms;
+    f->max_reply_bytes = req->max_reply_bytes;
+    return f;
+}
+
+/* Describes every key of f; the lease takes over f's pins, keeps those it
+ * describes (moved down its views) and unpins those that do not fit an
+ * inline reply (inline_left != NULL: RETRY).  Keys still TODO (the
+ * promotion queue was full) are RETRY too: *busy_p counts them.  Returns
+ * how many descriptors are not RETRY. */
+static size_t fetch_describe(kvt_block_server_t *srv, fetch_t *f, lease_t *lease,
+                             Kvtier__BlockDescriptor *descs, Kvtier__BlockDescriptor **ptrs,
+                             size_t *inline_left, size_t *busy_p)
+{
+    uint64_t missing = 0, failed = 0, attached = 0;
+    size_t used = 0, busy = 0;
+    lease->views = f->views;
+    f->views = NULL;
+    for (size_t i = 0; i < f->n_keys; i++) {
+        Kvtier__BlockDescriptor *d = &descs[i];
+        kvtier__block_descriptor__init(d);
+        ptrs[i] = d;
+        d->key = (ProtobufCBinaryData){KVT_KEY_LEN, f->keys[i].b};
+        if (f->state[i] == KVT_PROMOTE_PINNED) {
+            kvt_block_view_t *v = &lease->views[lease->n_views]; /* n_views <= i */
+            *v = lease->views[i];
+            lease->n_views += describe_pinned(srv, d, v, inline_left, &used, &attached);
+        } else if (f->state[i] == KVT_PROMOTE_TODO) {
+            d->status = KVTIER__BLOCK_DESCRIPTOR__STATUS__RETRY;
+            busy++;
+        } else if (f->state[i] == KVT_PROMOTE_MISSING) {
+            d->status = KVTIER__BLOCK_DESCRIPTOR__STATUS__MISSING;
+            missing++;
+        } else {
+            d->status = KVTIER__BLOCK_DESCRIPTOR__STATUS__FAILED;
+            failed++;
+        }
+    }
+    pthread_mutex_lock(&srv->stats_lock);
+    srv->stats.fetches++;
+    srv->stats.fetches_busy += busy > 0;
+    srv->stats.blocks_served += lease->n_views;
+    srv->stats.blocks_missing += missing;
+    srv->stats.blocks_failed += failed;
+    pthread_mutex_unlock(&srv->stats_lock);
+    *busy_p = busy;
+    return lease->n_views + missing + failed;
+}
+
+/* Answers f from what it holds; lease (allocated) takes f's pins. */
+static void fetch_answer(kvt_block_server_t *srv, fetch_t *f, lease_t *lease,
+                         Kvtier__BlockDescriptor *descs, Kvtier__BlockDescriptor **ptrs)
+{
+    kvt_net_ep_t *ep = f->ep;
+    lease->ep = ep;
+    lease->id = lease_id_new();
+    lease->created_ns = kvt_time_ns();
+    lease->expires_ns = lease->created_ns + (uint64_t)lease_ms_for(srv, f->lease_ms) * 1000000;
+    size_t left = inline_budget(srv, f->max_reply_bytes), busy;
+    size_t settled = fetch_describe(srv, f, lease, descs, ptrs, srv->rma ? NULL : &left, &busy);
+    if (busy > 0 && settled == 0) {
+        /* Not a reply of RETRYs only: to a client that means a block too
+         * large for any reply. */
+        kvt_log_debug("block server busy promoting peer=%s", kvt_net_ep_peer(ep));
+        send_error(ep, f->req_id, KVT_ERR_BUSY, "promotion queue full, ask again");
+        lease_free(srv, lease);
+        return;
+    }
+    bool keep = srv->rma && lease->n_views > 0;
+    if (keep) { /* held before the client can know of it */
+        lease->next = srv->leases;
+        srv->leases = lease;
+        srv->n_leases++;
+        STAT_ADD(srv, leases_active, 1);
+    }
+    bool taken = false; /* by a zero-copy reply, which unpins when sent */
+    kvt_status_t st = fetch_reply(srv, ep, f->req_id, lease, keep, ptrs, f->n_keys, &taken);
+    if (keep && st != KVT_OK)
+        leases_drop(srv, lease_is, lease); /* the client never learnt its id */
+    else if (!keep && !taken)
+        lease_free(srv, lease); /* inline: the reply holds copies now */
+}
+
+/* The last step of every fetch, at once or back from the promotion
+ * thread: answers f and frees it. */
+static void fetch_finish(kvt_block_server_t *srv, fetch_t *f)
+{
+    lease_t *lease = kvt_calloc("block server lease", 1, sizeof(*lease));
+    Kvtier__BlockDescriptor *descs = kvt_calloc("block server descs", f->n_keys + 1, sizeof(*descs));
+    Kvtier__BlockDescriptor **ptrs = kvt_calloc("block server desc ptrs", f->n_keys + 1, sizeof(*ptrs));
+    if (lease && descs && ptrs) {
+        fetch_answer(srv, f, lease, descs, ptrs);
+    } else {
+        reply_error(srv, f->ep, f->req_id, KVT_ERR_NOMEM, "server out of memory");
+        kvt_free(lease);
+    }
+    kvt_free(descs);
+    kvt_free(ptrs);
+    fetch_free(srv, f); /* the pins it holds if the lease did not take them */
+}
+
+static void promotions_out_stat(kvt_block_server_t *srv)
+{
+    uint32_t out = kvt_block_promote_out(srv->promote, NULL);
+    pthread_mutex_lock(&srv->stats_lock);
+    srv->stats.promotions_out = out;
+    pthread_mutex_unlock(&srv->stats_lock);
+}
+
+/* A job back from the promotion thread (out of the count already; the
+ * stat follows once its pins are settled). */
+static void fetch_promoted(fetch_t *f, void *arg)
+{
+    kvt_block_server_t *srv = arg;
+    if (kvt_net_ep_alive(f->ep))
+        fetch_finish(srv, f);
+    else /* gone (NULL), or going: on_conn drops its leases */
+        fetch_free(srv, f);
+    promotions_out_stat(srv);
+}
+
 static void handle_fetch(kvt_block_server_t *srv, kvt_net_ep_t *ep, uint64_t req_id,
                          const Kvtier__BlockFetchRequest *req)
 {
@@ -439,46 +571,25 @@ static void handle_fetch(kvt_block_server_t *srv, kvt_net_ep_t *ep, uint64_t req
         reply_error(srv, ep, req_id, KVT_ERR_TOO_LARGE, "too many keys in one fetch");
         return;
     }
-    if (srv->rma && (srv->n_leases >= srv->max_leases ||
-                     leases_of(srv, ep) >= MAX_LEASES_PER_CONN)) {
+    /* A fetch at the promotion thread holds a lease's place already. */
+    if (srv->rma && (srv->n_leases + kvt_block_promote_out(srv->promote, NULL) >= srv->max_leases ||
+                     leases_of(srv, ep) + kvt_block_promote_out(srv->promote, ep) >=
+                         MAX_LEASES_PER_CONN)) {
         reply_error(srv, ep, req_id, KVT_ERR_FULL, "too many leases held");
         return;
     }
-    lease_t *lease = kvt_calloc("block server lease", 1, sizeof(*lease));
-    Kvtier__BlockDescriptor *descs = kvt_calloc("block server descs", req->n_keys + 1, sizeof(*descs));
-    Kvtier__BlockDescriptor **ptrs = kvt_calloc("block server desc ptrs", req->n_keys + 1, sizeof(*ptrs));
-    if (lease)
-        lease->views = kvt_calloc("block server views", req->n_keys + 1, sizeof(*lease->views));
-    if (!lease || !lease->views || !descs || !ptrs) {
+    fetch_t *f = fetch_new(ep, req_id, req);
+    if (!f) {
         reply_error(srv, ep, req_id, KVT_ERR_NOMEM, "server out of memory");
-        if (lease)
-            kvt_free(lease->views);
-        kvt_free(lease);
-        kvt_free(descs);
-        kvt_free(ptrs);
         return;
     }
-    lease->ep = ep;
-    lease->id = lease_id_new();
-    lease->created_ns = kvt_time_ns();
-    lease->expires_ns = lease->created_ns + (uint64_t)lease_ms_for(srv, req->lease_ms) * 1000000;
-    size_t left = inline_budget(srv, req);
-    fetch_pin(srv, req, lease, descs, ptrs, srv->rma ? NULL : &left);
-    bool keep = srv->rma && lease->n_views > 0;
-    if (keep) { /* held before the client can know of it */
-        lease->next = srv->leases;
-        srv->leases = lease;
-        srv->n_leases++;
-        STAT_ADD(srv, leases_active, 1);
+    if (kvt_block_promote_job_pin_resident(srv->tier, f) > 0 &&
+        kvt_block_promote_submit(srv->promote, f) == KVT_OK) {
+        STAT_ADD(srv, promotions, 1);
+        promotions_out_stat(srv);
+        return; /* answered when it comes back (fetch_promoted) */
     }
-    bool taken = false; /* by a zero-copy reply, which unpins when sent */
-    kvt_status_t st = fetch_reply(srv, ep, req_id, lease, keep, ptrs, req->n_keys, &taken);
-    if (keep && st != KVT_OK)
-        leases_drop(srv, lease_is, lease); /* the client never learnt its id */
-    else if (!keep && !taken)
-        lease_free(srv, lease); /* inline: the reply holds copies now */
-    kvt_free(descs);
-    kvt_free(ptrs);
+    fetch_finish(srv, f);
 }
 
 static void handle_renew(kvt_block_server_t *srv, kvt_net_ep_t *ep, uint64_t req_id,
@@ -596,6 +707,12 @@ static void on_conn(kvt_net_ep_t *ep, bool up, void *arg)
     kvt_block_server_t *srv = arg;
     if (up)
         return;
+    size_t orphaned = kvt_block_promote_forget(srv->promote, ep);
+    if (orphaned) {
+        STAT_ADD(srv, promotions_orphaned, orphaned);
+        kvt_log_info("block server dropped the promotions of a lost client peer=%s fetches=%zu",
+                     kvt_net_ep_peer(ep), orphaned);
+    }
     size_t n = leases_drop(srv, lease_of_ep, ep);
     if (n) {
         STAT_ADD(srv, leases_released, n);
@@ -623,6 +740,10 @@ static kvt_status_t serve_setup(kvt_block_server_t *srv)
     kvt_status_t st = kvt_net_worker_create(&wp, &srv->worker);
     if (st != KVT_OK)
         return st;
+    kvt_block_promote_params_t pp = {.tier = srv->tier, .worker = srv->worker,
+                                     .max_jobs = srv->max_promotions};
+    if ((st = kvt_block_promote_create(&pp, &srv->promote)) != KVT_OK)
+        return st;
     size_t region_len;
     void *region = kvt_host_pool_region(kvt_tier_host(srv->tier), &region_len);
     if (srv->rma && (st = kvt_net_mem_register(srv->worker, region, region_len, &srv->mem)) != KVT_OK)
@@ -635,6 +756,7 @@ static kvt_status_t serve_setup(kvt_block_server_t *srv)
 
 static void serve_teardown(kvt_block_server_t *srv)
 {
+    kvt_block_promote_destroy(srv->promote, fetch_drop, srv); /* joins its thread */
     leases_drop(srv, lease_any, NULL);
     if (srv->listener)
         kvt_net_listener_destroy(srv->listener);
@@ -652,6 +774,7 @@ static void serve_loop(kvt_block_server_t *srv)
         for (size_t i = 0; i < srv->n_dead; i++)
             kvt_net_ep_close(srv->dead[i]);
         srv->n_dead = 0;
+        kvt_block_promote_collect(srv->promote, fetch_promoted, srv);
         uint64_t now = kvt_time_ns();
         size_t n = leases_drop(srv, lease_expired, &now);
         if (n) {
@@ -707,6 +830,7 @@ kvt_status_t kvt_block_server_start(const kvt_block_server_params_t *params,
     srv->max_lease_ms = params->max_lease_ms ? params->max_lease_ms : DEFAULT_MAX_LEASE_MS;
     srv->max_leases = params->max_leases ? params->max_leases : DEFAULT_MAX_LEASES;
     srv->rma = params->rma;
+    srv->max_promotions = params->max_promotions;
     pthread_mutex_init(&srv->start_lock, NULL);
     pthread_cond_init(&srv->started, NULL);
     pthread_mutex_init(&srv->stats_lock, NULL);
@@ -739,6 +863,11 @@ void kvt_block_server_stats(kvt_block_server_t *server, kvt_block_server_stats_t
     pthread_mutex_lock(&server->stats_lock);
     *stats_p = server->stats;
     pthread_mutex_unlock(&server->stats_lock);
+}
+
+void kvt_block_server_promote_hold(kvt_block_server_t *server, bool hold)
+{
+    kvt_block_promote_hold(server->promote, hold);
 }
 
 void kvt_block_server_stop(kvt_block_server_t *server)

@@ -1,8 +1,17 @@
 /* The block server: peers pull blocks out of this node's host pool (T1).
  *
- * The server owns one thread with its own UCX worker.  A fetch request
- * names keys; the server pins each block in T1 (promoting it from T2 when
- * needed) and answers in one of two modes:
+ * The server owns two threads: a network thread with its own UCX worker,
+ * and a promotion thread that reads T2.  A fetch request names keys; the
+ * network thread pins each block T1 holds, and answers at once unless some
+ * block is in T2 only.  Such a fetch waits for the promotion thread, which
+ * promotes those blocks into T1 and pins them, and is answered when it is
+ * done; so a disk read never holds up other clients' requests.  At most
+ * max_promotions fetches wait so (4 per connection); past that, a fetch
+ * gets what T1 holds and RETRY for the rest, or Error BUSY when that is
+ * nothing, and the client asks again (kvt_block_client_pull does, within
+ * its timeout).  A client that goes away while its fetch waits loses it:
+ * the pins are given back when the promotion is over.  The answer comes in
+ * one of two modes:
  *
  *   inline (the default): the reply carries the headers and payloads,
  *     up to what the client said it accepts (the rest: RETRY); the pins
@@ -47,6 +56,7 @@ typedef struct {
     bool rma;                   /* serve by RMA (see above); false: inline */
     kvt_tail_store_t *tails;    /* borrowed, may be NULL (no tails held); must
                                    outlive the server */
+    uint32_t max_promotions;    /* fetches waiting for T2 reads at once; 0: 64 */
 } kvt_block_server_params_t;
 
 typedef struct {
@@ -60,6 +70,11 @@ typedef struct {
     uint64_t bad_messages;      /* answered with Error */
     uint64_t tails_served;      /* TailFetches answered with the tail */
     uint64_t tails_missing;     /* TailFetches answered found=false */
+    uint64_t promotions;        /* fetches handed to the promotion thread */
+    uint64_t promotions_out;    /* of those, not answered yet (now) */
+    uint64_t promotions_orphaned; /* whose client went away first (dropped) */
+    uint64_t fetches_busy;      /* answered with RETRY or Error BUSY for blocks
+                                   in T2 only: the promotion queue was full */
 } kvt_block_server_stats_t;
 
 /* Start listening and serving on a new thread.  KVT_ERR_IO if the address
@@ -69,7 +84,11 @@ kvt_status_t kvt_block_server_start(const kvt_block_server_params_t *params,
 /* The port actually bound (useful with port 0). */
 uint16_t kvt_block_server_port(const kvt_block_server_t *server);
 void kvt_block_server_stats(kvt_block_server_t *server, kvt_block_server_stats_t *stats_p);
-/* Stop the thread, release every lease, close every connection. */
+/* For tests: while held, the promotion thread starts no promotion; the
+ * fetches handed to it wait (and count against max_promotions). */
+void kvt_block_server_promote_hold(kvt_block_server_t *server, bool hold);
+/* Stop both threads (fetches waiting for a promotion are dropped, not
+ * answered), release every lease, close every connection. */
 void kvt_block_server_stop(kvt_block_server_t *server);
 
 #endif

@@ -343,16 +343,16 @@ kvt_status_t kvt_tier_longest_prefix(kvt_tier_t *tier, const kvt_block_key_t *ke
     return KVT_OK;
 }
 
-kvt_status_t kvt_tier_pin(kvt_tier_t *tier, const kvt_block_key_t *key, kvt_block_view_t *view_p)
+/* A T1 miss: read the block from T2 (checked there), put it in T1, pin it. */
+static kvt_status_t promote_pin(kvt_tier_t *tier, const kvt_block_key_t *key,
+                                kvt_block_view_t *view_p)
 {
-    kvt_status_t st = kvt_host_pool_pin(tier->host, key, view_p);
-    if (st != KVT_ERR_NOT_FOUND)
-        return st;
     const kvt_block_identity_t *id = kvt_host_pool_identity(tier->host);
     size_t len = kvt_block_layout_payload_bytes(&id->layout);
     void *buf = kvt_malloc("tier.promote", len);
     kvt_block_header_t *hdr = kvt_malloc("tier.promote.header", sizeof(*hdr));
-    st = buf && hdr ? kvt_disk_tier_get(tier->disk, key, hdr, buf, len) : KVT_ERR_NOMEM;
+    kvt_status_t st = buf && hdr ? kvt_disk_tier_get(tier->disk, key, hdr, buf, len)
+                                 : KVT_ERR_NOMEM;
     if (st == KVT_OK)
         st = kvt_host_pool_put(tier->host, hdr, buf);
     if (st == KVT_OK)
@@ -360,6 +360,30 @@ kvt_status_t kvt_tier_pin(kvt_tier_t *tier, const kvt_block_key_t *key, kvt_bloc
     kvt_free(buf);
     kvt_free(hdr);
     return st;
+}
+
+kvt_status_t kvt_tier_pin(kvt_tier_t *tier, const kvt_block_key_t *key, kvt_block_view_t *view_p)
+{
+    kvt_status_t st = kvt_host_pool_pin(tier->host, key, view_p);
+    return st == KVT_ERR_NOT_FOUND ? promote_pin(tier, key, view_p) : st;
+}
+
+kvt_status_t kvt_tier_pin_resident(kvt_tier_t *tier, const kvt_block_key_t *key,
+                                   kvt_block_view_t *view_p)
+{
+    kvt_status_t st = kvt_host_pool_pin(tier->host, key, view_p);
+    if (st != KVT_ERR_NOT_FOUND)
+        return st;
+    return kvt_disk_tier_contains(tier->disk, key) ? KVT_ERR_AGAIN : KVT_ERR_NOT_FOUND;
+}
+
+/* The T1 look-up is a hold, no access: pin_resident counted this read's
+ * miss already. */
+kvt_status_t kvt_tier_pin_promote(kvt_tier_t *tier, const kvt_block_key_t *key,
+                                  kvt_block_view_t *view_p)
+{
+    kvt_status_t st = kvt_host_pool_hold(tier->host, key, view_p);
+    return st == KVT_ERR_NOT_FOUND ? promote_pin(tier, key, view_p) : st;
 }
 
 void kvt_tier_unpin(kvt_tier_t *tier, const kvt_block_view_t *view)

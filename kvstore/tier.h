@@ -54,8 +54,19 @@ kvt_status_t kvt_tier_get(kvt_tier_t *tier, const kvt_block_key_t *key, kvt_bloc
  * fastest one holding it) for i < *n_p.  where may be NULL. */
 kvt_status_t kvt_tier_longest_prefix(kvt_tier_t *tier, const kvt_block_key_t *keys, size_t n_keys,
                                      kvt_tier_id_t *where, size_t *n_p);
-/* Pin in T1, promoting from T2 first when needed. */
+/* Pin in T1, promoting from T2 first when needed (a disk read). */
 kvt_status_t kvt_tier_pin(kvt_tier_t *tier, const kvt_block_key_t *key, kvt_block_view_t *view_p);
+/* Pin in T1 only; never reads the disk, so a network thread may call it.
+ * KVT_OK pinned; KVT_ERR_AGAIN when only T2 holds the block (promote it
+ * with kvt_tier_pin_promote, off that thread); KVT_ERR_NOT_FOUND when
+ * neither tier does. */
+kvt_status_t kvt_tier_pin_resident(kvt_tier_t *tier, const kvt_block_key_t *key,
+                                   kvt_block_view_t *view_p);
+/* kvt_tier_pin for a block that kvt_tier_pin_resident found only in T2:
+ * the same, except that the T1 miss is not counted again (a block that
+ * reached T1 meanwhile is pinned as it is). */
+kvt_status_t kvt_tier_pin_promote(kvt_tier_t *tier, const kvt_block_key_t *key,
+                                  kvt_block_view_t *view_p);
 void kvt_tier_unpin(kvt_tier_t *tier, const kvt_block_view_t *view);
 /* Wait until the write-behind queue is empty and T2 is durable. */
 kvt_status_t kvt_tier_flush(kvt_tier_t *tier);

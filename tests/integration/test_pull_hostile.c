@@ -4,9 +4,10 @@
  * the reply in the way a test picks -- a descriptor pointing past the
  * attachment, an attachment cut short, a flipped byte, offsets swapped
  * between blocks, an attachment that is not the last field, a reply with
- * fewer blocks than asked, RETRY for everything.  The client must refuse
- * exactly the broken blocks (each honest neighbour still passes, so each
- * refusal is the mode's doing) and always finish. */
+ * fewer blocks than asked, RETRY for everything, Error BUSY (once, or
+ * forever).  The client must refuse exactly the broken blocks (each honest
+ * neighbour still passes, so each refusal is the mode's doing), ask a busy
+ * server again, and always finish. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -37,6 +38,8 @@ typedef enum {
     B_NOT_LAST,        /* a field after the attachment */
     B_FEWER_BLOCKS,    /* one descriptor less than keys asked */
     B_ALL_RETRY,       /* every block RETRY, forever */
+    B_BUSY_ONCE,       /* Error BUSY (a full promotion queue), then honest */
+    B_BUSY_FOREVER,    /* Error BUSY to every fetch */
 } bmode_t;
 
 typedef struct {
@@ -127,7 +130,16 @@ static void hostile_on_msg(kvt_net_ep_t *ep, uint64_t req_id, uint32_t flags, co
     kvt_msg_t *req = NULL;
     if (kvt_msg_decode(data, len, &req) != KVT_OK)
         return;
-    if (req->body_case == KVTIER__ENVELOPE__BODY_FETCH_REQUEST) {
+    int busy = B_BUSY_ONCE;
+    if (req->body_case == KVTIER__ENVELOPE__BODY_FETCH_REQUEST &&
+        (atomic_compare_exchange_strong(&h->mode, &busy, B_HONEST) || busy == B_BUSY_FOREVER)) {
+        atomic_fetch_add(&h->fetches, 1);
+        uint8_t *buf;
+        size_t n;
+        assert_int_equal(kvt_msg_encode_error(KVT_ERR_BUSY, "busy", &buf, &n), KVT_OK);
+        kvt_net_send(ep, req_id, KVT_NET_FLAG_REPLY, buf, n);
+        kvt_free(buf);
+    } else if (req->body_case == KVTIER__ENVELOPE__BODY_FETCH_REQUEST) {
         atomic_fetch_add(&h->fetches, 1);
         size_t n;
         uint8_t *wire = hostile_wire(h, req->fetch_request, &n);
@@ -175,7 +187,7 @@ static int fx_teardown(void **state)
 }
 
 /* Pulls the whole chain under mode; statuses land in fx->items. */
-static kvt_status_t pull_all(fx_t *fx, bmode_t mode)
+static kvt_status_t pull_all_within(fx_t *fx, bmode_t mode, int timeout_ms)
 {
     atomic_store(&fx->h.mode, mode);
     for (int i = 0; i < N_BLOCKS; i++) {
@@ -183,8 +195,10 @@ static kvt_status_t pull_all(fx_t *fx, bmode_t mode)
         fx->items[i] = (kvt_pull_t){.key = fx->chain.hdr[i].key, .dst = fx->dst[i],
                                     .cap = fx->h.payload_len};
     }
-    return kvt_block_client_pull(fx->client, fx->items, N_BLOCKS, &g_id, TIMEOUT_MS);
+    return kvt_block_client_pull(fx->client, fx->items, N_BLOCKS, &g_id, timeout_ms);
 }
+
+static kvt_status_t pull_all(fx_t *fx, bmode_t mode) { return pull_all_within(fx, mode, TIMEOUT_MS); }
 
 /* Each mode breaks exactly the blocks it names; the others pass with the
  * right bytes. */
@@ -238,6 +252,36 @@ static void test_retry_forever_ends(void **state)
     assert_int_equal(atomic_load(&fx->h.fetches) - before, N_BLOCKS);
 }
 
+/* A busy server is asked again, and its next answer counts. */
+static void test_busy_asked_again(void **state)
+{
+    fx_t *fx = *state;
+    uint64_t before = atomic_load(&fx->h.fetches);
+    assert_int_equal(pull_all(fx, B_BUSY_ONCE), KVT_OK);
+    for (int i = 0; i < N_BLOCKS; i++) {
+        assert_int_equal(fx->items[i].status, KVT_OK);
+        assert_true(tu_payload_ok(&g_id, &fx->chain.hdr[i].key, fx->dst[i]));
+    }
+    assert_int_equal(atomic_load(&fx->h.fetches) - before, 2);
+}
+
+/* A server that is busy forever cannot keep the client looping either:
+ * it asks again (pausing) until nothing was served for its timeout, and
+ * every block is then BUSY, none read. */
+static void test_busy_forever_ends(void **state)
+{
+    fx_t *fx = *state;
+    uint64_t before = atomic_load(&fx->h.fetches);
+    assert_int_equal(pull_all_within(fx, B_BUSY_FOREVER, 1000), KVT_OK);
+    for (int i = 0; i < N_BLOCKS; i++) {
+        assert_int_equal(fx->items[i].status, KVT_ERR_BUSY);
+        for (size_t b = 0; b < fx->h.payload_len; b++)
+            assert_int_equal(fx->dst[i][b], 0);
+    }
+    assert_true(atomic_load(&fx->h.fetches) - before >= 2);
+    assert_int_equal(pull_all(fx, B_HONEST), KVT_OK); /* the connection is still good */
+}
+
 int main(void)
 {
     g_id = tu_identity();
@@ -245,6 +289,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_broken_blocks_refused, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_broken_reply_fails_pull, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_retry_forever_ends, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_busy_asked_again, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_busy_forever_ends, fx_setup, fx_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,6 +1,7 @@
 /* The tier (T1 over T2): write-behind reaches disk, reopen serves from
- * disk and promotes, longest_prefix reports tiers, pin promotes, a tiny T1
- * still stores everything, events fire for both tiers. */
+ * disk and promotes, longest_prefix reports tiers, pin promotes, a T1-only
+ * pin never reads the disk, a tiny T1 still stores everything, events
+ * fire for both tiers. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -110,6 +111,55 @@ static void test_write_behind_and_reopen(void **state)
     tu_chain_free(&d);
     free(keys);
     free(buf);
+    tu_chain_free(&c);
+    kvt_tier_close(tier);
+    tu_rmtree(dir);
+    free(dir);
+}
+
+/* pin_resident pins what T1 holds and says which of the rest T2 has,
+ * without promoting it; pin_promote then promotes, once. */
+static void test_pin_resident_and_promote(void **state)
+{
+    (void)state;
+    char *dir = tu_tmpdir("tier-resident");
+    kvt_tier_t *tier = open_tier(dir, 64, true, NULL);
+    tu_chain_t c;
+    tu_chain_make(&c, &g_id, 4, 3, NULL, 0);
+    for (int i = 0; i < c.n; i++)
+        assert_int_equal(kvt_tier_put(tier, &c.hdr[i], c.payload[i]), KVT_OK);
+    assert_int_equal(kvt_tier_flush(tier), KVT_OK);
+    kvt_tier_close(tier);
+    tier = open_tier(dir, 64, false, NULL); /* T1 empty, all in T2 */
+    kvt_host_pool_t *host = kvt_tier_host(tier);
+    kvt_block_view_t v, w;
+    assert_int_equal(kvt_tier_pin_resident(tier, &c.hdr[0].key, &v), KVT_ERR_AGAIN);
+    assert_false(kvt_host_pool_contains(host, &c.hdr[0].key)); /* nothing was read */
+    kvt_block_key_t nobody = c.hdr[0].key;
+    nobody.b[5] ^= 1;
+    assert_int_equal(kvt_tier_pin_resident(tier, &nobody, &v), KVT_ERR_NOT_FOUND);
+    assert_int_equal(kvt_tier_pin_promote(tier, &nobody, &v), KVT_ERR_NOT_FOUND);
+
+    kvt_tier_stats_all_t s0, s1;
+    kvt_tier_stats(tier, &s0);
+    assert_int_equal(kvt_tier_pin_promote(tier, &c.hdr[0].key, &v), KVT_OK);
+    assert_true(tu_payload_ok(&g_id, &c.hdr[0].key, v.payload));
+    kvt_tier_stats(tier, &s1);
+    assert_int_equal(s1.disk.hits, s0.disk.hits + 1);
+    assert_int_equal(s1.host.misses, s0.host.misses); /* pin_resident counted it */
+    /* Resident now: both pin it from T1, with no disk read. */
+    assert_int_equal(kvt_tier_pin_resident(tier, &c.hdr[0].key, &w), KVT_OK);
+    assert_int_equal(w.slot, v.slot);
+    kvt_tier_unpin(tier, &w);
+    assert_int_equal(kvt_tier_pin_promote(tier, &c.hdr[0].key, &w), KVT_OK);
+    assert_int_equal(w.slot, v.slot);
+    kvt_tier_unpin(tier, &w);
+    kvt_tier_stats(tier, &s0);
+    assert_int_equal(s0.disk.hits, s1.disk.hits);
+    assert_int_equal(s0.host.pinned, 1);
+    kvt_tier_unpin(tier, &v);
+    kvt_tier_stats(tier, &s0);
+    assert_int_equal(s0.host.pinned, 0);
     tu_chain_free(&c);
     kvt_tier_close(tier);
     tu_rmtree(dir);
@@ -325,6 +375,7 @@ int main(void)
     g_id = tu_identity();
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_write_behind_and_reopen),
+        cmocka_unit_test(test_pin_resident_and_promote),
         cmocka_unit_test(test_small_host_pool_still_persists),
         cmocka_unit_test(test_identity_mismatch),
         cmocka_unit_test(test_child_queued_before_parent),
