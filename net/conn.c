@@ -165,6 +165,12 @@ kvt_status_t kvt_net_connect(kvt_net_worker_t *w, const char *host_port, int tim
         kvt_log_warn("net connect failed with a same-host lane offered, retrying without "
                      "peer=%s status=%s", host_port, kvt_status_str(st));
         kvt_net_wedge_check(w); /* our own worker may be what failed it */
+        /* A server rebuilding its worker (net/heal.c) drops connections
+         * and listens again ~50 ms later: a try at once would meet that. */
+        uint64_t pause = kvt_time_ns() + NET_RETRY_PAUSE_MS * 1000000ull;
+        if (pause < deadline)
+            while (kvt_time_ns() < pause)
+                kvt_net_step(w, pause, false);
         st = connect_once(w, host_port, deadline, false, ep_p, &why);
     }
     return st;

@@ -34,6 +34,7 @@
 #define NET_CLOSE_MS 2000          /* bound on a flush-close or a drain */
 #define NET_POLL_MS 100            /* longest sleep between progress passes */
 #define NET_WEDGE_MS 3000          /* default of KVT_NET_WEDGE_MS (heal.c) */
+#define NET_RETRY_PAUSE_MS 200     /* before a connect's try without a lane offer */
 #define NET_EP_BUCKETS 256         /* ucp_ep_h -> kvt ep lookup */
 #define NET_QUEUE_MIN_BYTES (64u << 20) /* hard cap on undelivered messages */
 /* Floors of the budgets for rendezvous receives in flight (worker-wide, per
