@@ -12,34 +12,39 @@
  * build under gdb: a kv serve daemon's queue head at 210, its read index
  * stuck at 199, slot 199 never marked (docs/net.md, "Known limits").
  *
- * What: kvt_net_step reports every busy wakeup after a progress pass that
- * did nothing; once that has lasted wedge_ns without a pass that did
- * something, the worker is marked wedged, and the next top-level call
+ * What: kvt_net_step reports what ucp_worker_arm says after every progress
+ * pass that did nothing.  Busy arms, none more than 2 x NET_POLL_MS apart
+ * and no "not busy" between them, for wedge_ns make the worker suspect --
+ * the progress count is no sign of health: UCX's keepalive and the peers'
+ * keepalive messages make a wedged worker's progress report work every
+ * second.  Busy arms also come from healthy causes (a send waiting on a
+ * slow or stopped peer's full queue, a sender between its claim and its
+ * mark), so a suspect worker is probed at the next top-level call
  * (kvt_net_worker_wait or _progress, or kvt_net_connect; never inside a
- * blocking call's wait) rebuilds it: every endpoint is reported down and
- * closed at the UCX level (the kvt_net_ep_t stays the user's until
- * kvt_net_ep_close), listeners close, the old UCX worker is destroyed
- * (which closes its sockets, so peers notice at once) and a fresh one
- * listens again on the same ports.
+ * blocking call's wait): a second UCX worker of our own, on shared memory
+ * only, sends it a message through that same queue.  If it arrives within
+ * NET_PROBE_MS the queue moves and nothing happens; if not, the worker is
+ * rebuilt: every endpoint is reported down and closed at the UCX level
+ * (the kvt_net_ep_t stays the user's until kvt_net_ep_close), listeners
+ * close, the old UCX worker is destroyed (which closes its sockets, so
+ * peers notice at once) and a fresh one listens again on the same ports.
  * Clients reconnect; nothing that was stored is touched.
- *
- * The one false alarm: a send waiting on a same-host peer's full queue
- * also keeps the wakeup busy, so a peer stopped (SIGSTOP, a debugger) with
- * its queue full for wedge_ns costs a rebuild too -- a reconnect for every
- * client, no lost data.  (Wakeups for arrivals only would tell the two
- * apart, but UCX 1.13's rendezvous needs send completions to wake us.)
  *
  * Ownership: the rebuild runs only where no UCX object of the user's can
  * point into the old worker: registrations belong to the UCX context, and
  * rkeys live inside one blocking pull, which never reaches a top-level
- * call.  Sends the old worker never completed are finished with
- * KVT_ERR_CLOSED. */
+ * call (net.h: an rkey must not be held across one).  Sends the old worker
+ * never completed are finished with KVT_ERR_CLOSED.  kvt_net_worker_signal
+ * writes our own eventfd, never UCX's, so other threads may signal through
+ * a rebuild.  The prober is ours alone, on this thread. */
 #include "net/netInt.h"
 
 #include "common/log.h"
 #include "common/time.h"
 
 #include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
 
 void kvt_net_wedge_setup(kvt_net_worker_t *w)
 {
@@ -55,14 +60,118 @@ void kvt_net_wedge_setup(kvt_net_worker_t *w)
     w->wedge_ns = (uint64_t)ms * 1000000ull;
 }
 
-void kvt_net_wedge_note_busy(kvt_net_worker_t *w, uint64_t now_ns)
+void kvt_net_wedge_note_arm(kvt_net_worker_t *w, uint64_t now_ns, bool busy)
 {
-    if (!w->wedge_ns)
+    if (!busy || !w->wedge_ns) {
+        w->busy_since_ns = 0;
         return;
-    if (!w->busy_since_ns)
+    }
+    /* Busy arms far apart (a keepalive timer, a signal) are no streak. */
+    if (!w->busy_since_ns || now_ns - w->busy_last_ns > 2ull * NET_POLL_MS * 1000000ull)
         w->busy_since_ns = now_ns;
-    else if (now_ns - w->busy_since_ns >= w->wedge_ns)
+    w->busy_last_ns = now_ns;
+    if (now_ns - w->busy_since_ns >= w->wedge_ns)
         w->wedged = true;
+}
+
+/* --- the probe --- */
+
+ucs_status_t kvt_net_probe_cb(void *arg, const void *header, size_t header_length, void *data,
+                              size_t length, const ucp_am_recv_param_t *param)
+{
+    (void)data, (void)length, (void)param;
+    kvt_net_worker_t *w = arg;
+    if (header_length == sizeof(uint64_t))
+        memcpy(&w->probe_seen, header, sizeof(uint64_t));
+    return UCS_OK;
+}
+
+void kvt_net_probe_destroy(kvt_net_worker_t *w)
+{
+    if (w->probe_ep) {
+        ucp_request_param_t prm = {.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS,
+                                   .flags = UCP_EP_CLOSE_FLAG_FORCE};
+        void *req = ucp_ep_close_nbx(w->probe_ep, &prm);
+        if (UCS_PTR_IS_PTR(req)) {
+            for (int i = 0; i < 1000 && ucp_request_check_status(req) == UCS_INPROGRESS; i++) {
+                ucp_worker_progress(w->probe_uw);
+                ucp_worker_progress(w->uw);
+            }
+            ucp_request_free(req);
+        }
+    }
+    if (w->probe_uw)
+        ucp_worker_destroy(w->probe_uw);
+    if (w->probe_ctx)
+        ucp_cleanup(w->probe_ctx);
+    w->probe_ep = NULL;
+    w->probe_uw = NULL;
+    w->probe_ctx = NULL;
+}
+
+/* A UCX context and worker of our own on shared memory only ("sm": sysv,
+ * posix, cma), with an endpoint to our worker's address: what it sends
+ * lands in the same queue as a same-host peer's. */
+static bool probe_open(kvt_net_worker_t *w)
+{
+    if (!w->addr)
+        return false;
+    ucp_config_t *cfg;
+    if (ucp_config_read(NULL, NULL, &cfg) != UCS_OK)
+        return false;
+    ucs_status_t us = ucp_config_modify(cfg, "TLS", "sm");
+    ucp_params_t p = {.field_mask = UCP_PARAM_FIELD_FEATURES, .features = UCP_FEATURE_AM};
+    if (us == UCS_OK)
+        us = ucp_init(&p, cfg, &w->probe_ctx);
+    ucp_config_release(cfg);
+    if (us != UCS_OK) {
+        w->probe_ctx = NULL;
+        return false;
+    }
+    ucp_worker_params_t wp = {.field_mask = UCP_WORKER_PARAM_FIELD_THREAD_MODE,
+                              .thread_mode = UCS_THREAD_MODE_SINGLE};
+    ucp_ep_params_t ep = {.field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS,
+                          .address = w->addr};
+    if (ucp_worker_create(w->probe_ctx, &wp, &w->probe_uw) != UCS_OK) {
+        w->probe_uw = NULL;
+        kvt_net_probe_destroy(w);
+        return false;
+    }
+    if (ucp_ep_create(w->probe_uw, &ep, &w->probe_ep) != UCS_OK) {
+        w->probe_ep = NULL;
+        kvt_net_probe_destroy(w);
+        return false;
+    }
+    return true;
+}
+
+/* true: a message of ours went through our shared-memory queue within
+ * NET_PROBE_MS; false: it did not (or no probe could be sent: then the
+ * rebuild is the only repair we have). */
+static bool probe_passes(kvt_net_worker_t *w)
+{
+    if (!w->probe_ep && !probe_open(w))
+        return false;
+    uint64_t nonce = ++w->probes;
+    ucp_request_param_t prm = {.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS,
+                               .flags = UCP_AM_SEND_FLAG_EAGER};
+    void *req = ucp_am_send_nbx(w->probe_ep, NET_AM_PROBE, &nonce, sizeof(nonce), NULL, 0, &prm);
+    if (UCS_PTR_IS_ERR(req))
+        return false;
+    uint64_t deadline = kvt_net_deadline(NET_PROBE_MS);
+    bool seen = false;
+    while (!seen && kvt_time_ns() < deadline) {
+        unsigned n = ucp_worker_progress(w->probe_uw) + ucp_worker_progress(w->uw);
+        seen = w->probe_seen == nonce;
+        if (!n && !seen)
+            usleep(100);
+    }
+    bool sent = !UCS_PTR_IS_PTR(req) || ucp_request_check_status(req) != UCS_INPROGRESS;
+    if (UCS_PTR_IS_PTR(req))
+        ucp_request_free(req); /* UCX completes it on its own if still running */
+    if (!seen || !sent)
+        kvt_net_probe_destroy(w); /* a fresh prober next time */
+    return seen;
 }
 
 /* Report every endpoint down and close it at the UCX level on the old
@@ -81,6 +190,8 @@ static size_t drop_endpoints(kvt_net_worker_t *w)
         }
         n++;
         kvt_net_ep_fail(ep, UCS_ERR_CANCELED);
+        kvt_net_lane_forget(ep); /* nothing more reaches it by its lane token */
+        kvt_net_rndv_orphan(w, ep);
         kvt_net_ep_force_close(ep);
     }
     return n;
@@ -90,6 +201,7 @@ kvt_status_t kvt_net_worker_rebuild(kvt_net_worker_t *w)
 {
     w->wedged = false;
     w->busy_since_ns = 0;
+    kvt_net_probe_destroy(w); /* it points at the old worker */
     size_t n_eps = drop_endpoints(w);
     for (kvt_net_listener_t *l = w->listeners; l; l = l->next)
         kvt_net_listener_unbind(l);
@@ -114,6 +226,7 @@ kvt_status_t kvt_net_worker_rebuild(kvt_net_worker_t *w)
         return st;
     }
     ucp_worker_destroy(old); /* callbacks of what was still in flight run here */
+    size_t n_abandoned = w->n_sends;
     kvt_net_sends_abandon(w); /* and those that never will */
     if (w->rndv)
         kvt_log_warn("net rebuild left rendezvous receives that never completed");
@@ -123,8 +236,8 @@ kvt_status_t kvt_net_worker_rebuild(kvt_net_worker_t *w)
     w->busy_since_ns = 0;
     w->wedged = false;
     w->rebuilds++;
-    kvt_log_info("net worker rebuilt conns_dropped=%zu sends_in_flight=%zu rebuilds=%llu", n_eps,
-                 w->n_sends, (unsigned long long)w->rebuilds);
+    kvt_log_info("net worker rebuilt conns_dropped=%zu sends_abandoned=%zu rebuilds=%llu", n_eps,
+                 n_abandoned, (unsigned long long)w->rebuilds);
     return KVT_OK;
 }
 
@@ -132,10 +245,18 @@ void kvt_net_wedge_check(kvt_net_worker_t *w)
 {
     if (!w->wedged)
         return;
-    kvt_log_error("net worker wedged: UCX reported work for %llu ms and did none (a same-host "
-                  "peer killed while sending leaves UCX 1.13's shared-memory queue stuck); "
-                  "rebuilding it, every connection is dropped",
-                  (unsigned long long)(w->wedge_ns / 1000000ull));
+    w->wedged = false;
+    w->busy_since_ns = 0;
+    if (probe_passes(w)) {
+        kvt_log_debug("net worker busy but its shared memory moves, no rebuild probes=%llu",
+                      (unsigned long long)w->probes);
+        return;
+    }
+    kvt_log_error("net worker wedged: UCX stayed busy for %llu ms and a probe of its "
+                  "shared-memory queue did not arrive in %d ms (a same-host peer killed while "
+                  "sending leaves UCX 1.13's queue stuck); rebuilding it, every connection is "
+                  "dropped",
+                  (unsigned long long)(w->wedge_ns / 1000000ull), NET_PROBE_MS);
     if (kvt_net_worker_rebuild(w) != KVT_OK)
         kvt_log_error("net worker rebuild failed, keeping the wedged worker");
 }

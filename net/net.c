@@ -28,6 +28,8 @@
 
 #include <poll.h>
 #include <stdio.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -407,23 +409,25 @@ void kvt_net_step(kvt_net_worker_t *w, uint64_t deadline_ns, bool deliver_events
     unsigned n = ucp_worker_progress(w->uw);
     if (deliver_events)
         n += deliver_queued(w);
-    if (n) {
-        w->busy_since_ns = 0;
+    if (n)
         return;
-    }
     uint64_t now = kvt_time_ns();
     if (now >= deadline_ns)
         return;
     uint64_t ms = (deadline_ns - now + 999999) / 1000000;
     if (ms > NET_POLL_MS)
         ms = NET_POLL_MS;
-    if (ucp_worker_arm(w->uw) != UCS_OK) {
-        kvt_net_wedge_note_busy(w, now); /* UCS_ERR_BUSY: more to do at once */
+    bool busy = ucp_worker_arm(w->uw) != UCS_OK; /* UCS_ERR_BUSY: more to do at once */
+    kvt_net_wedge_note_arm(w, now, busy);
+    if (busy)
         return;
+    /* Our own eventfd for kvt_net_worker_signal: UCX's goes away when the
+     * worker is rebuilt (heal.c) while other threads may still signal. */
+    struct pollfd pfd[2] = {{.fd = w->efd, .events = POLLIN}, {.fd = w->sigfd, .events = POLLIN}};
+    if (poll(pfd, 2, (int)ms) > 0 && (pfd[1].revents & POLLIN)) {
+        uint64_t v;
+        (void)!read(w->sigfd, &v, sizeof(v));
     }
-    w->busy_since_ns = 0;
-    struct pollfd pfd = {.fd = w->efd, .events = POLLIN};
-    (void)poll(&pfd, 1, (int)ms);
 }
 
 void kvt_net_worker_progress(kvt_net_worker_t *w)
@@ -438,7 +442,8 @@ void kvt_net_worker_progress(kvt_net_worker_t *w)
 void kvt_net_worker_signal(kvt_net_worker_t *w)
 {
     atomic_store(&w->signaled, true);
-    (void)ucp_worker_signal(w->uw); /* documented safe from any thread */
+    uint64_t one = 1;
+    (void)!write(w->sigfd, &one, sizeof(one)); /* nonblocking: a full count is still a wakeup */
 }
 
 void kvt_net_worker_wait(kvt_net_worker_t *w, int timeout_ms)
@@ -784,8 +789,10 @@ kvt_status_t kvt_net_worker_setup(kvt_net_worker_t *w)
     static const struct {
         unsigned id;
         ucp_am_recv_callback_t cb;
-    } handlers[] = {{NET_AM_DATA, am_data_cb}, {NET_AM_CTRL, am_ctrl_cb}};
-    for (size_t i = 0; us == UCS_OK && i < 2; i++) {
+    } handlers[] = {{NET_AM_DATA, am_data_cb},
+                     {NET_AM_CTRL, am_ctrl_cb},
+                     {NET_AM_PROBE, kvt_net_probe_cb}};
+    for (size_t i = 0; us == UCS_OK && i < sizeof(handlers) / sizeof(handlers[0]); i++) {
         ucp_am_handler_param_t hp = {
             .field_mask = UCP_AM_HANDLER_PARAM_FIELD_ID | UCP_AM_HANDLER_PARAM_FIELD_CB |
                           UCP_AM_HANDLER_PARAM_FIELD_ARG | UCP_AM_HANDLER_PARAM_FIELD_FLAGS,
@@ -826,10 +833,17 @@ kvt_status_t kvt_net_worker_create(const kvt_net_worker_params_t *params,
     w->on_conn = params->on_conn;
     w->arg = params->arg;
     w->next_req_id = 1;
+    w->sigfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (w->sigfd < 0) {
+        kvt_log_error("net worker eventfd failed");
+        kvt_free(w);
+        return KVT_ERR_IO;
+    }
     kvt_status_t st = context_create(&w->ctx);
     if (st == KVT_OK && (st = kvt_net_worker_setup(w)) != KVT_OK)
         ucp_cleanup(w->ctx);
     if (st != KVT_OK) {
+        close(w->sigfd);
         kvt_free(w);
         return st;
     }
@@ -864,6 +878,7 @@ void kvt_net_worker_destroy(kvt_net_worker_t *w)
     kvt_net_rndv_forget(w, NULL);
     kvt_net_mem_destroy_all(w);
     kvt_net_lane_cleanup(w);
+    kvt_net_probe_destroy(w);
     ucp_worker_destroy(w->uw); /* releases what is still in flight */
     ev_discard_all(w);         /* sends that completed in there */
     kvt_net_sends_abandon(w);  /* and those that never will */
@@ -874,6 +889,7 @@ void kvt_net_worker_destroy(kvt_net_worker_t *w)
     }
     kvt_net_buf_destroy_all(w);
     ucp_cleanup(w->ctx);
+    close(w->sigfd);
     kvt_free(w);
 }
 

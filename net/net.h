@@ -77,11 +77,13 @@ void kvt_net_worker_signal(kvt_net_worker_t *worker);
 /* Replace the UCX worker with a fresh one: every endpoint is reported down
  * (on_conn(ep, false); close it as after any failure), listeners listen
  * again on the same ports, and nothing else changes.  Done by itself when
- * the worker is wedged: UCX keeps reporting work and does none for
- * KVT_NET_WEDGE_MS (default 3000; 0: never), which a same-host peer killed
- * in the middle of a shared-memory send causes in UCX 1.13 (net/heal.c).
- * Callable directly (tests, an operator's reset).  KVT_ERR_IO: no new
- * worker could be made; the old one is kept. */
+ * the worker is wedged -- a same-host peer killed in the middle of a
+ * shared-memory send leaves UCX 1.13's queue stuck: UCX keeps reporting
+ * work for KVT_NET_WEDGE_MS (default 1000; 0: never) and a probe through
+ * that queue does not arrive (net/heal.c) -- at the next
+ * kvt_net_worker_wait, kvt_net_worker_progress or kvt_net_connect, so
+ * hold no rkey across those.  Callable directly (tests, an operator's
+ * reset).  KVT_ERR_IO: no new worker could be made; the old one is kept. */
 kvt_status_t kvt_net_worker_rebuild(kvt_net_worker_t *worker);
 /* How many times this worker was rebuilt. */
 uint64_t kvt_net_worker_rebuilds(const kvt_net_worker_t *worker);
@@ -190,7 +192,10 @@ void kvt_net_mem_deregister(kvt_net_mem_t *mem);
 /* The packed rkey peers need to read this memory; valid while mem is. */
 const void *kvt_net_mem_rkey(const kvt_net_mem_t *mem, size_t *len_p);
 
-/* Unpack a peer's rkey for use on ep; KVT_ERR_INVALID on garbage. */
+/* Unpack a peer's rkey for use on ep; KVT_ERR_INVALID on garbage.  UCX
+ * keeps it in the worker's memory: destroy it before the next
+ * kvt_net_worker_wait, _progress or kvt_net_connect (a rebuild there
+ * replaces the worker). */
 kvt_status_t kvt_net_rkey_unpack(kvt_net_ep_t *ep, const void *packed, size_t len,
                                  kvt_net_rkey_t **rkey_p);
 void kvt_net_rkey_destroy(kvt_net_rkey_t *rkey);

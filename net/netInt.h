@@ -23,6 +23,7 @@
 
 #define NET_AM_DATA 17u            /* user messages */
 #define NET_AM_CTRL 18u            /* connection hello / ack */
+#define NET_AM_PROBE 19u           /* heal.c: our own probe of our shared memory */
 #define NET_HDR_LEN 16u            /* u64 req_id, u32 flags, u32 len, little-endian */
 #define NET_LANE_HDR_LEN 24u       /* the same, then the u64 lane token (lane.c) */
 #define NET_HELLO_MAX (64u << 10)  /* a hello's lane offer (worker address) */
@@ -33,7 +34,8 @@
 #define NET_REFUSE_LOG_EVERY 100u  /* log the 1st refusal over the cap, then every Nth */
 #define NET_CLOSE_MS 2000          /* bound on a flush-close or a drain */
 #define NET_POLL_MS 100            /* longest sleep between progress passes */
-#define NET_WEDGE_MS 3000          /* default of KVT_NET_WEDGE_MS (heal.c) */
+#define NET_WEDGE_MS 1000          /* default of KVT_NET_WEDGE_MS (heal.c) */
+#define NET_PROBE_MS 1000          /* how long a probe may take to arrive (heal.c) */
 #define NET_RETRY_PAUSE_MS 200     /* before a connect's try without a lane offer */
 #define NET_EP_BUCKETS 256         /* ucp_ep_h -> kvt ep lookup */
 #define NET_QUEUE_MIN_BYTES (64u << 20) /* hard cap on undelivered messages */
@@ -201,8 +203,14 @@ struct kvt_net_worker {
      * for wedge_ns is rebuilt. */
     uint64_t wedge_ns;            /* 0: never rebuild */
     uint64_t busy_since_ns;       /* 0: the last arm was not busy */
-    bool wedged;                  /* rebuild at the next top-level call */
-    uint64_t rebuilds;
+    uint64_t busy_last_ns;        /* the last busy arm */
+    bool wedged;                  /* probe (and maybe rebuild) at the next top-level call */
+    uint64_t rebuilds, probes;
+    uint64_t probe_seen;          /* nonce of the last probe that arrived */
+    ucp_context_h probe_ctx;      /* the prober: shared memory only, made on first use */
+    ucp_worker_h probe_uw;
+    ucp_ep_h probe_ep;            /* to uw, over shared memory */
+    int sigfd;                    /* eventfd for kvt_net_worker_signal, never replaced */
 };
 
 /* UCX status to ours (peer failures and cancels are KVT_ERR_CLOSED). */
@@ -231,12 +239,17 @@ void kvt_net_ep_fail(kvt_net_ep_t *ep, ucs_status_t status);
 kvt_status_t kvt_net_worker_setup(kvt_net_worker_t *w);
 /* Free the close requests and memory of every parked ep. */
 void kvt_net_zombies_free(kvt_net_worker_t *w);
-/* heal.c.  note_busy: ucp_worker_arm said busy after a progress pass that
- * did nothing (marks the worker wedged once that lasted wedge_ns).  check:
- * rebuild if marked (top-level calls only). */
+/* heal.c.  note_arm: what ucp_worker_arm said after a progress pass that
+ * did nothing (busy for wedge_ns marks the worker suspect).  check: if
+ * marked, probe our shared memory and rebuild if the probe does not
+ * arrive (top-level calls only).  probe_cb: the probe's AM handler;
+ * probe_destroy: at worker destroy. */
 void kvt_net_wedge_setup(kvt_net_worker_t *w);
-void kvt_net_wedge_note_busy(kvt_net_worker_t *w, uint64_t now_ns);
+void kvt_net_wedge_note_arm(kvt_net_worker_t *w, uint64_t now_ns, bool busy);
 void kvt_net_wedge_check(kvt_net_worker_t *w);
+ucs_status_t kvt_net_probe_cb(void *arg, const void *header, size_t header_length, void *data,
+                              size_t length, const ucp_am_recv_param_t *param);
+void kvt_net_probe_destroy(kvt_net_worker_t *w);
 /* Listeners (conn.c): close the UCX listener (rebuild: before the old
  * worker goes), and listen again on the new worker. */
 void kvt_net_listener_unbind(kvt_net_listener_t *l);

@@ -887,6 +887,33 @@ static void test_server_rebuild(void **state)
     kvt_net_worker_destroy(w);
 }
 
+/* A worker marked suspect (what a long run of busy wakeups does) whose
+ * shared memory moves: the probe arrives, so nothing is rebuilt and the
+ * connection lives on; a second probe reuses the prober. */
+static void test_probe_healthy(void **state)
+{
+    server_t s;
+    server_start(&s);
+    kvt_net_worker_t *w = client_create(0);
+    kvt_net_ep_t *ep;
+    uint8_t buf[4096];
+    assert_int_equal(kvt_net_connect(w, s.addr, 3000, &ep), KVT_OK);
+    for (int i = 1; i <= 2; i++) {
+        w->wedged = true;
+        kvt_net_worker_wait(w, 10);
+        assert_false(w->wedged);
+        assert_int_equal(w->probes, i);
+        assert_int_equal(w->probe_seen, i);
+        assert_int_equal(kvt_net_worker_rebuilds(w), 0);
+        assert_true(kvt_net_ep_alive(ep));
+        echo_once(ep, buf, sizeof(buf), (unsigned)i);
+    }
+    assert_int_equal(g_ev.down, 0);
+    kvt_net_ep_close(ep);
+    server_quit(w, &s);
+    kvt_net_worker_destroy(w);
+}
+
 int main(int argc, char **argv)
 {
     kvt_log_level_t level;
@@ -907,6 +934,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_rndv_budget),
         cmocka_unit_test(test_conn_cap),
         cmocka_unit_test(test_server_rebuild),
+        cmocka_unit_test(test_probe_healthy),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
