@@ -72,16 +72,16 @@ void kvt_block_promote_job_destroy(kvt_tier_t *tier, kvt_block_promote_job_t *jo
 
 size_t kvt_block_promote_job_pin_resident(kvt_tier_t *tier, kvt_block_promote_job_t *job)
 {
-    size_t todo = 0;
+    size_t n_cold = 0;
     for (size_t i = 0; i < job->n_keys; i++) {
         kvt_status_t st = kvt_tier_pin_resident(tier, &job->keys[i], &job->views[i]);
         job->state[i] = st == KVT_OK              ? KVT_PROMOTE_PINNED
-                        : st == KVT_ERR_AGAIN     ? KVT_PROMOTE_TODO
+                        : st == KVT_ERR_AGAIN     ? KVT_PROMOTE_COLD
                         : st == KVT_ERR_NOT_FOUND ? KVT_PROMOTE_MISSING
                                                   : KVT_PROMOTE_FAILED;
-        todo += st == KVT_ERR_AGAIN;
+        n_cold += st == KVT_ERR_AGAIN;
     }
-    return todo;
+    return n_cold;
 }
 
 /* --- the thread --- */
@@ -97,10 +97,10 @@ static void promote_job(kvt_block_promote_t *p, job_t *job)
     size_t failed = 0, first = 0;
     kvt_status_t why = KVT_OK;
     for (size_t i = 0; i < job->n_keys; i++) {
-        if (job->state[i] != KVT_PROMOTE_TODO)
+        if (job->state[i] != KVT_PROMOTE_COLD)
             continue;
         if (atomic_load(&job->cancelled))
-            break; /* nobody will read it: the rest stay TODO, unpinned */
+            break; /* nobody will read it: the rest stay cold, unpinned */
         kvt_status_t st = failed ? KVT_ERR_NO_PARENT
                                  : kvt_tier_pin_promote(p->tier, &job->keys[i], &job->views[i]);
         job->state[i] = st == KVT_OK                ? KVT_PROMOTE_PINNED

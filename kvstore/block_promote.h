@@ -31,7 +31,7 @@ typedef struct kvt_block_promote kvt_block_promote_t;
 /* What a fetch holds for one key (0: not looked at yet). */
 enum {
     KVT_PROMOTE_PINNED = 1, /* views[i] is a pin in T1 */
-    KVT_PROMOTE_TODO,       /* only T2 holds it: to promote */
+    KVT_PROMOTE_COLD,       /* only T2 holds it: to promote */
     KVT_PROMOTE_MISSING,    /* neither tier holds it */
     KVT_PROMOTE_FAILED,     /* it could not be pinned or promoted */
 };
@@ -68,7 +68,7 @@ kvt_block_promote_job_t *kvt_block_promote_job_create(size_t n_keys);
 /* Unpins what the job still holds (views not taken away) and frees it. */
 void kvt_block_promote_job_destroy(kvt_tier_t *tier, kvt_block_promote_job_t *job);
 /* Pins the keys T1 holds (kvt_tier_pin_resident: no disk read) and marks
- * the others; returns how many only T2 holds (TODO). */
+ * the others; returns how many only T2 holds (cold). */
 size_t kvt_block_promote_job_pin_resident(kvt_tier_t *tier, kvt_block_promote_job_t *job);
 
 /* Starts the thread.  KVT_ERR_NOMEM when it cannot. */

@@ -448,7 +448,7 @@ static fetch_t *fetch_new(kvt_net_ep_t *ep, uint64_t req_id, const Kvtier__Block
 
 /* Describes every key of f; the lease takes over f's pins, keeps those it
  * describes (moved down its views) and unpins those that do not fit an
- * inline reply (inline_left != NULL: RETRY).  Keys still TODO (the
+ * inline reply (inline_left != NULL: RETRY).  Keys still cold (the
  * promotion queue was full) are RETRY too: *busy_p counts them.  Returns
  * how many descriptors are not RETRY. */
 static size_t fetch_describe(kvt_block_server_t *srv, fetch_t *f, lease_t *lease,
@@ -468,7 +468,7 @@ static size_t fetch_describe(kvt_block_server_t *srv, fetch_t *f, lease_t *lease
             kvt_block_view_t *v = &lease->views[lease->n_views]; /* n_views <= i */
             *v = lease->views[i];
             lease->n_views += describe_pinned(srv, d, v, inline_left, &used, &attached);
-        } else if (f->state[i] == KVT_PROMOTE_TODO) {
+        } else if (f->state[i] == KVT_PROMOTE_COLD) {
             d->status = KVTIER__BLOCK_DESCRIPTOR__STATUS__RETRY;
             busy++;
         } else if (f->state[i] == KVT_PROMOTE_MISSING) {
