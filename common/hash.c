@@ -1,11 +1,13 @@
-/* SHA-256 through OpenSSL's EVP interface, xxh3 through libxxhash. */
+/* SHA-256 through OpenSSL's EVP interface; xxh3 through libxxhash's header,
+ * built into common/ (xxh3_sse2.c, xxh3_avx2.c) and picked per CPU here. */
 #include "common/hash.h"
+
+#include "common/xxh3_impl.h"
 
 #include "common/log.h"
 
 #include <openssl/evp.h>
 #include <string.h>
-#include <xxhash.h>
 
 kvt_status_t kvt_sha256_init(kvt_sha256_t *ctx)
 {
@@ -49,7 +51,15 @@ kvt_status_t kvt_sha256(const void *data, size_t len, uint8_t out[KVT_SHA256_LEN
     return KVT_OK;
 }
 
-uint64_t kvt_xxh3_64(const void *data, size_t len) { return XXH3_64bits(data, len); }
+uint64_t kvt_xxh3_64(const void *data, size_t len)
+{
+#if defined(__x86_64__)
+    /* __builtin_cpu_supports reads what libgcc's constructor filled in. */
+    if (__builtin_cpu_supports("avx2"))
+        return kvt_xxh3_64_avx2(data, len);
+#endif
+    return kvt_xxh3_64_sse2(data, len);
+}
 
 void kvt_hex(const uint8_t *bytes, size_t len, char *out)
 {

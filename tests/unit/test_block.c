@@ -5,6 +5,8 @@
  *
  * Forged headers recompute the header checksum with libxxhash directly, so
  * a field check is reached even though the checksum would catch the edit. */
+#include "common/hash.h"
+#include "common/xxh3_impl.h"
 #include "kvstore/block.h"
 
 #include <setjmp.h>
@@ -721,6 +723,38 @@ static void test_header_make(void **state)
     fixture_free(&f);
 }
 
+/* kvt_xxh3_64 hashes with libxxhash's header built into common/ (SSE2 and,
+ * where the CPU has it, AVX2); every build must equal the shared library's
+ * XXH3_64bits, which wrote the checksums already on disk.  Lengths cover
+ * each of XXH3's code paths (0-16, 17-128, 129-240, long with partial
+ * stripes and blocks) and unaligned starts. */
+static void test_xxh3_builds_match_library(void **state)
+{
+    (void)state;
+    size_t cap = (1u << 20) + 4096;
+    uint8_t *buf = malloc(cap);
+    assert_non_null(buf);
+    uint64_t x = 0x9e3779b97f4a7c15ull;
+    for (size_t i = 0; i < cap; i++) {
+        x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+        buf[i] = (uint8_t)x;
+    }
+    static const size_t lens[] = {0,    1,    3,    4,    8,    9,     16,    17,     64,
+                                  128,  129,  200,  240,  241,  1023,  1024,  1025,   4096,
+                                  8191, 65536, 65599, 262144, 1u << 20};
+    for (size_t i = 0; i < sizeof(lens) / sizeof(lens[0]); i++)
+        for (size_t off = 0; off < 3; off++) {
+            uint64_t want = XXH3_64bits(buf + off, lens[i]);
+            assert_true(kvt_xxh3_64(buf + off, lens[i]) == want);
+            assert_true(kvt_xxh3_64_sse2(buf + off, lens[i]) == want);
+#if defined(__x86_64__)
+            if (__builtin_cpu_supports("avx2"))
+                assert_true(kvt_xxh3_64_avx2(buf + off, lens[i]) == want);
+#endif
+        }
+    free(buf);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -749,6 +783,7 @@ int main(void)
         cmocka_unit_test(test_check_identity_mismatch),
         cmocka_unit_test(test_payload_verify),
         cmocka_unit_test(test_header_make),
+        cmocka_unit_test(test_xxh3_builds_match_library),
     };
     return cmocka_run_group_tests_name("block", tests, NULL, NULL);
 }
