@@ -20,6 +20,7 @@ const char *kvt_status_str(kvt_status_t status)
     case KVT_ERR_CLOSED: return "closed";
     case KVT_ERR_USAGE: return "usage error";
     case KVT_ERR_EXISTS: return "already present";
+    case KVT_ERR_DENIED: return "not permitted";
     }
     return "unknown status";
 }

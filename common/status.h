@@ -23,6 +23,7 @@ typedef enum {
     KVT_ERR_CLOSED = -13,     /* object is shutting down */
     KVT_ERR_USAGE = -14,      /* command-line usage error */
     KVT_ERR_EXISTS = -15,     /* already present */
+    KVT_ERR_DENIED = -16,     /* not permitted (by the kernel or a policy) */
 } kvt_status_t;
 
 /* Static, lowercase description of a status code; never NULL. */

@@ -17,6 +17,7 @@
 #include <inttypes.h>
 #include <stdbool.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define PEER_ADDR_MAX 256 /* "HOST:PORT", with its NUL */
@@ -25,6 +26,8 @@ struct kvt_block_client {
     kvt_net_worker_t *worker;
     kvt_net_ep_t *ep;          /* NULL after a failed reconnect */
     char peer[PEER_ADDR_MAX];  /* what to connect to again */
+    bool local_reads;          /* ask to read a same-host server's memory */
+    uint64_t n_local;          /* blocks read that way and found good */
 };
 
 kvt_status_t kvt_block_client_connect(kvt_net_worker_t *worker, const char *peer, int timeout_ms,
@@ -37,6 +40,10 @@ kvt_status_t kvt_block_client_connect(kvt_net_worker_t *worker, const char *peer
         return KVT_ERR_NOMEM;
     c->worker = worker;
     memcpy(c->peer, peer, strlen(peer) + 1);
+    /* On unless turned off (to compare, or where reading another process
+     * is not wanted); the kernel may refuse it too (read_local). */
+    const char *env = getenv("KVT_NET_LOCAL_READS");
+    c->local_reads = !(env && strcmp(env, "0") == 0);
     kvt_status_t st = kvt_net_connect(worker, peer, timeout_ms, &c->ep);
     if (st != KVT_OK) {
         kvt_log_error("block client cannot connect peer=%s err=\"%s\"", peer, kvt_status_str(st));
@@ -93,7 +100,7 @@ static void reply_free(reply_t *r)
  * (the code comes from the peer). */
 static kvt_status_t refused(const kvt_block_client_t *c, const Kvtier__Error *e)
 {
-    kvt_status_t st = e->code >= 1 && e->code <= (uint32_t)-KVT_ERR_EXISTS
+    kvt_status_t st = e->code >= 1 && e->code <= (uint32_t)-KVT_ERR_DENIED
                           ? (kvt_status_t)-(int)e->code
                           : KVT_ERR_IO;
     if (st == KVT_ERR_BUSY) /* asked again (pull); a busy server says it often */
@@ -143,6 +150,19 @@ static kvt_status_t exchange(kvt_block_client_t *c, kvt_msg_t *req, int timeout_
     return st != KVT_OK ? st : reply_take(c, raw, rep_len, r);
 }
 
+/* Whether a request asks to read the server's memory itself: only over a
+ * same-host lane (the server checks that too), and for blocks of 256 KiB
+ * and more.  Below that the inline reply was as fast or faster: the
+ * server's copy into the lane overlaps the client's reading, where a
+ * local read leaves the server idle while the client copies every byte
+ * (kvtier bench pull, bench/RESULTS.md 2026-11-23). */
+#define LOCAL_READ_MIN_BYTES (256u << 10)
+
+static bool pull_local(const kvt_block_client_t *c, const kvt_pull_t *first)
+{
+    return c->local_reads && kvt_net_ep_lane(c->ep) && first->cap >= LOCAL_READ_MIN_BYTES;
+}
+
 /* The fetch request for the keys of items[pending[0..n)], encoded. */
 static kvt_status_t fetch_encode(const kvt_block_client_t *c, const kvt_pull_t *items,
                                  const size_t *pending, size_t n, uint8_t **buf_p, size_t *len_p)
@@ -159,6 +179,7 @@ static kvt_status_t fetch_encode(const kvt_block_client_t *c, const kvt_pull_t *
     fr.n_keys = n;
     fr.keys = keys;
     fr.max_reply_bytes = max_reply > UINT32_MAX ? UINT32_MAX : (uint32_t)max_reply;
+    fr.local_read = n > 0 && pull_local(c, &items[pending[0]]);
     kvt_msg_t req = KVTIER__ENVELOPE__INIT;
     req.body_case = KVTIER__ENVELOPE__BODY_FETCH_REQUEST;
     req.fetch_request = &fr;
@@ -283,6 +304,39 @@ static kvt_status_t read_rma(kvt_block_client_t *c, const Kvtier__BlockFetchRepl
     return st;
 }
 
+/* Local reply (same host): read every described block out of the server
+ * process's memory (kvt_net_local_read), each checked right after its
+ * read, while it is still in cache.  The server named its pid; the
+ * checksums, not the pid, are what make a block OK.  If the kernel
+ * refuses the reads (another user, a ptrace policy), this client stops
+ * asking for them and the blocks not read yet are marked RETRY, to come
+ * back inline in the next round. */
+static void read_local(kvt_block_client_t *c, const Kvtier__BlockFetchReply *rep,
+                       kvt_pull_t *items, const size_t *pending, size_t n,
+                       const kvt_block_identity_t *expect, bool *retry)
+{
+    for (size_t k = 0; k < n; k++) {
+        const Kvtier__BlockDescriptor *d = rep->blocks[k];
+        kvt_pull_t *item = &items[pending[k]];
+        retry[k] = d->status == KVTIER__BLOCK_DESCRIPTOR__STATUS__RETRY || !c->local_reads;
+        if (retry[k])
+            continue;
+        item->status = describe(d, item, expect);
+        if (item->status == KVT_OK)
+            item->status = kvt_net_local_read((int)rep->local_pid, item->dst, d->addr, d->length);
+        if (item->status == KVT_ERR_DENIED) {
+            kvt_log_warn("block client may not read the server's memory, pulls inline from now "
+                         "peer=%s pid=%u",
+                         kvt_net_ep_peer(c->ep), rep->local_pid);
+            c->local_reads = false;
+            retry[k] = true;
+            continue;
+        }
+        verify_payload(c, item, d->length);
+        c->n_local += item->status == KVT_OK;
+    }
+}
+
 /* One-way (request id 0): the next pull need not wait a round trip for an
  * ack.  A release that is lost is covered by the lease's expiry. */
 static void release(kvt_block_client_t *c, uint64_t lease_id)
@@ -319,6 +373,11 @@ static void release(kvt_block_client_t *c, uint64_t lease_id)
  * that budget waits for room. */
 #define PULL_CHUNK_BYTES (512u << 10)
 #define PULL_ROUND_BYTES (2u << 20)
+/* Read locally (read_local), a reply carries no payload and the request
+ * and reply trip is the cost per request: 4 MiB per request, 16 MiB per
+ * round (leases pin that much for the time the client reads it). */
+#define PULL_LOCAL_CHUNK_BYTES (4u << 20)
+#define PULL_LOCAL_ROUND_BYTES (16u << 20)
 #define PULL_MAX_REQUESTS 4       /* on a same-host lane */
 #define PULL_MAX_REQUESTS_TCP 2
 
@@ -327,15 +386,17 @@ static void release(kvt_block_client_t *c, uint64_t lease_id)
  * PULL_ROUND_BYTES (it always takes one run): starts[0..count] bound
  * them, and the keys past starts[count] wait for the next round. */
 static size_t chunk_plan(const kvt_pull_t *items, const size_t *pending, size_t n,
-                         size_t max_requests, size_t *starts)
+                         size_t max_requests, bool local, size_t *starts)
 {
+    size_t chunk_bytes = local ? PULL_LOCAL_CHUNK_BYTES : PULL_CHUNK_BYTES;
+    size_t round_bytes = local ? PULL_LOCAL_ROUND_BYTES : PULL_ROUND_BYTES;
     size_t count = 0, run = 0, round = 0, k;
     starts[0] = 0;
     for (k = 0; k < n; k++) {
         size_t cap = items[pending[k]].cap;
-        if (k > 0 && round + cap > PULL_ROUND_BYTES)
+        if (k > 0 && round + cap > round_bytes)
             break;
-        if (k > starts[count] && run + cap > PULL_CHUNK_BYTES) {
+        if (k > starts[count] && run + cap > chunk_bytes) {
             if (count + 1 == max_requests)
                 break;
             starts[++count] = k;
@@ -354,11 +415,13 @@ static kvt_status_t read_reply(kvt_block_client_t *c, const reply_t *r, kvt_pull
                                bool *retry, int timeout_ms)
 {
     const Kvtier__BlockFetchReply *rep = r->msg->fetch_reply;
-    if (rep->rkey.len == 0) {
+    kvt_status_t st = KVT_OK;
+    if (rep->local_pid != 0) /* asked for (or not: then every block is RETRY) */
+        read_local(c, rep, items, pending, n, expect, retry);
+    else if (rep->rkey.len != 0)
+        st = read_rma(c, rep, items, pending, n, expect, retry, timeout_ms);
+    else
         read_inline(c, r, items, pending, n, expect, retry);
-        return KVT_OK;
-    }
-    kvt_status_t st = read_rma(c, rep, items, pending, n, expect, retry, timeout_ms);
     release(c, rep->lease_id);
     return st;
 }
@@ -374,7 +437,7 @@ static kvt_status_t pull_round(kvt_block_client_t *c, kvt_pull_t *items, size_t 
     size_t n = *n_p, starts[PULL_MAX_REQUESTS + 1];
     size_t n_req = chunk_plan(items, pending, n,
                               kvt_net_ep_lane(c->ep) ? PULL_MAX_REQUESTS : PULL_MAX_REQUESTS_TCP,
-                              starts);
+                              n > 0 && pull_local(c, &items[pending[0]]), starts);
     kvt_net_req_t reqs[PULL_MAX_REQUESTS] = {{0}};
     kvt_status_t st = KVT_OK;
     for (size_t i = 0; st == KVT_OK && i < n_req; i++) {
@@ -571,6 +634,11 @@ kvt_status_t kvt_block_client_pull_tail(kvt_block_client_t *c, const kvt_block_k
 bool kvt_block_client_alive(const kvt_block_client_t *client)
 {
     return client && kvt_net_ep_alive(client->ep);
+}
+
+uint64_t kvt_block_client_local_reads(const kvt_block_client_t *client)
+{
+    return client ? client->n_local : 0;
 }
 
 bool kvt_block_client_lane(const kvt_block_client_t *client)

@@ -83,6 +83,10 @@ bool kvt_block_client_alive(const kvt_block_client_t *client);
 /* The server sends to this client over a same-host lane (shared memory
  * when UCX can: net.h, kvt_net_ep_lane).  False for NULL or while down. */
 bool kvt_block_client_lane(const kvt_block_client_t *client);
+/* Blocks this client has read straight out of a same-host server's memory
+ * and found good (read_local in block_client.c; pulls of blocks of 256 KiB
+ * and more over a lane, unless KVT_NET_LOCAL_READS=0).  0 for NULL. */
+uint64_t kvt_block_client_local_reads(const kvt_block_client_t *client);
 
 /* Clients of several peers on one worker, connected on first use and
  * reconnected by kvt_block_peers_get when their peer died (so that it can

@@ -34,6 +34,7 @@
 #include <stdatomic.h>
 #include <string.h>
 #include <sys/random.h>
+#include <unistd.h>
 
 #define DEFAULT_LEASE_MS 30000
 #define DEFAULT_MAX_LEASE_MS 300000
@@ -397,17 +398,23 @@ static kvt_status_t send_attached(kvt_block_server_t *srv, kvt_net_ep_t *ep, uin
     return st;
 }
 
-/* An inline reply has no lease and no rkey: that is how the client tells. */
+/* An inline reply has no lease, no rkey and no pid: that is how the client
+ * tells.  A kept lease is read by the client, locally (our pid: it reads
+ * our memory itself) or by RMA (the rkey). */
 static kvt_status_t fetch_reply(kvt_block_server_t *srv, kvt_net_ep_t *ep, uint64_t req_id,
-                                lease_t *lease, bool keep, Kvtier__BlockDescriptor **ptrs, size_t n,
-                                bool *lease_taken)
+                                lease_t *lease, bool keep, bool local, Kvtier__BlockDescriptor **ptrs,
+                                size_t n, bool *lease_taken)
 {
     Kvtier__BlockFetchReply rep = KVTIER__BLOCK_FETCH_REPLY__INIT;
     if (keep) {
-        size_t rkey_len;
-        const void *rkey = kvt_net_mem_rkey(srv->mem, &rkey_len);
         rep.lease_id = lease->id;
         rep.lease_ms = (lease->expires_ns - kvt_time_ns()) / 1000000;
+    }
+    if (keep && local) {
+        rep.local_pid = (uint32_t)getpid();
+    } else if (keep) {
+        size_t rkey_len;
+        const void *rkey = kvt_net_mem_rkey(srv->mem, &rkey_len);
         rep.rkey.data = (uint8_t *)rkey;
         rep.rkey.len = rkey_len;
     }
@@ -443,6 +450,9 @@ static fetch_t *fetch_new(kvt_net_ep_t *ep, uint64_t req_id, const Kvtier__Block
     f->req_id = req_id;
     f->lease_ms = req->lease_ms;
     f->max_reply_bytes = req->max_reply_bytes;
+    /* Only a client on our host can read our memory, and only one that
+     * came over a same-host lane proved it is (net/lane.c). */
+    f->local_read = req->local_read && kvt_net_ep_lane(ep);
     return f;
 }
 
@@ -500,7 +510,8 @@ static void fetch_answer(kvt_block_server_t *srv, fetch_t *f, lease_t *lease,
     lease->created_ns = kvt_time_ns();
     lease->expires_ns = lease->created_ns + (uint64_t)lease_ms_for(srv, f->lease_ms) * 1000000;
     size_t left = inline_budget(srv, f->max_reply_bytes), busy;
-    size_t settled = fetch_describe(srv, f, lease, descs, ptrs, srv->rma ? NULL : &left, &busy);
+    bool leased = srv->rma || f->local_read; /* the client reads T1 under a lease */
+    size_t settled = fetch_describe(srv, f, lease, descs, ptrs, leased ? NULL : &left, &busy);
     if (busy > 0 && settled == 0) {
         /* Not a reply of RETRYs only: to a client that means a block too
          * large for any reply. */
@@ -509,7 +520,7 @@ static void fetch_answer(kvt_block_server_t *srv, fetch_t *f, lease_t *lease,
         lease_free(srv, lease);
         return;
     }
-    bool keep = srv->rma && lease->n_views > 0;
+    bool keep = leased && lease->n_views > 0;
     if (keep) { /* held before the client can know of it */
         lease->next = srv->leases;
         srv->leases = lease;
@@ -517,7 +528,8 @@ static void fetch_answer(kvt_block_server_t *srv, fetch_t *f, lease_t *lease,
         STAT_ADD(srv, leases_active, 1);
     }
     bool taken = false; /* by a zero-copy reply, which unpins when sent */
-    kvt_status_t st = fetch_reply(srv, ep, f->req_id, lease, keep, ptrs, f->n_keys, &taken);
+    kvt_status_t st =
+        fetch_reply(srv, ep, f->req_id, lease, keep, f->local_read, ptrs, f->n_keys, &taken);
     if (keep && st != KVT_OK)
         leases_drop(srv, lease_is, lease); /* the client never learnt its id */
     else if (!keep && !taken)
@@ -572,7 +584,7 @@ static void handle_fetch(kvt_block_server_t *srv, kvt_net_ep_t *ep, uint64_t req
         return;
     }
     /* A fetch at the promotion thread holds a lease's place already. */
-    if (srv->rma && (srv->n_leases + kvt_block_promote_out(srv->promote, NULL) >= srv->max_leases ||
+    if ((srv->rma || (req->local_read && kvt_net_ep_lane(ep))) && (srv->n_leases + kvt_block_promote_out(srv->promote, NULL) >= srv->max_leases ||
                      leases_of(srv, ep) + kvt_block_promote_out(srv->promote, ep) >=
                          MAX_LEASES_PER_CONN)) {
         reply_error(srv, ep, req_id, KVT_ERR_FULL, "too many leases held");

@@ -208,6 +208,13 @@ typedef struct {
     kvt_status_t status;  /* out: KVT_OK or why this read failed */
 } kvt_net_get_t;
 
+/* Same-host read (net/peer_read.c): copy len bytes at remote in process
+ * pid into local with process_vm_readv, no UCX involved; for a peer
+ * reached over a same-host lane that named its pid.  KVT_OK, or
+ * KVT_ERR_DENIED (the kernel refuses: another user, a ptrace policy),
+ * KVT_ERR_CLOSED (no such process), KVT_ERR_IO (not mapped there). */
+kvt_status_t kvt_net_local_read(int pid, void *local, uint64_t remote, size_t len);
+
 #define KVT_NET_GET_GRACE_MS 2000
 
 /* Issue every read, then wait (progressing) until all have completed or

@@ -5,7 +5,8 @@
  * attachment, an attachment cut short, a flipped byte, offsets swapped
  * between blocks, an attachment that is not the last field, a reply with
  * fewer blocks than asked, RETRY for everything, Error BUSY (once, or
- * forever).  The client must refuse exactly the broken blocks (each honest
+ * forever), or a same-host "local" reply whose addresses or pid are
+ * wrong.  The client must refuse exactly the broken blocks (each honest
  * neighbour still passes, so each refusal is the mode's doing), ask a busy
  * server again, and always finish. */
 #include <setjmp.h>
@@ -24,6 +25,7 @@
 #include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #define TIMEOUT_MS 3000
@@ -40,6 +42,11 @@ typedef enum {
     B_ALL_RETRY,       /* every block RETRY, forever */
     B_BUSY_ONCE,       /* Error BUSY (a full promotion queue), then honest */
     B_BUSY_FOREVER,    /* Error BUSY to every fetch */
+    B_LOCAL,           /* a local reply: read the payloads in our memory */
+    B_LOCAL_FLIP,      /* local, block 2's address holds a changed byte */
+    B_LOCAL_UNMAPPED,  /* local, block 1's address is not mapped */
+    B_LOCAL_SWAP,      /* local, blocks 0 and 1 at each other's address */
+    B_LOCAL_GONE,      /* local, naming a process that has exited */
 } bmode_t;
 
 typedef struct {
@@ -48,6 +55,8 @@ typedef struct {
     _Atomic uint64_t fetches;
     const tu_chain_t *chain;
     size_t payload_len;
+    uint8_t *flipped;  /* block 2's payload with one byte changed */
+    pid_t gone;        /* a child that has exited and been reaped */
 } hostile_t;
 
 static kvt_block_identity_t g_id;
@@ -88,14 +97,26 @@ static uint8_t *hostile_wire(hostile_t *h, const Kvtier__BlockFetchRequest *req,
         memcpy(att + att_len, h->chain->payload[i], plen);
         att_len += plen;
     }
+    bool local = mode >= B_LOCAL;
+    for (size_t k = 0; local && k < n; k++) {
+        int i = chain_find(h->chain, req->keys[k].data);
+        if (i >= 0)
+            d[k].addr = (uint64_t)(uintptr_t)(mode == B_LOCAL_FLIP && i == 2 ? h->flipped
+                                                                              : h->chain->payload[i]);
+    }
     switch (mode) {
+    case B_LOCAL_UNMAPPED: d[1].addr = 4096; break;
+    case B_LOCAL_SWAP: { uint64_t a = d[0].addr; d[0].addr = d[1].addr; d[1].addr = a; break; }
     case B_OFFSET_PAST_END: d[1].attach_offset = att_len + 1; break;
     case B_SHORT_ATTACH: att_len--; break;
     case B_FLIP: att[d[2].attach_offset + 5] ^= 0x40; break;
     case B_SWAP: d[0].attach_offset = d[1].attach_offset; d[1].attach_offset = 0; break;
     default: break;
     }
+    if (local)
+        att_len = 0; /* as the block server: no attachment, the pid says where */
     Kvtier__BlockFetchReply rep = KVTIER__BLOCK_FETCH_REPLY__INIT;
+    rep.local_pid = !local ? 0 : mode == B_LOCAL_GONE ? (uint32_t)h->gone : (uint32_t)getpid();
     rep.n_blocks = mode == B_FEWER_BLOCKS ? n - 1 : n;
     rep.blocks = dp;
     kvt_msg_t m = KVTIER__ENVELOPE__INIT;
@@ -163,6 +184,13 @@ static int fx_setup(void **state)
     fx_t *fx = calloc(1, sizeof(*fx));
     tu_chain_make(&fx->chain, &g_id, N_BLOCKS, 7, NULL, 0);
     fx->h = (hostile_t){.chain = &fx->chain, .payload_len = tu_payload_len(&g_id)};
+    fx->h.flipped = malloc(fx->h.payload_len);
+    memcpy(fx->h.flipped, fx->chain.payload[2], fx->h.payload_len);
+    fx->h.flipped[5] ^= 0x40;
+    fx->h.gone = fork();
+    if (fx->h.gone == 0)
+        _exit(0);
+    waitpid(fx->h.gone, NULL, 0);
     tu_net_thread_start(&fx->h.server, hostile_on_msg, &fx->h);
     kvt_net_worker_params_t wp = {0};
     assert_int_equal(kvt_net_worker_create(&wp, &fx->worker), KVT_OK);
@@ -179,6 +207,7 @@ static int fx_teardown(void **state)
     kvt_block_client_close(fx->client);
     kvt_net_worker_destroy(fx->worker);
     tu_net_thread_stop(&fx->h.server);
+    free(fx->h.flipped);
     for (int i = 0; i < N_BLOCKS; i++)
         free(fx->dst[i]);
     tu_chain_free(&fx->chain);
@@ -224,6 +253,40 @@ static void test_broken_blocks_refused(void **state)
                 assert_true(tu_payload_ok(&g_id, &fx->chain.hdr[i].key, fx->dst[i]));
         }
     }
+}
+
+/* A local reply (a same-host server names its pid and where each payload
+ * lies in its memory) is read with kvt_net_local_read and checked like any
+ * other: a changed byte or swapped addresses are CORRUPT, an address not
+ * mapped there fails that block (IO), a process that is gone fails every
+ * block (CLOSED); the neighbours pass, with the right bytes. */
+static void test_local_reads_checked(void **state)
+{
+    fx_t *fx = *state;
+    static const struct {
+        bmode_t mode;
+        kvt_status_t want[N_BLOCKS];
+    } cases[] = {
+        {B_LOCAL, {KVT_OK, KVT_OK, KVT_OK, KVT_OK}},
+        {B_LOCAL_FLIP, {KVT_OK, KVT_OK, KVT_ERR_CORRUPT, KVT_OK}},
+        {B_LOCAL_UNMAPPED, {KVT_OK, KVT_ERR_IO, KVT_OK, KVT_OK}},
+        {B_LOCAL_SWAP, {KVT_ERR_CORRUPT, KVT_ERR_CORRUPT, KVT_OK, KVT_OK}},
+        {B_LOCAL_GONE, {KVT_ERR_CLOSED, KVT_ERR_CLOSED, KVT_ERR_CLOSED, KVT_ERR_CLOSED}},
+        {B_HONEST, {KVT_OK, KVT_OK, KVT_OK, KVT_OK}},
+    };
+    uint64_t local_before = kvt_block_client_local_reads(fx->client);
+    for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++) {
+        assert_int_equal(pull_all(fx, cases[c].mode), KVT_OK);
+        for (int i = 0; i < N_BLOCKS; i++) {
+            if (fx->items[i].status != cases[c].want[i])
+                fail_msg("mode %d block %d: st=%d want=%d", cases[c].mode, i,
+                         fx->items[i].status, cases[c].want[i]);
+            if (cases[c].want[i] == KVT_OK)
+                assert_true(tu_payload_ok(&g_id, &fx->chain.hdr[i].key, fx->dst[i]));
+        }
+    }
+    /* 4 + 3 + 3 + 2 good blocks were read locally */
+    assert_int_equal(kvt_block_client_local_reads(fx->client) - local_before, 12);
 }
 
 /* A reply that does not parse as ours, or does not answer the fetch,
@@ -288,6 +351,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_broken_blocks_refused, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_broken_reply_fails_pull, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_local_reads_checked, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_retry_forever_ends, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_busy_asked_again, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_busy_forever_ends, fx_setup, fx_teardown),

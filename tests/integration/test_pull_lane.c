@@ -1,9 +1,10 @@
 /* Same-host lanes (net/lane.c) between real processes on 127.0.0.1: the
  * real `kvtier kv serve` daemon and clients in this process or in child
- * processes.  Blocks are 256 KiB, so replies go by rendezvous over the
- * lane's shared memory.  A pull over a lane is right and says it used
- * one (lanes are the default: main unsets KVT_NET_LANES) and none with
- * KVT_NET_LANES=0; clients SIGKILLed at staggered moments of their
+ * processes.  Blocks are 256 KiB, so a pull over a lane reads them
+ * straight out of the daemon's memory (kvt_net_local_read), or, with
+ * KVT_NET_LOCAL_READS=0, gets replies by rendezvous over the lane's shared
+ * memory.  A pull over a lane is right and says it used one (lanes are
+ * the default: main unsets KVT_NET_LANES) and none with KVT_NET_LANES=0; clients SIGKILLed at staggered moments of their
  * transfers leave the daemon serving (after rebuilding its UCX worker if
  * a kill wedged it, net/heal.c); a daemon SIGKILLed mid-transfer
  * fails the client's pulls within their timeout with no wrong data; and
@@ -143,6 +144,9 @@ static void pull_all_ok(fx_t *fx)
     assert_true(all_ok);
 }
 
+/* Over a lane, 256 KiB blocks are read straight out of the daemon's
+ * memory (the default); with KVT_NET_LOCAL_READS=0 they come inline over
+ * the lane instead, just as right. */
 static void test_lane_pull(void **state)
 {
     fx_t *fx = *state;
@@ -150,6 +154,19 @@ static void test_lane_pull(void **state)
     assert_true(kvt_block_client_lane(fx->client));
     for (int i = 0; i < 3; i++)
         pull_all_ok(fx);
+    assert_int_equal(kvt_block_client_local_reads(fx->client), 3 * N_BLOCKS);
+}
+
+static void test_lane_inline(void **state)
+{
+    fx_t *fx = *state;
+    setenv("KVT_NET_LOCAL_READS", "0", 1);
+    client_start(fx);
+    unsetenv("KVT_NET_LOCAL_READS");
+    assert_true(kvt_block_client_lane(fx->client));
+    for (int i = 0; i < 2; i++)
+        pull_all_ok(fx);
+    assert_int_equal(kvt_block_client_local_reads(fx->client), 0);
 }
 
 static void test_lanes_off(void **state)
@@ -289,6 +306,7 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_lane_pull, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_lane_inline, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_lanes_off, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_clients_killed_mid_transfer, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_daemon_killed_mid_transfer, fx_setup, fx_teardown),
