@@ -202,6 +202,70 @@ static void test_pull_chain_rma(void **state)
     assert_int_equal(ts.host.pinned, 0);
 }
 
+/* A fetch asking to read locally (BlockFetchRequest.local_read): over a
+ * same-host lane the server pins the blocks under a lease and answers
+ * with its pid and their addresses, which hold the blocks' bytes; over a
+ * connection without a lane (KVT_NET_LANES=0) it answers inline, as if
+ * not asked, since it cannot know that the client is on its host. */
+static void test_local_read_needs_lane(void **state)
+{
+    fx_t *fx = *state;
+    fill_tier(fx, 64);
+    start_server(fx, 0);
+    ProtobufCBinaryData keys[2] = {{KVT_KEY_LEN, fx->a.hdr[0].key.b},
+                                   {KVT_KEY_LEN, fx->a.hdr[1].key.b}};
+    Kvtier__BlockFetchRequest fr = KVTIER__BLOCK_FETCH_REQUEST__INIT;
+    fr.n_keys = 2;
+    fr.keys = keys;
+    fr.local_read = true;
+    kvt_msg_t m = KVTIER__ENVELOPE__INIT;
+    m.body_case = KVTIER__ENVELOPE__BODY_FETCH_REQUEST;
+    m.fetch_request = &fr;
+    uint8_t *buf;
+    size_t len;
+    assert_int_equal(kvt_msg_encode(&m, &buf, &len), KVT_OK);
+    for (int lanes = 1; lanes >= 0; lanes--) {
+        kvt_block_client_close(fx->client);
+        fx->client = NULL;
+        kvt_net_worker_destroy(fx->worker);
+        setenv("KVT_NET_LANES", lanes ? "1" : "0", 1);
+        kvt_net_worker_params_t wp = {0};
+        assert_int_equal(kvt_net_worker_create(&wp, &fx->worker), KVT_OK);
+        unsetenv("KVT_NET_LANES");
+        kvt_net_ep_t *ep;
+        assert_int_equal(kvt_net_connect(fx->worker, fx->addr, TIMEOUT_MS, &ep), KVT_OK);
+        assert_int_equal(kvt_net_ep_lane(ep), lanes);
+        void *raw;
+        size_t raw_len;
+        assert_int_equal(kvt_net_request(ep, buf, len, TIMEOUT_MS, &raw, &raw_len), KVT_OK);
+        kvt_msg_t *rep;
+        const uint8_t *att;
+        size_t att_len;
+        assert_int_equal(kvt_msg_decode_attached(raw, raw_len, &rep, &att, &att_len), KVT_OK);
+        assert_int_equal(rep->body_case, KVTIER__ENVELOPE__BODY_FETCH_REPLY);
+        const Kvtier__BlockFetchReply *fr_rep = rep->fetch_reply;
+        assert_int_equal(fr_rep->n_blocks, 2);
+        if (lanes) { /* the server is this process: its addresses are ours */
+            assert_int_equal(fr_rep->local_pid, (uint32_t)getpid());
+            assert_true(fr_rep->lease_id != 0);
+            assert_int_equal(fr_rep->rkey.len, 0);
+            assert_int_equal(server_stats(fx).leases_active, 1);
+            for (int i = 0; i < 2; i++)
+                assert_true(tu_payload_ok(&g_id, &fx->a.hdr[i].key,
+                                          (const void *)(uintptr_t)fr_rep->blocks[i]->addr));
+        } else {
+            assert_int_equal(fr_rep->local_pid, 0);
+            assert_int_equal(fr_rep->lease_id, 0);
+            assert_int_equal(att_len, 2 * tu_payload_len(&g_id));
+        }
+        kvt_msg_free(rep);
+        kvt_net_buf_free(fx->worker, raw, raw_len);
+        kvt_net_ep_close(ep); /* a lost client's lease goes with it */
+        assert_true(leases_gone(fx, 3000));
+    }
+    kvt_free(buf);
+}
+
 static void test_missing_mismatch_and_small_buffers(void **state)
 {
     fx_t *fx = *state;
@@ -909,6 +973,7 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup_teardown(test_pull_chain, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_inline_reply_limits, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_pull_chain_rma, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_local_read_needs_lane, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_missing_mismatch_and_small_buffers, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_pull_from_disk, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_bad_messages, fx_setup, fx_teardown),
