@@ -6,8 +6,10 @@
  *            in a separate process on 127.0.0.1 (or, with --peer, by a peer
  *            already serving the same chain).  This process registers one
  *            M*N destination buffer with UCX and pulls all M blocks, --batch
- *            keys per kvt_block_client_pull (fetch, RMA reads, release,
- *            checksum of every block), --iters timed rounds after one
+ *            keys per kvt_block_client_pull (fetch; blocks of 256 KiB and
+ *            more over a same-host lane read straight out of the server's
+ *            memory, smaller ones inline, or RMA with --rma; checksum of
+ *            every block), --iters timed rounds after one
  *            untimed warm-up round (it promotes the blocks from T2 into the
  *            server's T1).  Throughput is the median round; latencies are
  *            per request, over all rounds.  A last round pulls one key per
@@ -19,14 +21,16 @@
  *            same-host lane (net.h), tcp otherwise, which is what kvt_net's
  *            client-server endpoints get on loopback).  Over sm ucx_perftest
  *            reads one buffer of N bytes again and again, from cache while
- *            N fits there; the pull moves M distinct blocks.  Bandwidth
+ *            N fits there; the pull moves M distinct blocks.  So a second
+ *            run gets one buffer of M*N bytes (ucx_perftest_get_<M*N>): as
+ *            many distinct bytes per get as a pull round moves.  Bandwidth
  *            "overall" and the 50th-percentile latency of one get, from its
  *            "Final:" line (MB there = 2^20 B).
  *   memcpy   the same M blocks copied once from the chain's source into the
  *            destination in this process, best of three passes: what one
  *            pass over the bytes costs on this machine (a pull makes at
- *            least three: the transport's copy, the checksum, the copy out
- *            of the reply).
+ *            least two: the copy into the destination and the checksum;
+ *            an inline reply adds the transport's copies).
  *   redis    a redis-server on 127.0.0.1 holding the same blocks (key = the
  *            block key in hex), read with pipelined GETs of --batch keys
  *            straight into the same destination buffer (cli/resp.c), warm-up
@@ -294,13 +298,12 @@ static kvt_status_t pull_run(pull_t *p, const char *peer, figs_t *f)
 /* ---- ucx_perftest ---- */
 
 /* Run the client and parse its "Final:" line. */
-static kvt_status_t perftest_client(pull_t *p, uint16_t port, figs_t *f)
+static kvt_status_t perftest_client(pull_t *p, uint16_t port, uint64_t size, uint64_t iters,
+                                    figs_t *f)
 {
     char port_s[8], size_s[24], iters_s[24], warm_s[24], line[1024];
-    uint64_t bytes = p->c.n * p->m * p->iters, iters = bytes / p->c.n;
-    iters = iters < 1000 ? 1000 : iters;
     snprintf(port_s, sizeof(port_s), "%u", port);
-    snprintf(size_s, sizeof(size_s), "%llu", (unsigned long long)p->c.n);
+    snprintf(size_s, sizeof(size_s), "%llu", (unsigned long long)size);
     snprintf(iters_s, sizeof(iters_s), "%llu", (unsigned long long)iters);
     snprintf(warm_s, sizeof(warm_s), "%llu", (unsigned long long)(iters / 10));
     char *argv[] = {p->perftest, "127.0.0.1", "-p", port_s, "-t", "ucp_get", "-s", size_s,
@@ -326,7 +329,8 @@ static kvt_status_t perftest_client(pull_t *p, uint16_t port, figs_t *f)
     return KVT_OK;
 }
 
-static kvt_status_t perftest_run(pull_t *p, figs_t *f)
+/* One ucx_perftest server and client: gets of size bytes. */
+static kvt_status_t perftest_pair(pull_t *p, uint64_t size, uint64_t iters, figs_t *f)
 {
     uint16_t port = kvt_bench_free_port();
     char port_s[8];
@@ -340,8 +344,21 @@ static kvt_status_t perftest_run(pull_t *p, figs_t *f)
     if (st != KVT_OK)
         kvt_log_error("ucx_perftest server did not listen port=%u", port);
     if (st == KVT_OK)
-        st = perftest_client(p, port, f);
+        st = perftest_client(p, port, size, iters, f);
     kvt_bench_child_stop(&srv, STOP_GRACE_MS);
+    return st;
+}
+
+/* Gets of one block (N bytes, read again and again: from cache while N
+ * fits there), then gets of one buffer as large as the pull's M blocks
+ * together (ws: every get reads M*N distinct bytes, as a pull round does,
+ * which no cache holds at the larger sizes). */
+static kvt_status_t perftest_run(pull_t *p, figs_t *f, figs_t *ws)
+{
+    uint64_t iters = p->m * p->iters < 1000 ? 1000 : p->m * p->iters;
+    kvt_status_t st = perftest_pair(p, p->c.n, iters, f);
+    if (st == KVT_OK)
+        st = perftest_pair(p, p->c.n * p->m, p->iters * 4 < 20 ? 20 : p->iters * 4, ws);
     return st;
 }
 
@@ -466,10 +483,12 @@ static double memcpy_gbps(pull_t *p)
     return best;
 }
 
-static void add_rows(pull_t *p, const figs_t *pf, const figs_t *uf, const figs_t *rf)
+static void add_rows(pull_t *p, const figs_t *pf, const figs_t *uf, const figs_t *wf,
+                     const figs_t *rf)
 {
-    char l[24], name[64], ref[64];
+    char l[24], ws[24], name[96], ref[96];
     size_label(p->c.n, l, sizeof(l));
+    size_label(p->c.n * p->m, ws, sizeof(ws));
 #define ROW(n_fmt, val, unit, r_fmt, rval, lat)          \
     do {                                                 \
         snprintf(name, sizeof(name), n_fmt, l);          \
@@ -479,6 +498,9 @@ static void add_rows(pull_t *p, const figs_t *pf, const figs_t *uf, const figs_t
     ROW("pull_%s_throughput", pf->gbps, "GB/s", "ucx_perftest_get_%s_throughput", uf->gbps, false);
     ROW("pull_%s_single_p50", pf->single_p50_us, "us", "ucx_perftest_get_%s_p50",
         uf->single_p50_us, true);
+    snprintf(name, sizeof(name), "pull_%s_vs_get_%s_throughput", l, ws);
+    snprintf(ref, sizeof(ref), "ucx_perftest_get_%s_throughput", ws);
+    kvt_bench_add(&p->res, name, pf->gbps, "GB/s", ref, wf->gbps, false);
     ROW("pull_%s_vs_memcpy_throughput", pf->gbps, "GB/s", "memcpy_%s_throughput", memcpy_gbps(p),
         false);
     ROW("pull_%s_vs_redis_throughput", pf->gbps, "GB/s", "redis_get_%s_throughput", rf->gbps,
@@ -491,7 +513,7 @@ static void add_rows(pull_t *p, const figs_t *pf, const figs_t *uf, const figs_t
 /* Fill and serve (unless --peer), pull, stop the server, then the references. */
 static kvt_status_t run_size(pull_t *p, uint64_t n)
 {
-    figs_t pf = {0}, uf = {0}, rf = {0};
+    figs_t pf = {0}, uf = {0}, wf = {0}, rf = {0};
     char label[24], path[PATH_MAX], peer[64];
     size_label(n, label, sizeof(label));
     kvt_status_t st = kvt_bench_chain_init(&p->c, n, p->m, 5);
@@ -513,11 +535,11 @@ static kvt_status_t run_size(pull_t *p, uint64_t n)
         st = pull_run(p, peer, &pf);
     kvt_bench_child_stop(&p->server, STOP_GRACE_MS);
     if (st == KVT_OK && p->have_perftest)
-        st = perftest_run(p, &uf);
+        st = perftest_run(p, &uf, &wf);
     if (st == KVT_OK && p->have_redis)
         st = redis_run(p, &rf);
     if (st == KVT_OK)
-        add_rows(p, &pf, &uf, &rf);
+        add_rows(p, &pf, &uf, &wf, &rf);
     if (p->dst)
         kvt_free_large(p->dst, n * p->m);
     p->dst = NULL;
@@ -600,7 +622,12 @@ static cJSON *pull_machine(const pull_t *p)
         cJSON_AddStringToObject(m, "ucx_perftest_tls",
                                 p->perftest_env ? p->perftest_env + 8 : "inherit");
         cJSON_AddStringToObject(m, "peer", p->peer ? p->peer : "kv serve on 127.0.0.1");
-        cJSON_AddStringToObject(m, "pull_mode", p->rma ? "rma" : "inline");
+        const char *lr = getenv("KVT_NET_LOCAL_READS");
+        bool local = p->lane && !(lr && strcmp(lr, "0") == 0);
+        cJSON_AddStringToObject(m, "pull_mode",
+                                local ? (p->rma ? "local reads from 256 KiB, else rma"
+                                                : "local reads from 256 KiB, else inline")
+                                      : (p->rma ? "rma" : "inline"));
         cJSON_AddBoolToObject(m, "same_host_lane", p->lane);
     }
     return m;
@@ -610,13 +637,14 @@ static void print_table(const pull_t *p)
 {
     cJSON *m = pull_machine(p);
     const cJSON *cpu = cJSON_GetObjectItem(m, "cpu"), *tls = cJSON_GetObjectItem(m, "ucx_tls"),
-                *ptls = cJSON_GetObjectItem(m, "ucx_perftest_tls");
+                *ptls = cJSON_GetObjectItem(m, "ucx_perftest_tls"),
+                *mode = cJSON_GetObjectItem(m, "pull_mode");
     printf("kvtier bench pull: %llu blocks per size, %llu keys per request, %llu rounds (median)"
-           "\npeer %s, UCX_TLS %s, same-host lane %s (ucx_perftest: %s), cpu %s\n\n",
+           "\npeer %s, UCX_TLS %s, same-host lane %s (ucx_perftest: %s), pulls: %s, cpu %s\n\n",
            (unsigned long long)p->m, (unsigned long long)p->batch, (unsigned long long)p->iters,
            p->peer ? p->peer : "kv serve on 127.0.0.1", cJSON_IsString(tls) ? tls->valuestring : "?",
            p->lane ? "yes" : "no", cJSON_IsString(ptls) ? ptls->valuestring : "?",
-           cJSON_IsString(cpu) ? cpu->valuestring : "?");
+           cJSON_IsString(mode) ? mode->valuestring : "?", cJSON_IsString(cpu) ? cpu->valuestring : "?");
     cJSON_Delete(m);
     kvt_bench_print_table(&p->res);
     printf("latency: pull_*_p50/p99 per request of --batch keys (redis: per pipelined batch);\n"
