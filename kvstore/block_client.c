@@ -11,6 +11,7 @@
 
 #include "common/alloc.h"
 #include "common/log.h"
+#include "common/pfor.h"
 #include "common/time.h"
 #include "proto/msg.h"
 
@@ -28,6 +29,8 @@ struct kvt_block_client {
     char peer[PEER_ADDR_MAX];  /* what to connect to again */
     bool local_reads;          /* ask to read a same-host server's memory */
     uint64_t n_local;          /* blocks read that way and found good */
+    kvt_pfor_t *readers;       /* threads that read local replies with the caller */
+    bool readers_tried;
 };
 
 kvt_status_t kvt_block_client_connect(kvt_net_worker_t *worker, const char *peer, int timeout_ms,
@@ -59,6 +62,7 @@ void kvt_block_client_close(kvt_block_client_t *client)
     if (!client)
         return;
     kvt_net_ep_close(client->ep);
+    kvt_pfor_destroy(client->readers);
     kvt_free(client);
 }
 
@@ -307,34 +311,89 @@ static kvt_status_t read_rma(kvt_block_client_t *c, const Kvtier__BlockFetchRepl
 /* Local reply (same host): read every described block out of the server
  * process's memory (kvt_net_local_read), each checked right after its
  * read, while it is still in cache.  The server named its pid; the
- * checksums, not the pid, are what make a block OK.  If the kernel
- * refuses the reads (another user, a ptrace policy), this client stops
- * asking for them and the blocks not read yet are marked RETRY, to come
- * back inline in the next round. */
+ * checksums, not the pid, are what make a block OK.  A reply of 1 MiB and
+ * more is read by the client's readers (local_readers) and the caller's
+ * thread together, a block each at a time: one thread's copy and checksum
+ * ran at about half of what two reached on the 2-core benchmark machine
+ * (bench/RESULTS.md 2026-11-23).  If the kernel refuses the reads
+ * (another user, a ptrace policy), this client stops asking for them and
+ * the refused blocks are marked RETRY, to come back inline in the next
+ * round. */
+#define LOCAL_PARALLEL_MIN_BYTES (1u << 20)
+#define LOCAL_READERS_DEFAULT 2 /* threads reading one reply, the caller's included */
+
+typedef struct {
+    kvt_block_client_t *c;
+    const Kvtier__BlockFetchReply *rep;
+    kvt_pull_t *items;
+    const size_t *pending;
+    const size_t *todo; /* reply positions k to read */
+} local_job_t;
+
+static void local_read_one(void *arg, size_t t)
+{
+    local_job_t *j = arg;
+    size_t k = j->todo[t];
+    const Kvtier__BlockDescriptor *d = j->rep->blocks[k];
+    kvt_pull_t *item = &j->items[j->pending[k]];
+    item->status = kvt_net_local_read((int)j->rep->local_pid, item->dst, d->addr, d->length);
+    if (item->status != KVT_ERR_DENIED)
+        verify_payload(j->c, item, d->length);
+}
+
+/* The client's reader threads, started on its first large local reply;
+ * NULL (the caller reads alone) with KVT_PULL_READERS=1 or when they
+ * cannot start. */
+static kvt_pfor_t *local_readers(kvt_block_client_t *c)
+{
+    if (c->readers_tried)
+        return c->readers;
+    c->readers_tried = true;
+    const char *env = getenv("KVT_PULL_READERS");
+    long n = env && *env ? strtol(env, NULL, 10) : LOCAL_READERS_DEFAULT;
+    n = n < 1 ? 1 : n > 64 ? 64 : n;
+    if (n > 1 && kvt_pfor_create((unsigned)n - 1, &c->readers) != KVT_OK) {
+        kvt_log_warn("block client reads local replies on one thread peer=%s", c->peer);
+        c->readers = NULL;
+    }
+    return c->readers;
+}
+
 static void read_local(kvt_block_client_t *c, const Kvtier__BlockFetchReply *rep,
                        kvt_pull_t *items, const size_t *pending, size_t n,
                        const kvt_block_identity_t *expect, bool *retry)
 {
+    size_t *todo = kvt_malloc("pull local todo", (n + 1) * sizeof(*todo)), n_todo = 0;
+    uint64_t bytes = 0;
     for (size_t k = 0; k < n; k++) {
         const Kvtier__BlockDescriptor *d = rep->blocks[k];
         kvt_pull_t *item = &items[pending[k]];
-        retry[k] = d->status == KVTIER__BLOCK_DESCRIPTOR__STATUS__RETRY || !c->local_reads;
+        /* Out of memory for the list: every block again, next round. */
+        retry[k] = d->status == KVTIER__BLOCK_DESCRIPTOR__STATUS__RETRY || !c->local_reads || !todo;
         if (retry[k])
             continue;
         item->status = describe(d, item, expect);
-        if (item->status == KVT_OK)
-            item->status = kvt_net_local_read((int)rep->local_pid, item->dst, d->addr, d->length);
-        if (item->status == KVT_ERR_DENIED) {
-            kvt_log_warn("block client may not read the server's memory, pulls inline from now "
-                         "peer=%s pid=%u",
-                         kvt_net_ep_peer(c->ep), rep->local_pid);
-            c->local_reads = false;
-            retry[k] = true;
-            continue;
+        if (item->status == KVT_OK) {
+            todo[n_todo++] = k;
+            bytes += d->length;
         }
-        verify_payload(c, item, d->length);
+    }
+    local_job_t job = {.c = c, .rep = rep, .items = items, .pending = pending, .todo = todo};
+    kvt_pfor_run(n_todo >= 2 && bytes >= LOCAL_PARALLEL_MIN_BYTES ? local_readers(c) : NULL, n_todo,
+                 local_read_one, &job);
+    for (size_t t = 0; t < n_todo; t++) {
+        kvt_pull_t *item = &items[pending[todo[t]]];
+        if (item->status == KVT_ERR_DENIED) {
+            if (c->local_reads)
+                kvt_log_warn("block client may not read the server's memory, pulls inline from "
+                             "now peer=%s pid=%u",
+                             kvt_net_ep_peer(c->ep), rep->local_pid);
+            c->local_reads = false;
+            retry[todo[t]] = true;
+        }
         c->n_local += item->status == KVT_OK;
     }
+    kvt_free(todo);
 }
 
 /* One-way (request id 0): the next pull need not wait a round trip for an
@@ -374,10 +433,11 @@ static void release(kvt_block_client_t *c, uint64_t lease_id)
 #define PULL_CHUNK_BYTES (512u << 10)
 #define PULL_ROUND_BYTES (2u << 20)
 /* Read locally (read_local), a reply carries no payload and the request
- * and reply trip is the cost per request: 4 MiB per request, 16 MiB per
- * round (leases pin that much for the time the client reads it). */
-#define PULL_LOCAL_CHUNK_BYTES (4u << 20)
-#define PULL_LOCAL_ROUND_BYTES (16u << 20)
+ * and reply trip is the cost per request: 16 MiB per request (several
+ * blocks, which the client's readers share), 64 MiB per round (leases pin
+ * that much for the time the client reads it). */
+#define PULL_LOCAL_CHUNK_BYTES (16u << 20)
+#define PULL_LOCAL_ROUND_BYTES (64u << 20)
 #define PULL_MAX_REQUESTS 4       /* on a same-host lane */
 #define PULL_MAX_REQUESTS_TCP 2
 
