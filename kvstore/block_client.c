@@ -1,5 +1,7 @@
-/* Pull: one fetch request, RMA reads into the caller's buffers, release,
- * then every block checked before it is reported OK (invariant 3).  A
+/* Pull: fetch requests (several at once), the payloads copied into the
+ * caller's buffers -- out of an inline reply, by RMA, or, from a server on
+ * this host, straight out of its memory (read_local) -- a release for a
+ * lease, and every block checked before it is reported OK (invariant 3).  A
  * partial tail comes inline in one TailFetch/TailReply exchange through
  * the same request path, checked as strictly.
  *

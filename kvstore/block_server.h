@@ -11,7 +11,7 @@
  * nothing, and the client asks again (kvt_block_client_pull does, within
  * its timeout).  A client that goes away while its fetch waits loses it:
  * the pins are given back when the promotion is over.  The answer comes in
- * one of two modes:
+ * one of three modes:
  *
  *   inline (the default): the reply carries the headers and payloads,
  *     up to what the client said it accepts (the rest: RETRY); the pins
@@ -21,6 +21,11 @@
  *     releases the lease.  A lease that is neither released nor renewed
  *     expires by itself (default 30 s); a client that disconnects loses
  *     its leases at once, so a dead client cannot hold T1 hostage.
+ *   local (the request's local_read, honoured only on a connection that
+ *     came with a same-host lane, net.h): a lease as for RMA, this
+ *     process's pid and each block's address; the client copies the
+ *     payloads out of this process's memory itself (kvt_net_local_read)
+ *     and releases the lease.  Whatever params.rma says.
  *
  * RMA is opt-in because it trusts the peer: where UCX emulates RMA in
  * software (TCP) a remote read is not bounded by the rkey, so a hostile
