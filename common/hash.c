@@ -53,7 +53,7 @@ kvt_status_t kvt_sha256(const void *data, size_t len, uint8_t out[KVT_SHA256_LEN
 
 uint64_t kvt_xxh3_64(const void *data, size_t len)
 {
-#if defined(__x86_64__)
+#ifdef KVT_XXH3_AVX2
     /* __builtin_cpu_supports reads what libgcc's constructor filled in. */
     if (__builtin_cpu_supports("avx2"))
         return kvt_xxh3_64_avx2(data, len);

@@ -30,6 +30,7 @@ struct kvt_block_client {
     kvt_net_ep_t *ep;          /* NULL after a failed reconnect */
     char peer[PEER_ADDR_MAX];  /* what to connect to again */
     bool local_reads;          /* ask to read a same-host server's memory */
+    bool accept_rma;           /* take RMA replies: unpack this server's rkeys */
     uint64_t n_local;          /* blocks read that way and found good */
     kvt_pfor_t *readers;       /* threads that read local replies with the caller */
     bool readers_tried;
@@ -49,6 +50,10 @@ kvt_status_t kvt_block_client_connect(kvt_net_worker_t *worker, const char *peer
      * is not wanted); the kernel may refuse it too (read_local). */
     const char *env = getenv("KVT_NET_LOCAL_READS");
     c->local_reads = !(env && strcmp(env, "0") == 0);
+    /* Off unless asked for: an rkey is unpacked by UCX, which trusts its
+     * bytes, so only a server this client trusts may send one. */
+    env = getenv("KVT_PULL_RMA");
+    c->accept_rma = env && strcmp(env, "1") == 0;
     kvt_status_t st = kvt_net_connect(worker, peer, timeout_ms, &c->ep);
     if (st != KVT_OK) {
         kvt_log_error("block client cannot connect peer=%s err=\"%s\"", peer, kvt_status_str(st));
@@ -186,6 +191,7 @@ static kvt_status_t fetch_encode(const kvt_block_client_t *c, const kvt_pull_t *
     fr.keys = keys;
     fr.max_reply_bytes = max_reply > UINT32_MAX ? UINT32_MAX : (uint32_t)max_reply;
     fr.local_read = n > 0 && pull_local(c, &items[pending[0]]);
+    fr.accept_rma = c->accept_rma;
     kvt_msg_t req = KVTIER__ENVELOPE__INIT;
     req.body_case = KVTIER__ENVELOPE__BODY_FETCH_REQUEST;
     req.fetch_request = &fr;
@@ -471,6 +477,20 @@ static size_t chunk_plan(const kvt_pull_t *items, const size_t *pending, size_t 
     return count;
 }
 
+/* An RMA reply this client did not accept: every block of it is CORRUPT
+ * and the rkey is not unpacked (UCX parses packed rkeys without a length
+ * and trusts them; only a server the client trusts may send one). */
+static kvt_status_t unasked_rkey(kvt_block_client_t *c, kvt_pull_t *items, const size_t *pending,
+                                 size_t n)
+{
+    kvt_log_error("block client refused an RMA reply it did not ask for peer=%s (set "
+                  "KVT_PULL_RMA=1 for a trusted --rma server)",
+                  kvt_net_ep_peer(c->ep));
+    for (size_t k = 0; k < n; k++)
+        items[pending[k]].status = KVT_ERR_CORRUPT;
+    return KVT_ERR_CORRUPT;
+}
+
 /* Reads one decoded reply's blocks into items[pending[0..n)]. */
 static kvt_status_t read_reply(kvt_block_client_t *c, const reply_t *r, kvt_pull_t *items,
                                const size_t *pending, size_t n, const kvt_block_identity_t *expect,
@@ -480,8 +500,10 @@ static kvt_status_t read_reply(kvt_block_client_t *c, const reply_t *r, kvt_pull
     kvt_status_t st = KVT_OK;
     if (rep->local_pid != 0) /* asked for (or not: then every block is RETRY) */
         read_local(c, rep, items, pending, n, expect, retry);
-    else if (rep->rkey.len != 0)
+    else if (rep->rkey.len != 0 && c->accept_rma)
         st = read_rma(c, rep, items, pending, n, expect, retry, timeout_ms);
+    else if (rep->rkey.len != 0) /* never unpacked: UCX would trust its bytes */
+        st = unasked_rkey(c, items, pending, n);
     else
         read_inline(c, r, items, pending, n, expect, retry);
     release(c, rep->lease_id);
@@ -696,6 +718,12 @@ kvt_status_t kvt_block_client_pull_tail(kvt_block_client_t *c, const kvt_block_k
 bool kvt_block_client_alive(const kvt_block_client_t *client)
 {
     return client && kvt_net_ep_alive(client->ep);
+}
+
+void kvt_block_client_accept_rma(kvt_block_client_t *client, bool accept)
+{
+    if (client)
+        client->accept_rma = accept;
 }
 
 uint64_t kvt_block_client_local_reads(const kvt_block_client_t *client)

@@ -83,6 +83,14 @@ bool kvt_block_client_alive(const kvt_block_client_t *client);
 /* The server sends to this client over a same-host lane (shared memory
  * when UCX can: net.h, kvt_net_ep_lane).  False for NULL or while down. */
 bool kvt_block_client_lane(const kvt_block_client_t *client);
+/* Whether this client takes RMA replies from a `kv serve --rma` server
+ * (it then unpacks that server's rkey, which UCX parses trusting its
+ * bytes: only for a server it trusts, on an RDMA fabric between trusted
+ * nodes).  Off by default, or on with KVT_PULL_RMA=1 in the environment at
+ * connect.  A client that does not take them asks that server for inline
+ * replies, and an RMA reply it did not ask for fails its blocks CORRUPT
+ * without the rkey being unpacked. */
+void kvt_block_client_accept_rma(kvt_block_client_t *client, bool accept);
 /* Blocks this client has read straight out of a same-host server's memory
  * and found good (read_local in block_client.c; pulls of blocks of 256 KiB
  * and more over a lane, unless KVT_NET_LOCAL_READS=0).  0 for NULL. */

@@ -43,6 +43,7 @@ typedef struct kvt_block_promote_job {
     uint32_t lease_ms;          /* as the request asked */
     uint32_t max_reply_bytes;   /* as the request asked */
     bool local_read;            /* the client reads the payloads itself (same host) */
+    bool accept_rma;            /* the client takes an RMA reply */
     struct kvt_block_promote_job *out_next;
     /* The promotion thread's while the job is out. */
     size_t n_keys;

@@ -453,7 +453,16 @@ static fetch_t *fetch_new(kvt_net_ep_t *ep, uint64_t req_id, const Kvtier__Block
     /* Only a client on our host can read our memory, and only one that
      * came over a same-host lane proved it is (net/lane.c). */
     f->local_read = req->local_read && kvt_net_ep_lane(ep);
+    f->accept_rma = req->accept_rma;
     return f;
+}
+
+/* Whether f is answered under a lease that the client reads: locally,
+ * or by RMA where both sides chose it (a client unpacks a server's rkey
+ * only when it trusts that server: kvt_block_client_accept_rma). */
+static bool fetch_leased(const kvt_block_server_t *srv, const fetch_t *f)
+{
+    return (srv->rma && f->accept_rma) || f->local_read;
 }
 
 /* Describes every key of f; the lease takes over f's pins, keeps those it
@@ -510,7 +519,7 @@ static void fetch_answer(kvt_block_server_t *srv, fetch_t *f, lease_t *lease,
     lease->created_ns = kvt_time_ns();
     lease->expires_ns = lease->created_ns + (uint64_t)lease_ms_for(srv, f->lease_ms) * 1000000;
     size_t left = inline_budget(srv, f->max_reply_bytes), busy;
-    bool leased = srv->rma || f->local_read; /* the client reads T1 under a lease */
+    bool leased = fetch_leased(srv, f);
     size_t settled = fetch_describe(srv, f, lease, descs, ptrs, leased ? NULL : &left, &busy);
     if (busy > 0 && settled == 0) {
         /* Not a reply of RETRYs only: to a client that means a block too
@@ -583,16 +592,17 @@ static void handle_fetch(kvt_block_server_t *srv, kvt_net_ep_t *ep, uint64_t req
         reply_error(srv, ep, req_id, KVT_ERR_TOO_LARGE, "too many keys in one fetch");
         return;
     }
-    /* A fetch at the promotion thread holds a lease's place already. */
-    if ((srv->rma || (req->local_read && kvt_net_ep_lane(ep))) && (srv->n_leases + kvt_block_promote_out(srv->promote, NULL) >= srv->max_leases ||
-                     leases_of(srv, ep) + kvt_block_promote_out(srv->promote, ep) >=
-                         MAX_LEASES_PER_CONN)) {
-        reply_error(srv, ep, req_id, KVT_ERR_FULL, "too many leases held");
-        return;
-    }
     fetch_t *f = fetch_new(ep, req_id, req);
     if (!f) {
         reply_error(srv, ep, req_id, KVT_ERR_NOMEM, "server out of memory");
+        return;
+    }
+    /* A fetch at the promotion thread holds a lease's place already. */
+    if (fetch_leased(srv, f) &&
+        (srv->n_leases + kvt_block_promote_out(srv->promote, NULL) >= srv->max_leases ||
+         leases_of(srv, ep) + kvt_block_promote_out(srv->promote, ep) >= MAX_LEASES_PER_CONN)) {
+        reply_error(srv, ep, req_id, KVT_ERR_FULL, "too many leases held");
+        fetch_free(srv, f);
         return;
     }
     if (kvt_block_promote_job_pin_resident(srv->tier, f) > 0 &&

@@ -202,6 +202,25 @@ static void test_pull_chain_rma(void **state)
     assert_int_equal(ts.host.pinned, 0);
 }
 
+/* An --rma server answers by RMA only a client that takes RMA replies
+ * (kvt_block_client_accept_rma, KVT_PULL_RMA=1): others get inline
+ * replies, without a lease, and never see its rkey. */
+static void test_rma_needs_client_consent(void **state)
+{
+    fx_t *fx = *state;
+    fill_tier(fx, 64);
+    start_rma_server(fx, 0);
+    kvt_block_client_accept_rma(fx->client, false);
+    pull_chain_ok(fx);
+    assert_int_equal(server_stats(fx).blocks_served, 8);
+    assert_int_equal(server_stats(fx).leases_active, 0);
+    assert_int_equal(server_stats(fx).leases_released, 0); /* no lease was made */
+    kvt_block_client_accept_rma(fx->client, true);
+    pull_chain_ok(fx);
+    assert_true(leases_gone(fx, 3000));
+    assert_int_equal(server_stats(fx).leases_released, 1);
+}
+
 /* A fetch asking to read locally (BlockFetchRequest.local_read): over a
  * same-host lane the server pins the blocks under a lease and answers
  * with its pid and their addresses, which hold the blocks' bytes; over a
@@ -215,6 +234,7 @@ static void test_local_read_needs_lane(void **state)
     ProtobufCBinaryData keys[2] = {{KVT_KEY_LEN, fx->a.hdr[0].key.b},
                                    {KVT_KEY_LEN, fx->a.hdr[1].key.b}};
     Kvtier__BlockFetchRequest fr = KVTIER__BLOCK_FETCH_REQUEST__INIT;
+    fr.accept_rma = true; /* as a client that trusts an --rma server */
     fr.n_keys = 2;
     fr.keys = keys;
     fr.local_read = true;
@@ -346,6 +366,7 @@ static void encode_fetch(size_t n_keys, uint8_t **buf_p, size_t *len_p)
     for (size_t i = 0; i < n_keys; i++)
         keys[i] = (ProtobufCBinaryData){.len = KVT_KEY_LEN, .data = key};
     Kvtier__BlockFetchRequest fr = KVTIER__BLOCK_FETCH_REQUEST__INIT;
+    fr.accept_rma = true; /* as a client that trusts an --rma server */
     fr.n_keys = n_keys;
     fr.keys = keys;
     kvt_msg_t m = KVTIER__ENVELOPE__INIT;
@@ -397,6 +418,7 @@ static void fetch_and_keep(fx_t *fx, kvt_net_worker_t *worker, uint32_t lease_ms
 {
     ProtobufCBinaryData keys[2] = {{KVT_KEY_LEN, fx->a.hdr[0].key.b}, {KVT_KEY_LEN, fx->a.hdr[1].key.b}};
     Kvtier__BlockFetchRequest fr = KVTIER__BLOCK_FETCH_REQUEST__INIT;
+    fr.accept_rma = true; /* as a client that trusts an --rma server */
     fr.n_keys = 2;
     fr.keys = keys;
     fr.lease_ms = lease_ms;
@@ -625,6 +647,7 @@ static void test_lease_quota_per_connection(void **state)
     fetch_and_keep(fx, fx->worker, 0, &ep); /* connects ep and holds lease 1 */
     ProtobufCBinaryData key = {KVT_KEY_LEN, fx->a.hdr[0].key.b};
     Kvtier__BlockFetchRequest fr = KVTIER__BLOCK_FETCH_REQUEST__INIT;
+    fr.accept_rma = true; /* as a client that trusts an --rma server */
     fr.n_keys = 1;
     fr.keys = &key;
     kvt_msg_t m = KVTIER__ENVELOPE__INIT;
@@ -968,12 +991,16 @@ int main(int argc, char **argv)
     if (argc == 5 && strcmp(argv[1], "--hold-client") == 0)
         return hold_client_main(argv[2], argv[3], argv[4]);
     g_id = tu_identity();
+    /* The clients here take RMA replies from the --rma servers they start
+     * (test_rma_needs_client_consent turns that off for itself). */
+    setenv("KVT_PULL_RMA", "1", 1);
     signal(SIGPIPE, SIG_IGN);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_pull_chain, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_inline_reply_limits, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_pull_chain_rma, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_local_read_needs_lane, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_rma_needs_client_consent, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_missing_mismatch_and_small_buffers, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_pull_from_disk, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_bad_messages, fx_setup, fx_teardown),

@@ -16,6 +16,8 @@
 #include <cmocka.h>
 
 #include "common/alloc.h"
+#include "common/hash.h"
+#include "common/le.h"
 #include "kvstore/block_client.h"
 #include "proto/msg.h"
 #include "tests/support/net_thread.h"
@@ -47,6 +49,8 @@ typedef enum {
     B_LOCAL_UNMAPPED,  /* local, block 1's address is not mapped */
     B_LOCAL_SWAP,      /* local, blocks 0 and 1 at each other's address */
     B_LOCAL_GONE,      /* local, naming a process that has exited */
+    B_RKEY_UNASKED,    /* an RMA reply (a well-framed rkey of garbage) to a
+                          client that did not ask for RMA */
 } bmode_t;
 
 typedef struct {
@@ -97,7 +101,7 @@ static uint8_t *hostile_wire(hostile_t *h, const Kvtier__BlockFetchRequest *req,
         memcpy(att + att_len, h->chain->payload[i], plen);
         att_len += plen;
     }
-    bool local = mode >= B_LOCAL;
+    bool local = mode >= B_LOCAL && mode <= B_LOCAL_GONE;
     for (size_t k = 0; local && k < n; k++) {
         int i = chain_find(h->chain, req->keys[k].data);
         if (i >= 0)
@@ -118,6 +122,18 @@ static uint8_t *hostile_wire(hostile_t *h, const Kvtier__BlockFetchRequest *req,
     Kvtier__BlockFetchReply rep = KVTIER__BLOCK_FETCH_REPLY__INIT;
     rep.local_pid = !local ? 0 : mode == B_LOCAL_GONE ? (uint32_t)h->gone : (uint32_t)getpid();
     rep.n_blocks = mode == B_FEWER_BLOCKS ? n - 1 : n;
+    uint8_t rkey[16 + 40]; /* our frame ("KVRK", length, xxh3) around bytes UCX would misparse */
+    if (mode == B_RKEY_UNASKED) {
+        memset(rkey + 16, 0xff, sizeof(rkey) - 16);
+        kvt_le_put32(rkey, 0x4b52564bu);
+        kvt_le_put32(rkey + 4, sizeof(rkey) - 16);
+        kvt_le_put64(rkey + 8, kvt_xxh3_64(rkey + 16, sizeof(rkey) - 16));
+        rep.rkey = (ProtobufCBinaryData){sizeof(rkey), rkey};
+        rep.lease_id = 7;
+        for (size_t k = 0; k < n; k++)
+            d[k].addr = 4096;
+        att_len = 0;
+    }
     rep.blocks = dp;
     kvt_msg_t m = KVTIER__ENVELOPE__INIT;
     m.body_case = KVTIER__ENVELOPE__BODY_FETCH_REPLY;
@@ -289,6 +305,18 @@ static void test_local_reads_checked(void **state)
     assert_int_equal(kvt_block_client_local_reads(fx->client) - local_before, 12);
 }
 
+/* An RMA reply to a client that did not ask for one: its rkey is never
+ * unpacked (UCX would parse these bytes trusting them), every block of it
+ * is CORRUPT, and the connection serves the next pull. */
+static void test_unasked_rkey_refused(void **state)
+{
+    fx_t *fx = *state;
+    assert_int_equal(pull_all(fx, B_RKEY_UNASKED), KVT_ERR_CORRUPT);
+    for (int i = 0; i < N_BLOCKS; i++)
+        assert_int_equal(fx->items[i].status, KVT_ERR_CORRUPT);
+    assert_int_equal(pull_all(fx, B_HONEST), KVT_OK);
+}
+
 /* A reply that does not parse as ours, or does not answer the fetch,
  * fails the whole pull: no block counts. */
 static void test_broken_reply_fails_pull(void **state)
@@ -352,6 +380,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_broken_blocks_refused, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_broken_reply_fails_pull, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_local_reads_checked, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_unasked_rkey_refused, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_retry_forever_ends, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_busy_asked_again, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_busy_forever_ends, fx_setup, fx_teardown),

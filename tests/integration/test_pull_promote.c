@@ -284,6 +284,7 @@ static void encode_fetch(fx_t *fx, const int *idx, int n, uint8_t **buf_p, size_
     for (int k = 0; k < n; k++)
         keys[k] = (ProtobufCBinaryData){KVT_KEY_LEN, fx->a.hdr[idx[k]].key.b};
     Kvtier__BlockFetchRequest fr = KVTIER__BLOCK_FETCH_REQUEST__INIT;
+    fr.accept_rma = true; /* as a client that trusts an --rma server */
     fr.n_keys = (size_t)n;
     fr.keys = keys;
     kvt_msg_t m = KVTIER__ENVELOPE__INIT;
@@ -505,6 +506,7 @@ static void test_stop_with_fetch_queued(void **state)
 int main(void)
 {
     g_id = tu_identity();
+    setenv("KVT_PULL_RMA", "1", 1); /* the clients take RMA replies from --rma servers */
     signal(SIGPIPE, SIG_IGN);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_cold_pull_promoted, fx_setup, fx_teardown),

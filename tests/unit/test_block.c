@@ -747,7 +747,7 @@ static void test_xxh3_builds_match_library(void **state)
             uint64_t want = XXH3_64bits(buf + off, lens[i]);
             assert_true(kvt_xxh3_64(buf + off, lens[i]) == want);
             assert_true(kvt_xxh3_64_sse2(buf + off, lens[i]) == want);
-#if defined(__x86_64__)
+#ifdef KVT_XXH3_AVX2
             if (__builtin_cpu_supports("avx2"))
                 assert_true(kvt_xxh3_64_avx2(buf + off, lens[i]) == want);
 #endif
