@@ -283,6 +283,7 @@ static kvt_status_t pull_run(pull_t *p, const char *peer, figs_t *f)
     if (st == KVT_OK)
         st = kvt_block_client_connect(w, peer, PULL_TIMEOUT_MS, &cl);
     if (st == KVT_OK) {
+        kvt_block_client_accept_rma(cl, p->rma); /* our own server: trusted */
         p->lane = kvt_block_client_lane(cl);
         if (p->perftest_auto)
             snprintf(p->tls_buf, sizeof(p->tls_buf), "UCX_TLS=%s", p->lane ? "sm,self" : "tcp");

@@ -20,8 +20,9 @@ static const kvt_opt_t g_opts[] = {
     {"disk-capacity", KVT_OPT_SIZE, "0", "disk tier (T2) bytes (0: unlimited)"},
     {"lease-ms", KVT_OPT_U64, "30000", "with --rma: how long pinned blocks wait for their reader"},
     {"rma", KVT_OPT_BOOL, NULL,
-     "serve by RMA reads of the host pool (RDMA fabrics, trusted peers only: over TCP UCX "
-     "emulates RMA without bounds checks); default: payloads inline in replies"},
+     "serve by RMA reads of the host pool to clients that take RMA replies (KVT_PULL_RMA=1 "
+     "in theirs; RDMA fabrics, trusted peers only: over TCP UCX emulates RMA without bounds "
+     "checks); default, and to other clients: payloads inline in replies"},
     KVT_CLI_OPT_LOG_LEVEL,
 };
 
