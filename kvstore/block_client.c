@@ -326,7 +326,7 @@ static kvt_status_t read_rma(kvt_block_client_t *c, const Kvtier__BlockFetchRepl
  * (bench/RESULTS.md 2026-11-23).  If the kernel refuses the reads
  * (another user, a ptrace policy), this client stops asking for them and
  * the refused blocks are marked RETRY, to come back inline in the next
- * round. */
+ * pass. */
 #define LOCAL_PARALLEL_MIN_BYTES (1u << 20)
 #define LOCAL_READERS_DEFAULT 2 /* threads reading one reply, the caller's included */
 
@@ -376,7 +376,7 @@ static void read_local(kvt_block_client_t *c, const Kvtier__BlockFetchReply *rep
     for (size_t k = 0; k < n; k++) {
         const Kvtier__BlockDescriptor *d = rep->blocks[k];
         kvt_pull_t *item = &items[pending[k]];
-        /* Out of memory for the list: every block again, next round. */
+        /* Out of memory for the list: every block again, next pass. */
         retry[k] = d->status == KVTIER__BLOCK_DESCRIPTOR__STATUS__RETRY || !c->local_reads || !todo;
         if (retry[k])
             continue;
@@ -423,58 +423,51 @@ static void release(kvt_block_client_t *c, uint64_t lease_id)
     kvt_free(buf);
 }
 
-/* What one fetch request asks for, and how many a round sends at once:
- * a round sends its requests before it reads any reply, so the server's
- * second reply travels while the first is read.  512 KiB of payload per
- * request, so that its reply, headers included, fits the block server's
- * 768 KiB inline target (a larger request comes back partly RETRY and
- * costs another round).  Over TCP two in flight, not more: on UCX 1.13
- * over one TCP lane, eight 512 KiB replies in flight collapsed to ~0.3
- * GB/s (rendezvous and eager alike), and so did two 4 MiB ones, where two
- * of about 1 MiB held 1.4-2.6 GB/s (kvtier bench pull, bench/RESULTS.md
- * 2026-11-22).  Over a same-host lane (shared memory) four, which keeps
- * the server sending while the client reads.  A round asks for at most
- * 2 MiB (one block at least),
- * also well within what the receiving worker takes in flight by
- * rendezvous (at least 16 MiB per endpoint, net/netInt.h): a reply over
- * that budget waits for room. */
+/* What one fetch request asks for, and how many are in flight at once:
+ * a pass keeps a window of requests out and sends the next one as soon as
+ * the oldest reply is in, before reading it, so replies travel while
+ * others are read and the connection never idles between batches.  512
+ * KiB of payload per request, so that its reply, headers included, fits
+ * the block server's 768 KiB inline target (a larger request comes back
+ * partly RETRY and costs another pass).  Over TCP two in flight, not more:
+ * on UCX 1.13 over one TCP lane, eight 512 KiB replies in flight collapsed
+ * to ~0.3 GB/s (rendezvous and eager alike), and so did two 4 MiB ones,
+ * where two of about 1 MiB held 1.4-2.6 GB/s (kvtier bench pull,
+ * bench/RESULTS.md 2026-11-22).  Over a same-host lane (shared memory)
+ * four, which keeps the server sending while the client reads.  At most 2
+ * MiB of destination is asked for at once (one request at least), well
+ * within what the receiving worker takes in flight by rendezvous (at
+ * least 16 MiB per endpoint, net/netInt.h): a reply over that budget
+ * waits for room. */
 #define PULL_CHUNK_BYTES (512u << 10)
-#define PULL_ROUND_BYTES (2u << 20)
+#define PULL_WINDOW_BYTES (2u << 20)
 /* Read locally (read_local), a reply carries no payload and the request
  * and reply trip is the cost per request: 16 MiB per request (several
- * blocks, which the client's readers share), 64 MiB per round (leases pin
+ * blocks, which the client's readers share), 64 MiB in flight (leases pin
  * that much for the time the client reads it). */
 #define PULL_LOCAL_CHUNK_BYTES (16u << 20)
-#define PULL_LOCAL_ROUND_BYTES (64u << 20)
+#define PULL_LOCAL_WINDOW_BYTES (64u << 20)
 #define PULL_MAX_REQUESTS 4       /* on a same-host lane */
 #define PULL_MAX_REQUESTS_TCP 2
 
-/* Splits pending[0..n) into runs of about PULL_CHUNK_BYTES of destination
- * capacity (at least one key each) while the round stays within
- * PULL_ROUND_BYTES (it always takes one run): starts[0..count] bound
- * them, and the keys past starts[count] wait for the next round. */
-static size_t chunk_plan(const kvt_pull_t *items, const size_t *pending, size_t n,
-                         size_t max_requests, bool local, size_t *starts)
+/* Splits pending[0..n) into runs of about chunk_bytes of destination
+ * capacity, at least one key each: starts[0..count] bound them (starts
+ * has room for n + 1). */
+static size_t chunk_split(const kvt_pull_t *items, const size_t *pending, size_t n,
+                          size_t chunk_bytes, size_t *starts)
 {
-    size_t chunk_bytes = local ? PULL_LOCAL_CHUNK_BYTES : PULL_CHUNK_BYTES;
-    size_t round_bytes = local ? PULL_LOCAL_ROUND_BYTES : PULL_ROUND_BYTES;
-    size_t count = 0, run = 0, round = 0, k;
+    size_t count = 0, run = 0;
     starts[0] = 0;
-    for (k = 0; k < n; k++) {
+    for (size_t k = 0; k < n; k++) {
         size_t cap = items[pending[k]].cap;
-        if (k > 0 && round + cap > round_bytes)
-            break;
         if (k > starts[count] && run + cap > chunk_bytes) {
-            if (count + 1 == max_requests)
-                break;
             starts[++count] = k;
             run = 0;
         }
         run += cap;
-        round += cap;
     }
-    starts[++count] = k; /* closes the last run, never empty */
-    return count;
+    starts[++count] = n;
+    return n ? count : 0;
 }
 
 /* An RMA reply this client did not accept: every block of it is CORRUPT
@@ -510,54 +503,138 @@ static kvt_status_t read_reply(kvt_block_client_t *c, const reply_t *r, kvt_pull
     return st;
 }
 
-/* One fetch round over items[pending[0..*n_p)]: up to PULL_MAX_REQUESTS
- * requests at once.  Leaves in pending the items to fetch again (the
- * server's inline reply was full, it was busy promoting them from disk,
- * or they did not fit in this round). */
-static kvt_status_t pull_round(kvt_block_client_t *c, kvt_pull_t *items, size_t *pending,
-                               size_t *n_p, bool *retry, const kvt_block_identity_t *expect,
-                               int timeout_ms)
+/* One request of a pass in flight: which chunk, how much destination it
+ * asks for, its encoded bytes (kept until its reply is read). */
+typedef struct {
+    kvt_net_call_t *call;
+    size_t chunk;
+    size_t bytes;
+    uint8_t *buf;
+} pull_call_t;
+
+/* The fetch window of a pass, a ring of calls in chunk order. */
+typedef struct {
+    kvt_block_client_t *c;
+    const kvt_pull_t *items;
+    const size_t *pending, *starts;
+    size_t n_chunks, next;       /* chunks made; the next one to send */
+    size_t max_calls, max_bytes; /* the window's bounds */
+    pull_call_t ring[PULL_MAX_REQUESTS];
+    size_t head, count, bytes;   /* calls out, oldest at head */
+} pull_window_t;
+
+static size_t chunk_cap(const pull_window_t *pw, size_t chunk)
 {
-    size_t n = *n_p, starts[PULL_MAX_REQUESTS + 1];
-    size_t n_req = chunk_plan(items, pending, n,
-                              kvt_net_ep_lane(c->ep) ? PULL_MAX_REQUESTS : PULL_MAX_REQUESTS_TCP,
-                              n > 0 && pull_local(c, &items[pending[0]]), starts);
-    kvt_net_req_t reqs[PULL_MAX_REQUESTS] = {{0}};
-    kvt_status_t st = KVT_OK;
-    for (size_t i = 0; st == KVT_OK && i < n_req; i++) {
-        uint8_t *buf = NULL;
-        st = fetch_encode(c, items, pending + starts[i], starts[i + 1] - starts[i], &buf,
-                          &reqs[i].len);
-        reqs[i].data = buf;
+    size_t bytes = 0;
+    for (size_t k = pw->starts[chunk]; k < pw->starts[chunk + 1]; k++)
+        bytes += pw->items[pw->pending[k]].cap;
+    return bytes;
+}
+
+/* Sends chunks until the window is full (at least one call is out unless
+ * every chunk was sent); the first send error stops it. */
+static kvt_status_t window_fill(pull_window_t *pw)
+{
+    while (pw->next < pw->n_chunks && pw->count < pw->max_calls) {
+        size_t at = pw->starts[pw->next], cnt = pw->starts[pw->next + 1] - at;
+        size_t bytes = chunk_cap(pw, pw->next);
+        if (pw->count > 0 && pw->bytes + bytes > pw->max_bytes)
+            break;
+        pull_call_t *pc = &pw->ring[(pw->head + pw->count) % PULL_MAX_REQUESTS];
+        size_t len;
+        *pc = (pull_call_t){.chunk = pw->next, .bytes = bytes};
+        kvt_status_t st = fetch_encode(pw->c, pw->items, pw->pending + at, cnt, &pc->buf, &len);
+        if (st == KVT_OK)
+            st = kvt_net_call_start(pw->c->ep, pc->buf, len, &pc->call);
+        if (st != KVT_OK) {
+            kvt_free(pc->buf);
+            return st;
+        }
+        pw->count++;
+        pw->bytes += bytes;
+        pw->next++;
     }
-    if (st == KVT_OK)
-        st = kvt_net_request_many(c->ep, reqs, n_req, timeout_ms);
+    return KVT_OK;
+}
+
+/* The oldest call's reply (its slot is freed; *pc keeps its chunk). */
+static kvt_status_t window_take(pull_window_t *pw, int timeout_ms, pull_call_t *pc,
+                                kvt_net_req_t *rq)
+{
+    *pc = pw->ring[pw->head];
+    pw->head = (pw->head + 1) % PULL_MAX_REQUESTS;
+    pw->count--;
+    pw->bytes -= pc->bytes;
+    *rq = (kvt_net_req_t){0};
+    kvt_status_t st = kvt_net_call_wait(pc->call, timeout_ms, &rq->reply, &rq->reply_len);
+    kvt_free(pc->buf);
+    return st;
+}
+
+/* After a failure: the calls still out are dropped unread (a lease one of
+ * them made ends by expiry or with the connection). */
+static void window_drop(pull_window_t *pw)
+{
+    for (; pw->count > 0; pw->count--, pw->head = (pw->head + 1) % PULL_MAX_REQUESTS) {
+        kvt_net_call_drop(pw->ring[pw->head].call);
+        kvt_free(pw->ring[pw->head].buf);
+    }
+}
+
+/* One pass over items[pending[0..*n_p)]: every key is asked for once,
+ * through the window.  Leaves in pending the items to fetch again (the
+ * server's inline reply was full, or it was busy promoting them from
+ * disk); after a failure, the status. */
+static kvt_status_t pull_pass(kvt_block_client_t *c, kvt_pull_t *items, size_t *pending,
+                              size_t *n_p, bool *retry, const kvt_block_identity_t *expect,
+                              int timeout_ms)
+{
+    size_t n = *n_p;
+    bool local = n > 0 && pull_local(c, &items[pending[0]]);
+    size_t *starts = kvt_malloc("pull chunks", (n + 1) * sizeof(*starts));
+    if (!starts)
+        return KVT_ERR_NOMEM;
+    pull_window_t pw = {
+        .c = c, .items = items, .pending = pending, .starts = starts,
+        .n_chunks = chunk_split(items, pending, n,
+                                local ? PULL_LOCAL_CHUNK_BYTES : PULL_CHUNK_BYTES, starts),
+        .max_calls = kvt_net_ep_lane(c->ep) ? PULL_MAX_REQUESTS : PULL_MAX_REQUESTS_TCP,
+        .max_bytes = local ? PULL_LOCAL_WINDOW_BYTES : PULL_WINDOW_BYTES};
     memset(retry, 0, n * sizeof(*retry));
-    for (size_t i = 0; i < n_req; i++) {
-        size_t at = starts[i], cnt = starts[i + 1] - at;
+    kvt_status_t st = window_fill(&pw);
+    while (st == KVT_OK && pw.count > 0) {
+        pull_call_t pc;
+        kvt_net_req_t rq;
+        st = window_take(&pw, timeout_ms, &pc, &rq);
+        size_t at = starts[pc.chunk], cnt = starts[pc.chunk + 1] - at;
         reply_t r;
-        kvt_status_t rs = st == KVT_OK ? fetch_reply_take(c, &reqs[i], cnt, &r) : st;
+        kvt_status_t rs = st == KVT_OK ? fetch_reply_take(c, &rq, cnt, &r) : st;
+        if (rs == KVT_OK || rs == KVT_ERR_BUSY)
+            st = window_fill(&pw); /* the next request travels while this is read */
         if (rs == KVT_ERR_BUSY) { /* its promotion queue is full: every key again */
             for (size_t k = at; k < at + cnt; k++)
                 retry[k] = true;
         } else if (rs == KVT_OK) {
-            st = read_reply(c, &r, items, pending + at, cnt, expect, retry + at, timeout_ms);
+            kvt_status_t rd = read_reply(c, &r, items, pending + at, cnt, expect, retry + at,
+                                         timeout_ms);
+            st = st == KVT_OK ? rd : st;
             reply_free(&r);
         } else {
             st = rs;
         }
-        kvt_free((void *)reqs[i].data);
-        kvt_net_buf_free(c->worker, reqs[i].reply, reqs[i].reply_len);
+        kvt_net_buf_free(c->worker, rq.reply, rq.reply_len);
     }
+    window_drop(&pw);
+    kvt_free(starts);
     size_t left = 0;
     for (size_t k = 0; k < n; k++)
-        if (retry[k] || k >= starts[n_req])
+        if (retry[k])
             pending[left++] = pending[k];
     *n_p = left;
     return st;
 }
 
-/* A round that settled nothing (the server is busy promoting, or says so
+/* A pass that settled nothing (the server is busy promoting, or says so
  * forever) is followed by a pause, doubling from BUSY_PAUSE_MIN_MS up to
  * BUSY_PAUSE_MAX_MS, while the worker progresses; false when the deadline
  * has passed. */
@@ -597,8 +674,8 @@ kvt_status_t kvt_block_client_pull(kvt_block_client_t *client, kvt_pull_t *items
     size_t n_pending = n;
     for (size_t i = 0; st == KVT_OK && i < n; i++)
         pending[i] = i;
-    /* A round settles at least one item per inline reply (read_inline)
-     * unless the server was busy.  Rounds that settle nothing pause, and
+    /* A pass settles at least one item per inline reply (read_inline)
+     * unless the server was busy.  Passes that settle nothing pause, and
      * stop timeout_ms after the last one that did, so even a server that
      * answers RETRY or BUSY forever cannot keep this looping. */
     uint64_t timeout_ns = (uint64_t)(timeout_ms > 0 ? timeout_ms : 0) * 1000000;
@@ -606,7 +683,7 @@ kvt_status_t kvt_block_client_pull(kvt_block_client_t *client, kvt_pull_t *items
     int pause_ms = BUSY_PAUSE_MIN_MS;
     while (st == KVT_OK && n_pending > 0) {
         size_t before = n_pending;
-        st = pull_round(client, items, pending, &n_pending, retry, expect, timeout_ms);
+        st = pull_pass(client, items, pending, &n_pending, retry, expect, timeout_ms);
         if (st != KVT_OK)
             break;
         if (n_pending < before) {

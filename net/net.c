@@ -681,6 +681,69 @@ static bool pending_all_done(const net_pending_t *ps, size_t n)
     return true;
 }
 
+/* A request in flight on its own: its pending entry lives on the heap
+ * until the caller waits for it or drops it. */
+struct kvt_net_call {
+    net_pending_t p;
+    kvt_net_worker_t *w;
+};
+
+kvt_status_t kvt_net_call_start(kvt_net_ep_t *ep, const void *data, size_t len,
+                                kvt_net_call_t **call_p)
+{
+    if (!ep || !call_p || (len && !data))
+        return KVT_ERR_INVALID;
+    kvt_net_worker_t *w = ep->worker;
+    kvt_net_call_t *call = kvt_calloc("net call", 1, sizeof(*call));
+    if (!call)
+        return KVT_ERR_NOMEM;
+    call->w = w;
+    call->p = (net_pending_t){.ep = ep, .req_id = w->next_req_id++};
+    kvt_status_t st = kvt_net_send(ep, call->p.req_id, 0, data, len);
+    if (st != KVT_OK) {
+        kvt_free(call);
+        return st;
+    }
+    call->p.next = w->pending;
+    w->pending = &call->p;
+    *call_p = call;
+    return KVT_OK;
+}
+
+kvt_status_t kvt_net_call_wait(kvt_net_call_t *call, int timeout_ms, void **reply_p,
+                               size_t *reply_len_p)
+{
+    *reply_p = NULL;
+    *reply_len_p = 0;
+    kvt_net_worker_t *w = call->w;
+    uint64_t deadline = kvt_net_deadline(timeout_ms);
+    /* The endpoint may be closed by a callback delivered here: only the
+     * call is read after. */
+    while (!call->p.done && kvt_time_ns() < deadline)
+        kvt_net_step(w, deadline, true);
+    pending_del(w, &call->p);
+    kvt_status_t st = call->p.done ? call->p.status : KVT_ERR_AGAIN;
+    if (!call->p.done)
+        kvt_log_debug("net request timed out req_id=%llu timeout_ms=%d",
+                      (unsigned long long)call->p.req_id, timeout_ms);
+    if (st == KVT_OK) {
+        *reply_p = call->p.reply;
+        *reply_len_p = call->p.reply_len;
+    }
+    kvt_free(call);
+    return st;
+}
+
+void kvt_net_call_drop(kvt_net_call_t *call)
+{
+    if (!call)
+        return;
+    pending_del(call->w, &call->p);
+    if (call->p.done && call->p.status == KVT_OK)
+        kvt_net_buf_free(call->w, call->p.reply, call->p.reply_len);
+    kvt_free(call);
+}
+
 kvt_status_t kvt_net_request_many(kvt_net_ep_t *ep, kvt_net_req_t *reqs, size_t n, int timeout_ms)
 {
     if (!ep || (n && !reqs))

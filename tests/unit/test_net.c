@@ -334,6 +334,60 @@ static void echo_once(kvt_net_ep_t *ep, uint8_t *buf, size_t len, unsigned seed)
     kvt_free(reply);
 }
 
+/* kvt_net_call_*: calls started together are answered each with its own
+ * reply whatever order they are waited in; a dropped call's reply (come
+ * or not yet) is discarded; a call on a dropped reply is not mixed up
+ * with a later one; over the server's cap a call times out. */
+static void test_calls(void **state)
+{
+    (void)state;
+    server_t s;
+    server_start(&s);
+    kvt_net_worker_t *w = client_create(2 * MAX_MSG);
+    kvt_net_ep_t *ep;
+    assert_int_equal(kvt_net_connect(w, s.addr, 3000, &ep), KVT_OK);
+    enum { N = 5 };
+    static const size_t sizes[N] = {10, 70000, 1u << 20, 3, 300000};
+    uint8_t *bufs[N];
+    kvt_net_call_t *calls[N];
+    for (int i = 0; i < N; i++) {
+        bufs[i] = malloc(sizes[i]);
+        fill_request(bufs[i], sizes[i], 'E', 100 + (unsigned)i);
+        assert_int_equal(kvt_net_call_start(ep, bufs[i], sizes[i], &calls[i]), KVT_OK);
+    }
+    kvt_net_call_drop(calls[1]); /* before its reply came */
+    for (int i = N - 1; i >= 0; i--) {
+        if (i == 1)
+            continue;
+        void *reply;
+        size_t rl;
+        assert_int_equal(kvt_net_call_wait(calls[i], 5000, &reply, &rl), KVT_OK);
+        assert_int_equal(rl, sizes[i]);
+        assert_memory_equal(reply, bufs[i], sizes[i]);
+        kvt_net_buf_free(w, reply, rl);
+    }
+    /* A reply that came before its drop is freed with the call. */
+    kvt_net_call_t *late;
+    assert_int_equal(kvt_net_call_start(ep, bufs[0], sizes[0], &late), KVT_OK);
+    echo_once(ep, bufs[3], sizes[3], 103); /* by then late's reply is in */
+    kvt_net_call_drop(late);
+    uint8_t *big = malloc(MAX_MSG + 1);
+    fill_request(big, MAX_MSG + 1, 'E', 7);
+    kvt_net_call_t *dropped;
+    assert_int_equal(kvt_net_call_start(ep, big, MAX_MSG + 1, &dropped), KVT_OK);
+    void *reply;
+    size_t rl;
+    assert_int_equal(kvt_net_call_wait(dropped, 300, &reply, &rl), KVT_ERR_AGAIN);
+    assert_null(reply);
+    echo_once(ep, bufs[4], sizes[4], 104);
+    free(big);
+    for (int i = 0; i < N; i++)
+        free(bufs[i]);
+    kvt_net_ep_close(ep);
+    server_quit(w, &s);
+    kvt_net_worker_destroy(w);
+}
+
 static void test_request_sizes(void **state)
 {
     server_t s;
@@ -980,6 +1034,7 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_request_sizes),
+        cmocka_unit_test(test_calls),
         cmocka_unit_test(test_get_batch),
         cmocka_unit_test(test_get_timeout),
         cmocka_unit_test(test_connect_refused),
