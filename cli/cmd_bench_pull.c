@@ -6,7 +6,7 @@
  *            in a separate process on 127.0.0.1 (or, with --peer, by a peer
  *            already serving the same chain).  This process registers one
  *            M*N destination buffer with UCX and pulls all M blocks, --batch
- *            keys per kvt_block_client_pull (fetch; blocks of 256 KiB and
+ *            keys per kvt_block_client_pull (fetch; blocks of 512 KiB and
  *            more over a same-host lane read straight out of the server's
  *            memory, smaller ones inline, or RMA with --rma; checksum of
  *            every block), --iters timed rounds after one
@@ -626,8 +626,8 @@ static cJSON *pull_machine(const pull_t *p)
         const char *lr = getenv("KVT_NET_LOCAL_READS");
         bool local = p->lane && !(lr && strcmp(lr, "0") == 0);
         cJSON_AddStringToObject(m, "pull_mode",
-                                local ? (p->rma ? "local reads from 256 KiB, else rma"
-                                                : "local reads from 256 KiB, else inline")
+                                local ? (p->rma ? "local reads from 512 KiB, else rma"
+                                                : "local reads from 512 KiB, else inline")
                                       : (p->rma ? "rma" : "inline"));
         cJSON_AddBoolToObject(m, "same_host_lane", p->lane);
     }

@@ -162,12 +162,14 @@ static kvt_status_t exchange(kvt_block_client_t *c, kvt_msg_t *req, int timeout_
 }
 
 /* Whether a request asks to read the server's memory itself: only over a
- * same-host lane (the server checks that too), and for blocks of 256 KiB
- * and more.  Below that the inline reply was as fast or faster: the
- * server's copy into the lane overlaps the client's reading, where a
- * local read leaves the server idle while the client copies every byte
- * (kvtier bench pull, bench/RESULTS.md 2026-11-23). */
-#define LOCAL_READ_MIN_BYTES (256u << 10)
+ * same-host lane (the server checks that too), and for blocks of 512 KiB
+ * and more.  Below that the inline reply was faster (256 KiB: 4.3-6.8
+ * GB/s against 4.9-5.9 local; 512 KiB: 6.5 against 7.6-8.1): the server's
+ * copy into the lane overlaps the client's reading, where a local read
+ * leaves the server idle while the client copies every byte, and small
+ * blocks pay a system call each (kvtier bench pull, bench/RESULTS.md
+ * 2026-11-23). */
+#define LOCAL_READ_MIN_BYTES (512u << 10)
 
 static bool pull_local(const kvt_block_client_t *c, const kvt_pull_t *first)
 {

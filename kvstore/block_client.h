@@ -92,7 +92,7 @@ bool kvt_block_client_lane(const kvt_block_client_t *client);
  * without the rkey being unpacked. */
 void kvt_block_client_accept_rma(kvt_block_client_t *client, bool accept);
 /* Blocks this client has read straight out of a same-host server's memory
- * and found good (read_local in block_client.c; pulls of blocks of 256 KiB
+ * and found good (read_local in block_client.c; pulls of blocks of 512 KiB
  * and more over a lane, unless KVT_NET_LOCAL_READS=0).  0 for NULL. */
 uint64_t kvt_block_client_local_reads(const kvt_block_client_t *client);
 

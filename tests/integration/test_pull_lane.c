@@ -1,11 +1,12 @@
 /* Same-host lanes (net/lane.c) between real processes on 127.0.0.1: the
  * real `kvtier kv serve` daemon and clients in this process or in child
- * processes.  Blocks are 256 KiB, so a pull over a lane reads them
+ * processes.  Blocks are 512 KiB, so a pull over a lane reads them
  * straight out of the daemon's memory (kvt_net_local_read), or, with
  * KVT_NET_LOCAL_READS=0, gets replies by rendezvous over the lane's shared
  * memory.  A pull over a lane is right and says it used one (lanes are
- * the default: main unsets KVT_NET_LANES) and none with KVT_NET_LANES=0; clients SIGKILLed at staggered moments of their
- * transfers leave the daemon serving (after rebuilding its UCX worker if
+ * the default: main unsets KVT_NET_LANES) and none with KVT_NET_LANES=0;
+ * clients SIGKILLed at staggered moments of their transfers leave the
+ * daemon serving (after rebuilding its UCX worker if
  * a kill wedged it, net/heal.c); a daemon SIGKILLed mid-transfer
  * fails the client's pulls within their timeout with no wrong data; and
  * connecting over and over from one worker does not pile up mappings. */
@@ -40,11 +41,11 @@ typedef struct {
     kvt_block_client_t *client;
 } fx_t;
 
-/* 4 layers x 4 kv heads x head_dim 128, B = 16, f32: 256 KiB payloads. */
+/* 8 layers x 4 kv heads x head_dim 128, B = 16, f32: 512 KiB payloads. */
 static kvt_block_identity_t big_identity(void)
 {
     kvt_block_identity_t id = tu_identity();
-    id.layout = (kvt_block_layout_t){.n_layers = 4, .n_kv_heads = 4, .head_dim = 128,
+    id.layout = (kvt_block_layout_t){.n_layers = 8, .n_kv_heads = 4, .head_dim = 128,
                                      .block_tokens = 16, .dtype = KVT_DTYPE_F32};
     return id;
 }
@@ -144,7 +145,7 @@ static void pull_all_ok(fx_t *fx)
     assert_true(all_ok);
 }
 
-/* Over a lane, 256 KiB blocks are read straight out of the daemon's
+/* Over a lane, 512 KiB blocks are read straight out of the daemon's
  * memory (the default); with KVT_NET_LOCAL_READS=0 they come inline over
  * the lane instead, just as right. */
 static void test_lane_pull(void **state)
