@@ -176,9 +176,16 @@ static bool pull_local(const kvt_block_client_t *c, const kvt_pull_t *first)
     return c->local_reads && kvt_net_ep_lane(c->ep) && first->cap >= LOCAL_READ_MIN_BYTES;
 }
 
-/* The fetch request for the keys of items[pending[0..n)], encoded. */
+/* How long a local reply's pins may wait for this client: it reads them
+ * at once, and a lease it loses track of (a request dropped after a
+ * failure) must not hold the server's memory for the default 30 s. */
+#define PULL_LOCAL_LEASE_MS 5000
+
+/* The fetch request for the keys of items[pending[0..n)], encoded; local:
+ * it asks to read the payloads itself (pull_local). */
 static kvt_status_t fetch_encode(const kvt_block_client_t *c, const kvt_pull_t *items,
-                                 const size_t *pending, size_t n, uint8_t **buf_p, size_t *len_p)
+                                 const size_t *pending, size_t n, bool local, uint8_t **buf_p,
+                                 size_t *len_p)
 {
     ProtobufCBinaryData *keys = kvt_calloc("pull keys", n + 1, sizeof(*keys));
     if (!keys)
@@ -192,7 +199,8 @@ static kvt_status_t fetch_encode(const kvt_block_client_t *c, const kvt_pull_t *
     fr.n_keys = n;
     fr.keys = keys;
     fr.max_reply_bytes = max_reply > UINT32_MAX ? UINT32_MAX : (uint32_t)max_reply;
-    fr.local_read = n > 0 && pull_local(c, &items[pending[0]]);
+    fr.local_read = local;
+    fr.lease_ms = local ? PULL_LOCAL_LEASE_MS : 0;
     fr.accept_rma = c->accept_rma;
     kvt_msg_t req = KVTIER__ENVELOPE__INIT;
     req.body_case = KVTIER__ENVELOPE__BODY_FETCH_REQUEST;
@@ -453,8 +461,11 @@ static void release(kvt_block_client_t *c, uint64_t lease_id)
 #define PULL_MAX_REQUESTS_TCP 2
 
 /* Splits pending[0..n) into runs of about chunk_bytes of destination
- * capacity, at least one key each: starts[0..count] bound them (starts
- * has room for n + 1). */
+ * capacity and at most PULL_MAX_KEYS keys (the block server takes 4096 a
+ * fetch), at least one key each: starts[0..count] bound them (starts has
+ * room for n + 1). */
+#define PULL_MAX_KEYS 1024
+
 static size_t chunk_split(const kvt_pull_t *items, const size_t *pending, size_t n,
                           size_t chunk_bytes, size_t *starts)
 {
@@ -462,7 +473,7 @@ static size_t chunk_split(const kvt_pull_t *items, const size_t *pending, size_t
     starts[0] = 0;
     for (size_t k = 0; k < n; k++) {
         size_t cap = items[pending[k]].cap;
-        if (k > starts[count] && run + cap > chunk_bytes) {
+        if (k > starts[count] && (run + cap > chunk_bytes || k - starts[count] >= PULL_MAX_KEYS)) {
             starts[++count] = k;
             run = 0;
         }
@@ -486,15 +497,31 @@ static kvt_status_t unasked_rkey(kvt_block_client_t *c, kvt_pull_t *items, const
     return KVT_ERR_CORRUPT;
 }
 
-/* Reads one decoded reply's blocks into items[pending[0..n)]. */
+/* A local reply this client did not ask for (or on a connection without a
+ * same-host lane): every block of it is CORRUPT and nothing is read, so a
+ * server cannot make the client read some process's memory on its word. */
+static kvt_status_t unasked_local(kvt_block_client_t *c, kvt_pull_t *items, const size_t *pending,
+                                  size_t n)
+{
+    kvt_log_error("block client refused a local reply it did not ask for peer=%s",
+                  kvt_net_ep_peer(c->ep));
+    for (size_t k = 0; k < n; k++)
+        items[pending[k]].status = KVT_ERR_CORRUPT;
+    return KVT_ERR_CORRUPT;
+}
+
+/* Reads one decoded reply's blocks into items[pending[0..n)]; local: its
+ * request asked to read locally. */
 static kvt_status_t read_reply(kvt_block_client_t *c, const reply_t *r, kvt_pull_t *items,
                                const size_t *pending, size_t n, const kvt_block_identity_t *expect,
-                               bool *retry, int timeout_ms)
+                               bool local, bool *retry, int timeout_ms)
 {
     const Kvtier__BlockFetchReply *rep = r->msg->fetch_reply;
     kvt_status_t st = KVT_OK;
-    if (rep->local_pid != 0) /* asked for (or not: then every block is RETRY) */
+    if (rep->local_pid != 0 && local && kvt_net_ep_lane(c->ep))
         read_local(c, rep, items, pending, n, expect, retry);
+    else if (rep->local_pid != 0)
+        st = unasked_local(c, items, pending, n);
     else if (rep->rkey.len != 0 && c->accept_rma)
         st = read_rma(c, rep, items, pending, n, expect, retry, timeout_ms);
     else if (rep->rkey.len != 0) /* never unpacked: UCX would trust its bytes */
@@ -521,6 +548,7 @@ typedef struct {
     const size_t *pending, *starts;
     size_t n_chunks, next;       /* chunks made; the next one to send */
     size_t max_calls, max_bytes; /* the window's bounds */
+    bool local;                  /* the requests ask to read locally */
     pull_call_t ring[PULL_MAX_REQUESTS];
     size_t head, count, bytes;   /* calls out, oldest at head */
 } pull_window_t;
@@ -545,7 +573,8 @@ static kvt_status_t window_fill(pull_window_t *pw)
         pull_call_t *pc = &pw->ring[(pw->head + pw->count) % PULL_MAX_REQUESTS];
         size_t len;
         *pc = (pull_call_t){.chunk = pw->next, .bytes = bytes};
-        kvt_status_t st = fetch_encode(pw->c, pw->items, pw->pending + at, cnt, &pc->buf, &len);
+        kvt_status_t st =
+            fetch_encode(pw->c, pw->items, pw->pending + at, cnt, pw->local, &pc->buf, &len);
         if (st == KVT_OK)
             st = kvt_net_call_start(pw->c->ep, pc->buf, len, &pc->call);
         if (st != KVT_OK) {
@@ -559,7 +588,9 @@ static kvt_status_t window_fill(pull_window_t *pw)
     return KVT_OK;
 }
 
-/* The oldest call's reply (its slot is freed; *pc keeps its chunk). */
+/* The oldest call's reply (its slot is freed; *pc keeps its chunk).  On
+ * KVT_ERR_AGAIN (no reply in time) pc->call is still out, for
+ * window_drop; otherwise it is over (NULL). */
 static kvt_status_t window_take(pull_window_t *pw, int timeout_ms, pull_call_t *pc,
                                 kvt_net_req_t *rq)
 {
@@ -569,16 +600,56 @@ static kvt_status_t window_take(pull_window_t *pw, int timeout_ms, pull_call_t *
     pw->bytes -= pc->bytes;
     *rq = (kvt_net_req_t){0};
     kvt_status_t st = kvt_net_call_wait(pc->call, timeout_ms, &rq->reply, &rq->reply_len);
+    if (st != KVT_ERR_AGAIN)
+        pc->call = NULL;
     kvt_free(pc->buf);
+    pc->buf = NULL;
     return st;
 }
 
-/* After a failure: the calls still out are dropped unread (a lease one of
- * them made ends by expiry or with the connection). */
-static void window_drop(pull_window_t *pw)
+/* The lease a reply that will not be read holds, given back. */
+static void release_unread(kvt_block_client_t *c, void *raw, size_t len)
 {
+    reply_t r;
+    if (reply_take(c, raw, len, &r) != KVT_OK)
+        return; /* freed there */
+    if (r.msg->body_case == KVTIER__ENVELOPE__BODY_FETCH_REPLY)
+        release(c, r.msg->fetch_reply->lease_id);
+    reply_free(&r);
+}
+
+/* After a failure, the calls still out: while the connection lives, their
+ * replies get PULL_DROP_GRACE_MS in all to come, so that a lease one of
+ * them holds is released at once rather than pinning the server's memory
+ * until it expires (enough of those and the server refuses leases, FULL);
+ * the rest are dropped (their leases end by expiry or with the
+ * connection). */
+#define PULL_DROP_GRACE_MS 200
+
+static void call_settle(kvt_block_client_t *c, kvt_net_call_t *call, uint64_t until)
+{
+    uint64_t now = kvt_time_ns();
+    if (kvt_net_ep_alive(c->ep) && now < until) {
+        void *raw;
+        size_t len;
+        kvt_status_t st =
+            kvt_net_call_wait(call, (int)((until - now) / 1000000ull) + 1, &raw, &len);
+        if (st == KVT_OK)
+            release_unread(c, raw, len);
+        if (st != KVT_ERR_AGAIN)
+            return; /* the call is over */
+    }
+    kvt_net_call_drop(call);
+}
+
+/* late: a call window_take gave up on (older than the ring's), or NULL. */
+static void window_drop(pull_window_t *pw, kvt_net_call_t *late)
+{
+    uint64_t until = kvt_time_ns() + (uint64_t)PULL_DROP_GRACE_MS * 1000000ull;
+    if (late)
+        call_settle(pw->c, late, until);
     for (; pw->count > 0; pw->count--, pw->head = (pw->head + 1) % PULL_MAX_REQUESTS) {
-        kvt_net_call_drop(pw->ring[pw->head].call);
+        call_settle(pw->c, pw->ring[pw->head].call, until);
         kvt_free(pw->ring[pw->head].buf);
     }
 }
@@ -601,24 +672,32 @@ static kvt_status_t pull_pass(kvt_block_client_t *c, kvt_pull_t *items, size_t *
         .n_chunks = chunk_split(items, pending, n,
                                 local ? PULL_LOCAL_CHUNK_BYTES : PULL_CHUNK_BYTES, starts),
         .max_calls = kvt_net_ep_lane(c->ep) ? PULL_MAX_REQUESTS : PULL_MAX_REQUESTS_TCP,
-        .max_bytes = local ? PULL_LOCAL_WINDOW_BYTES : PULL_WINDOW_BYTES};
+        .max_bytes = local ? PULL_LOCAL_WINDOW_BYTES : PULL_WINDOW_BYTES,
+        .local = local};
     memset(retry, 0, n * sizeof(*retry));
     kvt_status_t st = window_fill(&pw);
+    kvt_net_call_t *late = NULL; /* not answered in time */
     while (st == KVT_OK && pw.count > 0) {
         pull_call_t pc;
         kvt_net_req_t rq;
         st = window_take(&pw, timeout_ms, &pc, &rq);
+        late = pc.call;
         size_t at = starts[pc.chunk], cnt = starts[pc.chunk + 1] - at;
         reply_t r;
         kvt_status_t rs = st == KVT_OK ? fetch_reply_take(c, &rq, cnt, &r) : st;
-        if (rs == KVT_OK || rs == KVT_ERR_BUSY)
+        /* BUSY: its promotion queue is full; FULL: it holds as many leases
+         * as it gives (ours, maybe, from requests dropped after a timeout,
+         * until they expire).  Every key again, after a pause if nothing
+         * else settles. */
+        bool again = rs == KVT_ERR_BUSY || rs == KVT_ERR_FULL;
+        if (rs == KVT_OK || again)
             st = window_fill(&pw); /* the next request travels while this is read */
-        if (rs == KVT_ERR_BUSY) { /* its promotion queue is full: every key again */
+        if (again) {
             for (size_t k = at; k < at + cnt; k++)
                 retry[k] = true;
         } else if (rs == KVT_OK) {
-            kvt_status_t rd = read_reply(c, &r, items, pending + at, cnt, expect, retry + at,
-                                         timeout_ms);
+            kvt_status_t rd = read_reply(c, &r, items, pending + at, cnt, expect, local,
+                                         retry + at, timeout_ms);
             st = st == KVT_OK ? rd : st;
             reply_free(&r);
         } else {
@@ -626,7 +705,7 @@ static kvt_status_t pull_pass(kvt_block_client_t *c, kvt_pull_t *items, size_t *
         }
         kvt_net_buf_free(c->worker, rq.reply, rq.reply_len);
     }
-    window_drop(&pw);
+    window_drop(&pw, late);
     kvt_free(starts);
     size_t left = 0;
     for (size_t k = 0; k < n; k++)

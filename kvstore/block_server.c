@@ -51,6 +51,13 @@
  * many blocks still ran far slower per byte (bench/RESULTS.md).  A block
  * larger than this still goes alone, up to the client's cap. */
 #define INLINE_TARGET_BYTES (768u << 10)
+/* A leased reply (local or RMA) pins at most this much; the rest of the
+ * fetch comes back RETRY.  A local lease lives at most LOCAL_LEASE_MAX_MS,
+ * renewals included: its reader copies the blocks at once, and a lane
+ * proves only that the client said it is on this host (net/lane.c), so
+ * what a local client may hold is kept small. */
+#define LEASED_REPLY_MAX_BYTES (64ull << 20)
+#define LOCAL_LEASE_MAX_MS 10000
 
 /* An inline reply being sent from a gathered buffer (the worker's message
  * buffers, kvt_net_buf_alloc: a fresh multi-MiB buffer per reply cost its
@@ -69,6 +76,7 @@ typedef struct lease {
     kvt_net_ep_t *ep;
     kvt_block_view_t *views;
     size_t n_views;
+    bool local;  /* read by a same-host client itself: short-lived */
     struct lease *next;
 } lease_t;
 
@@ -253,6 +261,13 @@ static uint32_t lease_ms_for(const kvt_block_server_t *srv, uint32_t asked)
     return asked > srv->max_lease_ms ? srv->max_lease_ms : asked;
 }
 
+/* How long a lease holds for a client that asked for `asked` ms. */
+static uint32_t lease_ms_of(const kvt_block_server_t *srv, const lease_t *lease, uint32_t asked)
+{
+    uint32_t ms = lease_ms_for(srv, asked);
+    return lease->local && ms > LOCAL_LEASE_MAX_MS ? LOCAL_LEASE_MAX_MS : ms;
+}
+
 /* --- fetch --- */
 
 /* What an inline reply may carry: what the client accepts (and we can
@@ -268,15 +283,19 @@ static size_t inline_budget(const kvt_block_server_t *srv, uint32_t max_reply_by
 
 /* Describes one pinned block.  Inline (inline_left != NULL): its payload
  * goes in the reply's attachment at *attach_used if it still fits, else it
- * is unpinned and the descriptor says RETRY.  Returns false when the block
- * was not kept. */
+ * is unpinned and the descriptor says RETRY.  Leased: its address, unless
+ * the lease would pin more than LEASED_REPLY_MAX_BYTES (*inline_used
+ * counts what it pins), then RETRY too.  Returns false when the block was
+ * not kept. */
 static bool describe_pinned(kvt_block_server_t *srv, Kvtier__BlockDescriptor *d,
                             kvt_block_view_t *v, size_t *inline_left, size_t *inline_used,
                             uint64_t *attach_used)
 {
     size_t need = v->header_len + v->payload_len + DESC_OVERHEAD;
     bool over_target = inline_used && *inline_used > 0 && *inline_used + need > INLINE_TARGET_BYTES;
-    if (inline_left && (need > *inline_left || over_target)) {
+    bool over_lease = !inline_left && *inline_used > 0 &&
+                      *inline_used + v->payload_len > LEASED_REPLY_MAX_BYTES;
+    if ((inline_left && (need > *inline_left || over_target)) || over_lease) {
         kvt_tier_unpin(srv->tier, v);
         d->status = KVTIER__BLOCK_DESCRIPTOR__STATUS__RETRY;
         return false;
@@ -292,6 +311,7 @@ static bool describe_pinned(kvt_block_server_t *srv, Kvtier__BlockDescriptor *d,
         *inline_used += need;
     } else {
         d->addr = (uint64_t)(uintptr_t)v->payload;
+        *inline_used += v->payload_len; /* what the lease pins */
     }
     return true;
 }
@@ -517,7 +537,8 @@ static void fetch_answer(kvt_block_server_t *srv, fetch_t *f, lease_t *lease,
     lease->ep = ep;
     lease->id = lease_id_new();
     lease->created_ns = kvt_time_ns();
-    lease->expires_ns = lease->created_ns + (uint64_t)lease_ms_for(srv, f->lease_ms) * 1000000;
+    lease->local = f->local_read;
+    lease->expires_ns = lease->created_ns + (uint64_t)lease_ms_of(srv, lease, f->lease_ms) * 1000000;
     size_t left = inline_budget(srv, f->max_reply_bytes), busy;
     bool leased = fetch_leased(srv, f);
     size_t settled = fetch_describe(srv, f, lease, descs, ptrs, leased ? NULL : &left, &busy);
@@ -622,8 +643,9 @@ static void handle_renew(kvt_block_server_t *srv, kvt_net_ep_t *ep, uint64_t req
         reply_error(srv, ep, req_id, KVT_ERR_NOT_FOUND, "no such lease on this connection");
         return;
     }
-    uint64_t expires = kvt_time_ns() + (uint64_t)lease_ms_for(srv, req->lease_ms) * 1000000;
-    if (expires - lease->created_ns > MAX_LEASE_LIFETIME_NS) {
+    uint64_t expires = kvt_time_ns() + (uint64_t)lease_ms_of(srv, lease, req->lease_ms) * 1000000;
+    uint64_t lifetime = lease->local ? LOCAL_LEASE_MAX_MS * 1000000ull : MAX_LEASE_LIFETIME_NS;
+    if (expires - lease->created_ns > lifetime) {
         reply_error(srv, ep, req_id, KVT_ERR_BUSY, "lease renewed past its lifetime");
         return;
     }

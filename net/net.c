@@ -721,11 +721,13 @@ kvt_status_t kvt_net_call_wait(kvt_net_call_t *call, int timeout_ms, void **repl
      * call is read after. */
     while (!call->p.done && kvt_time_ns() < deadline)
         kvt_net_step(w, deadline, true);
-    pending_del(w, &call->p);
-    kvt_status_t st = call->p.done ? call->p.status : KVT_ERR_AGAIN;
-    if (!call->p.done)
-        kvt_log_debug("net request timed out req_id=%llu timeout_ms=%d",
+    if (!call->p.done) { /* still the caller's: wait again or drop it */
+        kvt_log_debug("net request not answered yet req_id=%llu timeout_ms=%d",
                       (unsigned long long)call->p.req_id, timeout_ms);
+        return KVT_ERR_AGAIN;
+    }
+    pending_del(w, &call->p);
+    kvt_status_t st = call->p.status;
     if (st == KVT_OK) {
         *reply_p = call->p.reply;
         *reply_len_p = call->p.reply_len;

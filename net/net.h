@@ -185,13 +185,15 @@ kvt_status_t kvt_net_request_many(kvt_net_ep_t *ep, kvt_net_req_t *reqs, size_t 
 /* A request whose reply is collected later, so that a caller can keep a
  * window of requests in flight and read each reply while the next ones
  * travel.  kvt_net_call_start sends it (errors as kvt_net_send); every
- * call started must end with exactly one kvt_net_call_wait or
- * kvt_net_call_drop, before the worker is destroyed.  Wait progresses the
- * worker (as kvt_net_request: other calls' replies are kept for them)
- * until the reply came or timeout_ms passed, then frees the call: KVT_OK
- * with *reply_p (free with kvt_net_buf_free), KVT_ERR_AGAIN on timeout, or
- * the endpoint's failure.  Drop frees it and whatever reply it got; a
- * reply that comes later is discarded. */
+ * call started must end with a kvt_net_call_wait that does not return
+ * KVT_ERR_AGAIN, or with kvt_net_call_drop, before the worker is
+ * destroyed.  Wait progresses the worker (as kvt_net_request: other
+ * calls' replies are kept for them) until the reply came or timeout_ms
+ * passed: KVT_ERR_AGAIN when it has not come (the call is still the
+ * caller's: wait again or drop it), else the call is freed and the result
+ * is KVT_OK with *reply_p (free with kvt_net_buf_free) or the endpoint's
+ * failure.  Drop frees it and whatever reply it got; a reply that comes
+ * later is discarded. */
 typedef struct kvt_net_call kvt_net_call_t;
 kvt_status_t kvt_net_call_start(kvt_net_ep_t *ep, const void *data, size_t len,
                                 kvt_net_call_t **call_p);

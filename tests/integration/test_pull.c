@@ -222,10 +222,11 @@ static void test_rma_needs_client_consent(void **state)
 }
 
 /* A fetch asking to read locally (BlockFetchRequest.local_read): over a
- * same-host lane the server pins the blocks under a lease and answers
- * with its pid and their addresses, which hold the blocks' bytes; over a
- * connection without a lane (KVT_NET_LANES=0) it answers inline, as if
- * not asked, since it cannot know that the client is on its host. */
+ * same-host lane the server pins the blocks under a lease (10 s at most,
+ * whatever the client asked) and answers with its pid and their
+ * addresses, which hold the blocks' bytes; over a connection without a
+ * lane (KVT_NET_LANES=0) it answers inline, as if not asked, since it
+ * cannot know that the client is on its host. */
 static void test_local_read_needs_lane(void **state)
 {
     fx_t *fx = *state;
@@ -238,6 +239,7 @@ static void test_local_read_needs_lane(void **state)
     fr.n_keys = 2;
     fr.keys = keys;
     fr.local_read = true;
+    fr.lease_ms = 300000; /* a local lease is held 10 s at most */
     kvt_msg_t m = KVTIER__ENVELOPE__INIT;
     m.body_case = KVTIER__ENVELOPE__BODY_FETCH_REQUEST;
     m.fetch_request = &fr;
@@ -268,6 +270,7 @@ static void test_local_read_needs_lane(void **state)
         if (lanes) { /* the server is this process: its addresses are ours */
             assert_int_equal(fr_rep->local_pid, (uint32_t)getpid());
             assert_true(fr_rep->lease_id != 0);
+            assert_true(fr_rep->lease_ms > 0 && fr_rep->lease_ms <= 10000);
             assert_int_equal(fr_rep->rkey.len, 0);
             assert_int_equal(server_stats(fx).leases_active, 1);
             for (int i = 0; i < 2; i++)

@@ -217,6 +217,15 @@ static int fx_setup(void **state)
     return 0;
 }
 
+/* Blocks of 512 KiB (8 layers x 4 kv heads x head_dim 128, B = 16, f32):
+ * large enough that the client asks a same-host server to read locally. */
+static int fx_setup_big(void **state)
+{
+    g_id.layout = (kvt_block_layout_t){.n_layers = 8, .n_kv_heads = 4, .head_dim = 128,
+                                       .block_tokens = 16, .dtype = KVT_DTYPE_F32};
+    return fx_setup(state);
+}
+
 static int fx_teardown(void **state)
 {
     fx_t *fx = *state;
@@ -228,6 +237,7 @@ static int fx_teardown(void **state)
         free(fx->dst[i]);
     tu_chain_free(&fx->chain);
     free(fx);
+    g_id = tu_identity(); /* after fx_setup_big */
     return 0;
 }
 
@@ -272,13 +282,15 @@ static void test_broken_blocks_refused(void **state)
 }
 
 /* A local reply (a same-host server names its pid and where each payload
- * lies in its memory) is read with kvt_net_local_read and checked like any
+ * lies in its memory), to a client that asked for one over a lane (512
+ * KiB blocks), is read with kvt_net_local_read and checked like any
  * other: a changed byte or swapped addresses are CORRUPT, an address not
  * mapped there fails that block (IO), a process that is gone fails every
  * block (CLOSED); the neighbours pass, with the right bytes. */
 static void test_local_reads_checked(void **state)
 {
     fx_t *fx = *state;
+    assert_true(kvt_block_client_lane(fx->client));
     static const struct {
         bmode_t mode;
         kvt_status_t want[N_BLOCKS];
@@ -303,6 +315,19 @@ static void test_local_reads_checked(void **state)
     }
     /* 4 + 3 + 3 + 2 good blocks were read locally */
     assert_int_equal(kvt_block_client_local_reads(fx->client) - local_before, 12);
+}
+
+/* A local reply to a client that did not ask for one (blocks too small to
+ * read locally; the same over TCP) is refused without reading anything:
+ * a server cannot make the client read a process's memory on its word. */
+static void test_unasked_local_refused(void **state)
+{
+    fx_t *fx = *state;
+    assert_int_equal(pull_all(fx, B_LOCAL), KVT_ERR_CORRUPT);
+    for (int i = 0; i < N_BLOCKS; i++)
+        assert_int_equal(fx->items[i].status, KVT_ERR_CORRUPT);
+    assert_int_equal(kvt_block_client_local_reads(fx->client), 0);
+    assert_int_equal(pull_all(fx, B_HONEST), KVT_OK);
 }
 
 /* An RMA reply to a client that did not ask for one: its rkey is never
@@ -379,7 +404,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_broken_blocks_refused, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_broken_reply_fails_pull, fx_setup, fx_teardown),
-        cmocka_unit_test_setup_teardown(test_local_reads_checked, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_local_reads_checked, fx_setup_big, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_unasked_local_refused, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_unasked_rkey_refused, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_retry_forever_ends, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_busy_asked_again, fx_setup, fx_teardown),

@@ -170,6 +170,31 @@ static void test_lane_inline(void **state)
     assert_int_equal(kvt_block_client_local_reads(fx->client), 0);
 }
 
+/* Pulls that give up before their replies come (timeout 0) leave no
+ * lease pinned in the daemon: the client waits a moment for each late
+ * reply and releases its lease.  Were they left to expire, 64 of them
+ * would make the daemon refuse this connection more leases (FULL) and the
+ * pull after them would fail. */
+static void test_timeouts_leave_no_leases(void **state)
+{
+    fx_t *fx = *state;
+    client_start(fx);
+    assert_true(kvt_block_client_lane(fx->client));
+    pull_all_ok(fx); /* the blocks are in the daemon's T1 now */
+    size_t len = tu_payload_len(&g_id);
+    kvt_pull_t items[N_BLOCKS];
+    for (int i = 0; i < N_BLOCKS; i++)
+        items[i] = (kvt_pull_t){.key = fx->chain.hdr[i].key, .dst = calloc(1, len), .cap = len};
+    int gave_up = 0;
+    for (int round = 0; round < 100; round++)
+        gave_up += kvt_block_client_pull(fx->client, items, N_BLOCKS, &g_id, 0) != KVT_OK;
+    for (int i = 0; i < N_BLOCKS; i++)
+        free(items[i].dst);
+    print_message("pulls that gave up: %d of 100\n", gave_up);
+    assert_true(gave_up > 64);
+    pull_all_ok(fx); /* within TIMEOUT_MS, which is under the leases' 5 s */
+}
+
 static void test_lanes_off(void **state)
 {
     fx_t *fx = *state;
@@ -308,6 +333,7 @@ int main(int argc, char **argv)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_lane_pull, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_lane_inline, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_timeouts_leave_no_leases, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_lanes_off, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_clients_killed_mid_transfer, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_daemon_killed_mid_transfer, fx_setup, fx_teardown),
