@@ -202,6 +202,56 @@ static void test_pull_chain_rma(void **state)
     assert_int_equal(ts.host.pinned, 0);
 }
 
+static kvt_status_t raw_request(fx_t *fx, const void *buf, size_t len, kvt_msg_t **reply_p);
+
+/* A leased reply pins at most 64 MiB: a local fetch of 40 blocks of 2 MiB
+ * gets the first 32 under its lease and RETRY for the other 8. */
+static void test_leased_reply_bounded(void **state)
+{
+    fx_t *fx = *state;
+    kvt_block_identity_t id = tu_identity();
+    id.layout = (kvt_block_layout_t){.n_layers = 32, .n_kv_heads = 4, .head_dim = 128,
+                                     .block_tokens = 16, .dtype = KVT_DTYPE_F32};
+    size_t len = tu_payload_len(&id);
+    assert_int_equal(len, 2u << 20);
+    enum { N = 40 };
+    tu_chain_t *chain = calloc(1, sizeof(*chain));
+    tu_chain_make(chain, &id, N, 9, NULL, 0);
+    kvt_tier_params_t tp = {.data_dir = fx->dir, .identity = &id,
+                            .host_capacity_bytes = (uint64_t)(N + 8) * len};
+    assert_int_equal(kvt_tier_open(&tp, &fx->tier), KVT_OK);
+    for (int i = 0; i < N; i++)
+        assert_int_equal(kvt_tier_put(fx->tier, &chain->hdr[i], chain->payload[i]), KVT_OK);
+    start_server(fx, 0);
+    ProtobufCBinaryData keys[N];
+    for (int i = 0; i < N; i++)
+        keys[i] = (ProtobufCBinaryData){KVT_KEY_LEN, chain->hdr[i].key.b};
+    Kvtier__BlockFetchRequest fr = KVTIER__BLOCK_FETCH_REQUEST__INIT;
+    fr.n_keys = N;
+    fr.keys = keys;
+    fr.local_read = true;
+    kvt_msg_t m = KVTIER__ENVELOPE__INIT;
+    m.body_case = KVTIER__ENVELOPE__BODY_FETCH_REQUEST;
+    m.fetch_request = &fr;
+    uint8_t *buf;
+    size_t blen;
+    assert_int_equal(kvt_msg_encode(&m, &buf, &blen), KVT_OK);
+    kvt_msg_t *rep = NULL;
+    assert_int_equal(raw_request(fx, buf, blen, &rep), KVT_OK); /* over a lane: same host */
+    assert_int_equal(rep->body_case, KVTIER__ENVELOPE__BODY_FETCH_REPLY);
+    const Kvtier__BlockFetchReply *r = rep->fetch_reply;
+    assert_int_equal(r->n_blocks, N);
+    assert_true(r->local_pid != 0 && r->lease_id != 0);
+    for (int i = 0; i < N; i++)
+        assert_int_equal(r->blocks[i]->status, i < 32 ? KVTIER__BLOCK_DESCRIPTOR__STATUS__OK
+                                                      : KVTIER__BLOCK_DESCRIPTOR__STATUS__RETRY);
+    kvt_msg_free(rep);
+    kvt_free(buf);
+    assert_true(leases_gone(fx, 3000)); /* raw_request closed its connection */
+    tu_chain_free(chain);
+    free(chain);
+}
+
 /* An --rma server answers by RMA only a client that takes RMA replies
  * (kvt_block_client_accept_rma, KVT_PULL_RMA=1): others get inline
  * replies, without a lease, and never see its rkey. */
@@ -1004,6 +1054,7 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup_teardown(test_pull_chain_rma, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_local_read_needs_lane, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_rma_needs_client_consent, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_leased_reply_bounded, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_missing_mismatch_and_small_buffers, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_pull_from_disk, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_bad_messages, fx_setup, fx_teardown),
