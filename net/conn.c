@@ -324,7 +324,7 @@ void kvt_net_listener_unbind(kvt_net_listener_t *l)
     l->ul = NULL;
 }
 
-void kvt_net_listener_rebind(kvt_net_listener_t *l)
+kvt_status_t kvt_net_listener_rebind(kvt_net_listener_t *l)
 {
     ucp_listener_params_t p = {.field_mask = UCP_LISTENER_PARAM_FIELD_SOCK_ADDR |
                                              UCP_LISTENER_PARAM_FIELD_CONN_HANDLER,
@@ -333,10 +333,11 @@ void kvt_net_listener_rebind(kvt_net_listener_t *l)
                                .conn_handler = {.cb = conn_cb, .arg = l}};
     ucs_status_t us = ucp_listener_create(l->worker->uw, &p, &l->ul);
     if (us != UCS_OK) {
-        kvt_log_error("net listen again after a rebuild failed, not accepting port=%u cause=%s",
-                      l->port, ucs_status_string(us));
+        kvt_log_debug("net listen again failed port=%u cause=%s", l->port, ucs_status_string(us));
         l->ul = NULL;
+        return KVT_ERR_IO;
     }
+    return KVT_OK;
 }
 
 void kvt_net_listener_destroy(kvt_net_listener_t *l)

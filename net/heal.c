@@ -221,8 +221,7 @@ kvt_status_t kvt_net_worker_rebuild(kvt_net_worker_t *w)
         w->uw = old;
         w->efd = old_efd;
         kvt_net_lane_setup(w);
-        for (kvt_net_listener_t *l = w->listeners; l; l = l->next)
-            kvt_net_listener_rebind(l);
+        kvt_net_listeners_rebind(w);
         return st;
     }
     ucp_worker_destroy(old); /* callbacks of what was still in flight run here */
@@ -231,8 +230,7 @@ kvt_status_t kvt_net_worker_rebuild(kvt_net_worker_t *w)
     if (w->rndv)
         kvt_log_warn("net rebuild left rendezvous receives that never completed");
     kvt_net_lane_setup(w);
-    for (kvt_net_listener_t *l = w->listeners; l; l = l->next)
-        kvt_net_listener_rebind(l);
+    kvt_net_listeners_rebind(w);
     w->busy_since_ns = 0;
     w->wedged = false;
     w->rebuilds++;
@@ -241,8 +239,41 @@ kvt_status_t kvt_net_worker_rebuild(kvt_net_worker_t *w)
     return KVT_OK;
 }
 
+#define LISTEN_RETRY_MS 1000
+
+/* Listeners without a UCX listener listen again; w->listen_down says
+ * whether some still cannot, and the next try is LISTEN_RETRY_MS on. */
+static void listeners_try(kvt_net_worker_t *w, bool log_failure)
+{
+    bool down = false;
+    for (kvt_net_listener_t *l = w->listeners; l; l = l->next) {
+        if (l->ul)
+            continue;
+        if (kvt_net_listener_rebind(l) == KVT_OK) {
+            if (w->listen_down)
+                kvt_log_info("net listening again port=%u", l->port);
+            continue;
+        }
+        down = true;
+        if (log_failure)
+            kvt_log_error("net cannot listen again after a rebuild, not accepting; trying "
+                          "every %d ms port=%u",
+                          LISTEN_RETRY_MS, l->port);
+    }
+    w->listen_down = down;
+    w->listen_retry_ns = kvt_time_ns() + LISTEN_RETRY_MS * 1000000ull;
+}
+
+void kvt_net_listeners_rebind(kvt_net_worker_t *w)
+{
+    w->listen_down = false;
+    listeners_try(w, true);
+}
+
 void kvt_net_wedge_check(kvt_net_worker_t *w)
 {
+    if (w->listen_down && kvt_time_ns() >= w->listen_retry_ns)
+        listeners_try(w, false);
     if (!w->wedged)
         return;
     w->wedged = false;

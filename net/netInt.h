@@ -211,6 +211,8 @@ struct kvt_net_worker {
     ucp_worker_h probe_uw;
     ucp_ep_h probe_ep;            /* to uw, over shared memory */
     int sigfd;                    /* eventfd for kvt_net_worker_signal, never replaced */
+    bool listen_down;             /* a listener could not listen again after a rebuild */
+    uint64_t listen_retry_ns;     /* when to try it again */
 };
 
 /* UCX status to ours (peer failures and cancels are KVT_ERR_CLOSED). */
@@ -251,9 +253,15 @@ ucs_status_t kvt_net_probe_cb(void *arg, const void *header, size_t header_lengt
                               size_t length, const ucp_am_recv_param_t *param);
 void kvt_net_probe_destroy(kvt_net_worker_t *w);
 /* Listeners (conn.c): close the UCX listener (rebuild: before the old
- * worker goes), and listen again on the new worker. */
+ * worker goes), and listen again on the new worker (KVT_ERR_IO when it
+ * cannot, e.g. its port was taken meanwhile; logged at debug only). */
 void kvt_net_listener_unbind(kvt_net_listener_t *l);
-void kvt_net_listener_rebind(kvt_net_listener_t *l);
+kvt_status_t kvt_net_listener_rebind(kvt_net_listener_t *l);
+/* heal.c: every listener listens again, now and, for those that cannot,
+ * once a second at the top-level calls (kvt_net_wedge_check) until they
+ * do: a server must not stay deaf because its port was taken for a
+ * moment during a rebuild. */
+void kvt_net_listeners_rebind(kvt_net_worker_t *w);
 /* Sends (send.c).  am_send: a framed active message, the bytes copied
  * first (FULL over the endpoint's send bound).  sent_deliver: run the done
  * callback of the zero-copy send whose SENT event this is (with the

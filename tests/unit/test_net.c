@@ -74,6 +74,8 @@ typedef struct {
     uint8_t *region;
     bool quit;
     bool rebuild; /* W: after the reply left */
+    bool squat;   /* L: its port taken while it listens again */
+    bool unsquat; /* l: the port given back */
     srv_stats_t st;
 } srv_t;
 
@@ -163,6 +165,12 @@ static void srv_on_msg(kvt_net_ep_t *ep, uint64_t req_id, uint32_t flags, const 
     case 'W':
         s->rebuild = true;
         break;
+    case 'L':
+        s->squat = true;
+        break;
+    case 'l':
+        s->unsquat = true;
+        break;
     default:
         break;
     }
@@ -175,6 +183,21 @@ static void srv_on_conn(kvt_net_ep_t *ep, bool up, void *arg)
 {
     if (!up)
         kvt_net_ep_close(ep);
+}
+
+/* A plain TCP socket listening on 127.0.0.1:port, or -1. */
+static int squat_port(uint16_t port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0), one = 1;
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(port)};
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0 ||
+        bind(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0 || listen(fd, 4) != 0) {
+        if (fd >= 0)
+            close(fd);
+        return -1;
+    }
+    return fd;
 }
 
 static int server_main(int fd, size_t max_conns)
@@ -198,8 +221,22 @@ static int server_main(int fd, size_t max_conns)
     close(fd);
     pid_t parent = getppid();
     double end = kvt_time_s() + 30; /* never outlive a crashed test for long */
+    int squat_fd = -1;
     while (!s.quit && getppid() == parent && kvt_time_s() < end) {
         kvt_net_worker_wait(w, 100);
+        if (s.squat) { /* as a rebuild would meet a port taken meanwhile */
+            s.squat = false;
+            kvt_net_listener_unbind(l);
+            squat_fd = squat_port(port);
+            kvt_net_listeners_rebind(w);
+            if (squat_fd < 0 || !w->listen_down)
+                return 6;
+        }
+        if (s.unsquat) {
+            s.unsquat = false;
+            close(squat_fd);
+            squat_fd = -1;
+        }
         if (s.rebuild) {
             for (int i = 0; i < 20; i++) /* let the W reply leave */
                 kvt_net_worker_wait(w, 5);
@@ -944,6 +981,35 @@ static void test_server_rebuild(void **state)
     kvt_net_worker_destroy(w);
 }
 
+/* A listener that cannot listen again (after a rebuild, its port was
+ * taken meanwhile: the test server's L squats it) tries again once a
+ * second at the worker's top-level calls, and listens again once the port
+ * is free (l): new clients get in, and the connection it had lives on. */
+static void test_listen_again(void **state)
+{
+    (void)state;
+    server_t s;
+    server_start(&s);
+    kvt_net_worker_t *w = client_create(0);
+    kvt_net_ep_t *ep, *ep2;
+    uint8_t buf[1000];
+    assert_int_equal(kvt_net_connect(w, s.addr, 3000, &ep), KVT_OK);
+    void *r;
+    size_t rl;
+    assert_int_equal(kvt_net_request(ep, "L", 1, 3000, &r, &rl), KVT_OK);
+    kvt_free(r);
+    echo_once(ep, buf, sizeof(buf), 1); /* the server did its L and still serves ep */
+    assert_int_equal(kvt_net_request(ep, "l", 1, 3000, &r, &rl), KVT_OK);
+    kvt_free(r);
+    assert_int_equal(kvt_net_connect_retry(w, s.addr, 10000, &ep2), KVT_OK);
+    echo_once(ep2, buf, sizeof(buf), 2);
+    echo_once(ep, buf, sizeof(buf), 3);
+    kvt_net_ep_close(ep2);
+    server_quit(w, &s);
+    kvt_net_ep_close(ep);
+    kvt_net_worker_destroy(w);
+}
+
 /* A worker marked suspect (what a long run of busy wakeups does) whose
  * shared memory moves: the probe arrives, so nothing is rebuilt and the
  * connection lives on; a second probe reuses the prober. */
@@ -1048,6 +1114,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_rndv_budget),
         cmocka_unit_test(test_conn_cap),
         cmocka_unit_test(test_server_rebuild),
+        cmocka_unit_test(test_listen_again),
         cmocka_unit_test(test_probe_healthy),
         cmocka_unit_test(test_local_read),
     };
