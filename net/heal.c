@@ -227,8 +227,11 @@ kvt_status_t kvt_net_worker_rebuild(kvt_net_worker_t *w)
     ucp_worker_destroy(old); /* callbacks of what was still in flight run here */
     size_t n_abandoned = w->n_sends;
     kvt_net_sends_abandon(w); /* and those that never will */
-    if (w->rndv)
-        kvt_log_warn("net rebuild left rendezvous receives that never completed");
+    size_t leaked = kvt_net_rndv_abandon(w);
+    if (leaked)
+        kvt_log_warn("net rebuild left rendezvous receives that never completed; their budget "
+                     "is back, their buffers stay allocated bytes=%zu",
+                     leaked);
     kvt_net_lane_setup(w);
     kvt_net_listeners_rebind(w);
     w->busy_since_ns = 0;

@@ -282,12 +282,15 @@ void kvt_net_deliver(kvt_net_worker_t *worker, kvt_net_ep_t *ep, uint64_t req_id
  * start waiting ones the budget now allows (after progress, never inside
  * a UCX callback); returns how many.  forget: release the waiting ones of
  * ep (NULL: all).  orphan: receives in flight for ep complete into
- * nothing. */
+ * nothing.  abandon: after the UCX worker they were posted on is gone
+ * (a rebuild), the receives that never completed give their budget back;
+ * returns how many bytes of buffers are left behind for good. */
 ucs_status_t kvt_net_rndv_arrive(kvt_net_worker_t *worker, kvt_net_ep_t *ep, uint64_t req_id,
                                  uint32_t flags, void *desc, size_t len);
 unsigned kvt_net_rndv_resume(kvt_net_worker_t *worker);
 void kvt_net_rndv_forget(kvt_net_worker_t *worker, const kvt_net_ep_t *ep);
 void kvt_net_rndv_orphan(kvt_net_worker_t *worker, const kvt_net_ep_t *ep);
+size_t kvt_net_rndv_abandon(kvt_net_worker_t *worker);
 /* Event queue (net.c): push one; purge those of ep or of listener. */
 void kvt_net_ev_push(kvt_net_worker_t *worker, net_ev_t *ev);
 void kvt_net_ev_purge(kvt_net_worker_t *worker, const kvt_net_ep_t *ep,

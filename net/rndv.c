@@ -203,3 +203,22 @@ void kvt_net_rndv_orphan(kvt_net_worker_t *w, const kvt_net_ep_t *ep)
         if (r->ep == ep)
             r->ep = NULL;
 }
+
+/* Their buffers are left allocated, not freed: with UCX's put-based
+ * rendezvous the sender writes into them (over cma, straight into our
+ * memory), and a sender that has not heard of the rebuild yet could still
+ * do so; a buffer reused meanwhile would be corrupted.  The budget must
+ * come back, though, or after a few rebuilds a worker at its cap would
+ * never start another rendezvous receive. */
+size_t kvt_net_rndv_abandon(kvt_net_worker_t *w)
+{
+    size_t leaked = 0;
+    while (w->rndv) {
+        net_rndv_t *r = w->rndv;
+        rndv_unlink(w, r);
+        rndv_unreserve(w, r->ep, r->len);
+        leaked += r->len;
+        kvt_free(r);
+    }
+    return leaked;
+}
