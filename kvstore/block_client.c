@@ -345,13 +345,13 @@ typedef struct {
     const Kvtier__BlockFetchReply *rep;
     kvt_pull_t *items;
     const size_t *pending;
-    const size_t *todo; /* reply positions k to read */
+    const size_t *to_read; /* reply positions k to read */
 } local_job_t;
 
 static void local_read_one(void *arg, size_t t)
 {
     local_job_t *j = arg;
-    size_t k = j->todo[t];
+    size_t k = j->to_read[t];
     const Kvtier__BlockDescriptor *d = j->rep->blocks[k];
     kvt_pull_t *item = &j->items[j->pending[k]];
     item->status = kvt_net_local_read((int)j->rep->local_pid, item->dst, d->addr, d->length);
@@ -381,37 +381,37 @@ static void read_local(kvt_block_client_t *c, const Kvtier__BlockFetchReply *rep
                        kvt_pull_t *items, const size_t *pending, size_t n,
                        const kvt_block_identity_t *expect, bool *retry)
 {
-    size_t *todo = kvt_malloc("pull local todo", (n + 1) * sizeof(*todo)), n_todo = 0;
+    size_t *to_read = kvt_malloc("pull local to_read", (n + 1) * sizeof(*to_read)), n_to_read = 0;
     uint64_t bytes = 0;
     for (size_t k = 0; k < n; k++) {
         const Kvtier__BlockDescriptor *d = rep->blocks[k];
         kvt_pull_t *item = &items[pending[k]];
         /* Out of memory for the list: every block again, next pass. */
-        retry[k] = d->status == KVTIER__BLOCK_DESCRIPTOR__STATUS__RETRY || !c->local_reads || !todo;
+        retry[k] = d->status == KVTIER__BLOCK_DESCRIPTOR__STATUS__RETRY || !c->local_reads || !to_read;
         if (retry[k])
             continue;
         item->status = describe(d, item, expect);
         if (item->status == KVT_OK) {
-            todo[n_todo++] = k;
+            to_read[n_to_read++] = k;
             bytes += d->length;
         }
     }
-    local_job_t job = {.c = c, .rep = rep, .items = items, .pending = pending, .todo = todo};
-    kvt_pfor_run(n_todo >= 2 && bytes >= LOCAL_PARALLEL_MIN_BYTES ? local_readers(c) : NULL, n_todo,
+    local_job_t job = {.c = c, .rep = rep, .items = items, .pending = pending, .to_read = to_read};
+    kvt_pfor_run(n_to_read >= 2 && bytes >= LOCAL_PARALLEL_MIN_BYTES ? local_readers(c) : NULL, n_to_read,
                  local_read_one, &job);
-    for (size_t t = 0; t < n_todo; t++) {
-        kvt_pull_t *item = &items[pending[todo[t]]];
+    for (size_t t = 0; t < n_to_read; t++) {
+        kvt_pull_t *item = &items[pending[to_read[t]]];
         if (item->status == KVT_ERR_DENIED) {
             if (c->local_reads)
                 kvt_log_warn("block client may not read the server's memory, pulls inline from "
                              "now peer=%s pid=%u",
                              kvt_net_ep_peer(c->ep), rep->local_pid);
             c->local_reads = false;
-            retry[todo[t]] = true;
+            retry[to_read[t]] = true;
         }
         c->n_local += item->status == KVT_OK;
     }
-    kvt_free(todo);
+    kvt_free(to_read);
 }
 
 /* One-way (request id 0): the next pull need not wait a round trip for an
