@@ -381,13 +381,14 @@ static void read_local(kvt_block_client_t *c, const Kvtier__BlockFetchReply *rep
                        kvt_pull_t *items, const size_t *pending, size_t n,
                        const kvt_block_identity_t *expect, bool *retry)
 {
-    size_t *to_read = kvt_malloc("pull local to_read", (n + 1) * sizeof(*to_read)), n_to_read = 0;
+    size_t *to_read = kvt_malloc("pull local reads", (n + 1) * sizeof(*to_read)), n_to_read = 0;
     uint64_t bytes = 0;
     for (size_t k = 0; k < n; k++) {
         const Kvtier__BlockDescriptor *d = rep->blocks[k];
         kvt_pull_t *item = &items[pending[k]];
         /* Out of memory for the list: every block again, next pass. */
-        retry[k] = d->status == KVTIER__BLOCK_DESCRIPTOR__STATUS__RETRY || !c->local_reads || !to_read;
+        retry[k] =
+            d->status == KVTIER__BLOCK_DESCRIPTOR__STATUS__RETRY || !c->local_reads || !to_read;
         if (retry[k])
             continue;
         item->status = describe(d, item, expect);
@@ -397,8 +398,8 @@ static void read_local(kvt_block_client_t *c, const Kvtier__BlockFetchReply *rep
         }
     }
     local_job_t job = {.c = c, .rep = rep, .items = items, .pending = pending, .to_read = to_read};
-    kvt_pfor_run(n_to_read >= 2 && bytes >= LOCAL_PARALLEL_MIN_BYTES ? local_readers(c) : NULL, n_to_read,
-                 local_read_one, &job);
+    bool parallel = n_to_read >= 2 && bytes >= LOCAL_PARALLEL_MIN_BYTES;
+    kvt_pfor_run(parallel ? local_readers(c) : NULL, n_to_read, local_read_one, &job);
     for (size_t t = 0; t < n_to_read; t++) {
         kvt_pull_t *item = &items[pending[to_read[t]]];
         if (item->status == KVT_ERR_DENIED) {
@@ -483,28 +484,17 @@ static size_t chunk_split(const kvt_pull_t *items, const size_t *pending, size_t
     return n ? count : 0;
 }
 
-/* An RMA reply this client did not accept: every block of it is CORRUPT
- * and the rkey is not unpacked (UCX parses packed rkeys without a length
- * and trusts them; only a server the client trusts may send one). */
-static kvt_status_t unasked_rkey(kvt_block_client_t *c, kvt_pull_t *items, const size_t *pending,
-                                 size_t n)
+/* A reply in a mode this client did not ask for: every block of it is
+ * CORRUPT and nothing of it is used.  An rkey is not unpacked (UCX parses
+ * packed rkeys without a length and trusts them; only a server the client
+ * trusts may send one, KVT_PULL_RMA=1); a local reply is not read (else a
+ * server could make the client read some process's memory on its word;
+ * asked only over a same-host lane). */
+static kvt_status_t unasked_reply(kvt_block_client_t *c, const char *mode, kvt_pull_t *items,
+                                  const size_t *pending, size_t n)
 {
-    kvt_log_error("block client refused an RMA reply it did not ask for peer=%s (set "
-                  "KVT_PULL_RMA=1 for a trusted --rma server)",
-                  kvt_net_ep_peer(c->ep));
-    for (size_t k = 0; k < n; k++)
-        items[pending[k]].status = KVT_ERR_CORRUPT;
-    return KVT_ERR_CORRUPT;
-}
-
-/* A local reply this client did not ask for (or on a connection without a
- * same-host lane): every block of it is CORRUPT and nothing is read, so a
- * server cannot make the client read some process's memory on its word. */
-static kvt_status_t unasked_local(kvt_block_client_t *c, kvt_pull_t *items, const size_t *pending,
-                                  size_t n)
-{
-    kvt_log_error("block client refused a local reply it did not ask for peer=%s",
-                  kvt_net_ep_peer(c->ep));
+    kvt_log_error("block client refused a reply it did not ask for peer=%s mode=%s",
+                  kvt_net_ep_peer(c->ep), mode);
     for (size_t k = 0; k < n; k++)
         items[pending[k]].status = KVT_ERR_CORRUPT;
     return KVT_ERR_CORRUPT;
@@ -521,11 +511,11 @@ static kvt_status_t read_reply(kvt_block_client_t *c, const reply_t *r, kvt_pull
     if (rep->local_pid != 0 && local && kvt_net_ep_lane(c->ep))
         read_local(c, rep, items, pending, n, expect, retry);
     else if (rep->local_pid != 0)
-        st = unasked_local(c, items, pending, n);
+        st = unasked_reply(c, "local", items, pending, n);
     else if (rep->rkey.len != 0 && c->accept_rma)
         st = read_rma(c, rep, items, pending, n, expect, retry, timeout_ms);
-    else if (rep->rkey.len != 0) /* never unpacked: UCX would trust its bytes */
-        st = unasked_rkey(c, items, pending, n);
+    else if (rep->rkey.len != 0)
+        st = unasked_reply(c, "rma", items, pending, n);
     else
         read_inline(c, r, items, pending, n, expect, retry);
     release(c, rep->lease_id);
