@@ -422,8 +422,8 @@ static kvt_status_t send_attached(kvt_block_server_t *srv, kvt_net_ep_t *ep, uin
  * tells.  A kept lease is read by the client, locally (our pid: it reads
  * our memory itself) or by RMA (the rkey). */
 static kvt_status_t fetch_reply(kvt_block_server_t *srv, kvt_net_ep_t *ep, uint64_t req_id,
-                                lease_t *lease, bool keep, bool local, Kvtier__BlockDescriptor **ptrs,
-                                size_t n, bool *lease_taken)
+                                lease_t *lease, bool keep, bool local,
+                                Kvtier__BlockDescriptor **ptrs, size_t n, bool *lease_taken)
 {
     Kvtier__BlockFetchReply rep = KVTIER__BLOCK_FETCH_REPLY__INIT;
     if (keep) {
@@ -538,7 +538,8 @@ static void fetch_answer(kvt_block_server_t *srv, fetch_t *f, lease_t *lease,
     lease->id = lease_id_new();
     lease->created_ns = kvt_time_ns();
     lease->local = f->local_read;
-    lease->expires_ns = lease->created_ns + (uint64_t)lease_ms_of(srv, lease, f->lease_ms) * 1000000;
+    uint32_t lease_ms = lease_ms_of(srv, lease, f->lease_ms);
+    lease->expires_ns = lease->created_ns + (uint64_t)lease_ms * 1000000;
     size_t left = inline_budget(srv, f->max_reply_bytes), busy;
     bool leased = fetch_leased(srv, f);
     size_t settled = fetch_describe(srv, f, lease, descs, ptrs, leased ? NULL : &left, &busy);
