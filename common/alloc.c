@@ -4,10 +4,12 @@
 #include "common/log.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <unistd.h>
 
 static _Atomic long g_fail_after = -1;
 
@@ -52,12 +54,8 @@ void *kvt_realloc(const char *what, void *ptr, size_t size)
 
 void kvt_free(void *ptr) { free(ptr); }
 
-void *kvt_alloc_large(const char *what, size_t size)
+static void *map_anon(const char *what, size_t size)
 {
-    if (injected_failure()) {
-        kvt_log_error("mmap failed what=%s bytes=%zu err=injected", what, size);
-        return NULL;
-    }
     void *p = mmap(NULL, size ? size : 1, PROT_READ | PROT_WRITE,
                    MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (p == MAP_FAILED) {
@@ -67,8 +65,56 @@ void *kvt_alloc_large(const char *what, size_t size)
     return p;
 }
 
+void *kvt_alloc_large(const char *what, size_t size)
+{
+    if (injected_failure()) {
+        kvt_log_error("mmap failed what=%s bytes=%zu err=injected", what, size);
+        return NULL;
+    }
+    return map_anon(what, size);
+}
+
 void kvt_free_large(void *ptr, size_t size)
 {
     if (ptr)
         munmap(ptr, size ? size : 1);
+}
+
+/* The seals are what make the mapping safe for a reader in another
+ * process: a file that cannot shrink cannot turn the reader's loads into
+ * SIGBUS.  MADV_HUGEPAGE takes effect only where the system allows huge
+ * pages for shared memory (shmem_enabled); it is a hint, not needed. */
+void *kvt_alloc_shared(const char *what, size_t size, int *fd_p)
+{
+    *fd_p = -1;
+    if (injected_failure()) {
+        kvt_log_error("mmap failed what=%s bytes=%zu err=injected", what, size);
+        return NULL;
+    }
+    size = size ? size : 1;
+    int fd = memfd_create(what, MFD_CLOEXEC | MFD_ALLOW_SEALING);
+    if (fd < 0 || ftruncate(fd, (off_t)size) != 0 ||
+        fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) != 0) {
+        kvt_log_info("memfd not available, region stays private what=%s err=%s", what,
+                     strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        return map_anon(what, size);
+    }
+    void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (p == MAP_FAILED) {
+        kvt_log_error("mmap failed what=%s bytes=%zu err=%s", what, size, strerror(errno));
+        close(fd);
+        return NULL;
+    }
+    (void)madvise(p, size, MADV_HUGEPAGE);
+    *fd_p = fd;
+    return p;
+}
+
+void kvt_free_shared(void *ptr, size_t size, int fd)
+{
+    kvt_free_large(ptr, size);
+    if (fd >= 0)
+        close(fd);
 }

@@ -19,6 +19,15 @@ void kvt_free(void *ptr);
 void *kvt_alloc_large(const char *what, size_t size);
 void kvt_free_large(void *ptr, size_t size);
 
+/* Page-aligned shared mapping of a sealed memfd (its size can neither
+ * shrink nor grow), so that a same-host process allowed to ptrace this one
+ * can map the region itself through /proc/PID/fd/FD (net/peer_map.c).
+ * *fd_p gets the memfd, or -1 where memfd is not available: the region is
+ * then an anonymous mapping as kvt_alloc_large's.  Release with
+ * kvt_free_shared(ptr, size, fd). */
+void *kvt_alloc_shared(const char *what, size_t size, int *fd_p);
+void kvt_free_shared(void *ptr, size_t size, int fd);
+
 /* Fault injection: n >= 0 fails the allocation after n successes; -1 turns
  * injection off.  Process-wide; for tests only. */
 void kvt_alloc_fail_after(long n);

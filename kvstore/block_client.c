@@ -18,6 +18,7 @@
 #include "proto/msg.h"
 
 #include <inttypes.h>
+#include <limits.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -31,7 +32,11 @@ struct kvt_block_client {
     char peer[PEER_ADDR_MAX];  /* what to connect to again */
     bool local_reads;          /* ask to read a same-host server's memory */
     bool accept_rma;           /* take RMA replies: unpack this server's rkeys */
+    bool local_maps;           /* map the server's pool for those reads */
+    kvt_net_peer_map_t *map;   /* the server's pool, mapped (local_map) */
+    kvt_net_peer_region_t map_refused; /* the last region that could not be */
     uint64_t n_local;          /* blocks read that way and found good */
+    uint64_t n_mapped;         /* of those, the ones read through map */
     kvt_pfor_t *readers;       /* threads that read local replies with the caller */
     bool readers_tried;
 };
@@ -52,6 +57,8 @@ kvt_status_t kvt_block_client_connect(kvt_net_worker_t *worker, const char *peer
     c->local_reads = !(env && strcmp(env, "0") == 0);
     /* Off unless asked for: an rkey is unpacked by UCX, which trusts its
      * bytes, so only a server this client trusts may send one. */
+    env = getenv("KVT_NET_LOCAL_MAP");
+    c->local_maps = !(env && strcmp(env, "0") == 0);
     env = getenv("KVT_PULL_RMA");
     c->accept_rma = env && strcmp(env, "1") == 0;
     kvt_status_t st = kvt_net_connect(worker, peer, timeout_ms, &c->ep);
@@ -69,6 +76,7 @@ void kvt_block_client_close(kvt_block_client_t *client)
     if (!client)
         return;
     kvt_net_ep_close(client->ep);
+    kvt_net_peer_map_close(client->map);
     kvt_pfor_destroy(client->readers);
     kvt_free(client);
 }
@@ -82,6 +90,10 @@ static kvt_status_t ensure_connected(kvt_block_client_t *c, int timeout_ms)
         return KVT_OK;
     kvt_net_ep_close(c->ep);
     c->ep = NULL;
+    /* The map would keep a dead server's pool alive; the next server's
+     * replies name its own. */
+    kvt_net_peer_map_close(c->map);
+    c->map = NULL;
     kvt_status_t st = kvt_net_connect(c->worker, c->peer, timeout_ms, &c->ep);
     if (st != KVT_OK)
         return st;
@@ -162,18 +174,24 @@ static kvt_status_t exchange(kvt_block_client_t *c, kvt_msg_t *req, int timeout_
 }
 
 /* Whether a request asks to read the server's memory itself: only over a
- * same-host lane (the server checks that too), and for blocks of 512 KiB
- * and more.  Below that the inline reply was faster (256 KiB: 4.3-6.8
- * GB/s against 4.9-5.9 local; 512 KiB: 6.5 against 7.6-8.1): the server's
- * copy into the lane overlaps the client's reading, where a local read
- * leaves the server idle while the client copies every byte, and small
- * blocks pay a system call each (kvtier bench pull, bench/RESULTS.md
- * 2026-11-23). */
-#define LOCAL_READ_MIN_BYTES (512u << 10)
+ * same-host lane (the server checks that too), and for blocks of 256 KiB
+ * and more, or 512 KiB and more once this client could not map a server's
+ * pool.  Below those the inline reply was as fast or faster: 64 KiB
+ * pulls ran at 3.4-3.7 GB/s either way (a request trip per 16 keys bounds
+ * them); at 256 KiB mapped reads reached 8.2-8.4 GB/s against 5.7-6.2
+ * inline, while process_vm_readv ran 4.9-5.9 against inline's 4.3-6.8
+ * (kvtier bench pull, bench/RESULTS.md 2026-11-23).
+ * process_vm_readv leaves the server idle while the client copies every
+ * byte and pays a system call per block; the inline reply's copy by the
+ * server overlaps the client's reading. */
+#define LOCAL_READ_MIN_BYTES (256u << 10)
+#define LOCAL_READ_UNMAPPED_MIN_BYTES (512u << 10)
 
 static bool pull_local(const kvt_block_client_t *c, const kvt_pull_t *first)
 {
-    return c->local_reads && kvt_net_ep_lane(c->ep) && first->cap >= LOCAL_READ_MIN_BYTES;
+    bool maps = c->local_maps && c->map_refused.pid == 0;
+    return c->local_reads && kvt_net_ep_lane(c->ep) &&
+           first->cap >= (maps ? LOCAL_READ_MIN_BYTES : LOCAL_READ_UNMAPPED_MIN_BYTES);
 }
 
 /* How long a local reply's pins may wait for this client: it reads them
@@ -342,6 +360,7 @@ static kvt_status_t read_rma(kvt_block_client_t *c, const Kvtier__BlockFetchRepl
 
 typedef struct {
     kvt_block_client_t *c;
+    const kvt_net_peer_map_t *map; /* NULL: process_vm_readv per block */
     const Kvtier__BlockFetchReply *rep;
     kvt_pull_t *items;
     const size_t *pending;
@@ -354,7 +373,8 @@ static void local_read_one(void *arg, size_t t)
     size_t k = j->to_read[t];
     const Kvtier__BlockDescriptor *d = j->rep->blocks[k];
     kvt_pull_t *item = &j->items[j->pending[k]];
-    item->status = kvt_net_local_read((int)j->rep->local_pid, item->dst, d->addr, d->length);
+    item->status = j->map ? kvt_net_peer_map_read(j->map, item->dst, d->addr, d->length)
+                          : kvt_net_local_read((int)j->rep->local_pid, item->dst, d->addr, d->length);
     if (item->status != KVT_ERR_DENIED)
         verify_payload(j->c, item, d->length);
 }
@@ -377,6 +397,33 @@ static kvt_pfor_t *local_readers(kvt_block_client_t *c)
     return c->readers;
 }
 
+/* The server's pool, mapped once per region the server names (a restarted
+ * server names another).  A region that cannot be mapped (an older kernel,
+ * a pool without memfd, a permission) is not tried again: its blocks are
+ * read with process_vm_readv, which the kernel may still allow. */
+static const kvt_net_peer_map_t *local_map(kvt_block_client_t *c,
+                                           const Kvtier__BlockFetchReply *rep)
+{
+    const Kvtier__LocalMap *lm = rep->local_map;
+    if (!c->local_maps || !lm || lm->fd > INT_MAX || rep->local_pid > INT_MAX)
+        return NULL;
+    kvt_net_peer_region_t r = {.pid = (int)rep->local_pid, .fd = (int)lm->fd,
+                               .inode = lm->inode, .base = lm->addr, .length = lm->length};
+    if (kvt_net_peer_map_is(c->map, &r))
+        return c->map;
+    if (kvt_net_peer_region_same(&r, &c->map_refused))
+        return NULL;
+    kvt_net_peer_map_close(c->map);
+    c->map = NULL;
+    kvt_status_t st = kvt_net_peer_map_open(&r, &c->map);
+    if (st != KVT_OK) {
+        kvt_log_info("block client cannot map the server's pool, reads it block by block "
+                     "peer=%s pid=%d err=\"%s\"", c->peer, r.pid, kvt_status_str(st));
+        c->map_refused = r;
+    }
+    return c->map;
+}
+
 static void read_local(kvt_block_client_t *c, const Kvtier__BlockFetchReply *rep,
                        kvt_pull_t *items, const size_t *pending, size_t n,
                        const kvt_block_identity_t *expect, bool *retry)
@@ -397,7 +444,8 @@ static void read_local(kvt_block_client_t *c, const Kvtier__BlockFetchReply *rep
             bytes += d->length;
         }
     }
-    local_job_t job = {.c = c, .rep = rep, .items = items, .pending = pending, .to_read = to_read};
+    local_job_t job = {.c = c, .map = n_to_read ? local_map(c, rep) : NULL, .rep = rep,
+                       .items = items, .pending = pending, .to_read = to_read};
     bool parallel = n_to_read >= 2 && bytes >= LOCAL_PARALLEL_MIN_BYTES;
     kvt_pfor_run(parallel ? local_readers(c) : NULL, n_to_read, local_read_one, &job);
     for (size_t t = 0; t < n_to_read; t++) {
@@ -411,6 +459,7 @@ static void read_local(kvt_block_client_t *c, const Kvtier__BlockFetchReply *rep
             retry[to_read[t]] = true;
         }
         c->n_local += item->status == KVT_OK;
+        c->n_mapped += item->status == KVT_OK && job.map;
     }
     kvt_free(to_read);
 }
@@ -877,6 +926,11 @@ void kvt_block_client_accept_rma(kvt_block_client_t *client, bool accept)
 uint64_t kvt_block_client_local_reads(const kvt_block_client_t *client)
 {
     return client ? client->n_local : 0;
+}
+
+uint64_t kvt_block_client_mapped_reads(const kvt_block_client_t *client)
+{
+    return client ? client->n_mapped : 0;
 }
 
 bool kvt_block_client_lane(const kvt_block_client_t *client)

@@ -34,6 +34,7 @@
 #include <stdatomic.h>
 #include <string.h>
 #include <sys/random.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #define DEFAULT_LEASE_MS 30000
@@ -103,6 +104,8 @@ struct kvt_block_server {
     kvt_net_worker_t *worker;
     kvt_net_listener_t *listener;
     kvt_net_mem_t *mem;
+    Kvtier__LocalMap local_map; /* the pool's memfd, for local replies */
+    bool local_map_set;         /* it has one (local_map_init) */
     lease_t *leases;
     uint32_t n_leases;
     kvt_net_ep_t **dead; /* endpoints to close after progress returns */
@@ -432,6 +435,7 @@ static kvt_status_t fetch_reply(kvt_block_server_t *srv, kvt_net_ep_t *ep, uint6
     }
     if (keep && local) {
         rep.local_pid = (uint32_t)getpid();
+        rep.local_map = srv->local_map_set ? &srv->local_map : NULL;
     } else if (keep) {
         size_t rkey_len;
         const void *rkey = kvt_net_mem_rkey(srv->mem, &rkey_len);
@@ -778,6 +782,24 @@ static void on_conn(kvt_net_ep_t *ep, bool up, void *arg)
 
 /* --- the thread --- */
 
+/* A same-host client may map the pool's memfd and copy pinned payloads out
+ * of it (net/peer_map.c) instead of a process_vm_readv per block.  A pool
+ * without one (no memfd) is read block by block. */
+static void local_map_init(kvt_block_server_t *srv, void *region, size_t region_len)
+{
+    int fd = kvt_host_pool_region_fd(kvt_tier_host(srv->tier));
+    struct stat sb;
+    if (fd < 0 || fstat(fd, &sb) != 0)
+        return;
+    Kvtier__LocalMap m = KVTIER__LOCAL_MAP__INIT;
+    m.fd = (uint32_t)fd;
+    m.inode = (uint64_t)sb.st_ino;
+    m.addr = (uint64_t)(uintptr_t)region;
+    m.length = region_len;
+    srv->local_map = m;
+    srv->local_map_set = true;
+}
+
 static kvt_status_t serve_setup(kvt_block_server_t *srv)
 {
     kvt_net_worker_params_t wp = {.max_msg_bytes = KVT_PROTO_MAX_MSG, .on_msg = on_msg,
@@ -791,6 +813,7 @@ static kvt_status_t serve_setup(kvt_block_server_t *srv)
         return st;
     size_t region_len;
     void *region = kvt_host_pool_region(kvt_tier_host(srv->tier), &region_len);
+    local_map_init(srv, region, region_len);
     if (srv->rma && (st = kvt_net_mem_register(srv->worker, region, region_len, &srv->mem)) != KVT_OK)
         return st;
     if ((st = kvt_net_listen(srv->worker, srv->listen, &srv->listener)) != KVT_OK)

@@ -56,6 +56,7 @@ struct kvt_host_pool {
     shard_t *shards;
     uint8_t *region;
     size_t region_len;
+    int region_fd; /* the memfd behind region, or -1 (kvt_alloc_shared) */
     uint8_t *headers;
     slot_meta_t *meta;
     uint32_t *heap_pos; /* per slot: position in its shard's heap */
@@ -257,7 +258,7 @@ static uint32_t pick_shards(uint32_t requested, uint32_t n_slots)
 static kvt_status_t arenas_init(kvt_host_pool_t *pool)
 {
     pool->region_len = pool->stride * pool->n_slots;
-    pool->region = kvt_alloc_large("host_pool.region", pool->region_len);
+    pool->region = kvt_alloc_shared("kvtier-t1", pool->region_len, &pool->region_fd);
     pool->headers = kvt_malloc("host_pool.headers", pool->header_len * pool->n_slots);
     pool->meta = kvt_calloc("host_pool.meta", pool->n_slots, sizeof(slot_meta_t));
     pool->heap_pos = kvt_malloc("host_pool.heap_pos", sizeof(uint32_t) * pool->n_slots);
@@ -323,7 +324,7 @@ void kvt_host_pool_destroy(kvt_host_pool_t *pool)
         pthread_mutex_destroy(&pool->shards[i].lock);
     }
     kvt_free(pool->shards);
-    kvt_free_large(pool->region, pool->region_len);
+    kvt_free_shared(pool->region, pool->region_len, pool->region_fd);
     kvt_free(pool->headers);
     kvt_free(pool->meta);
     kvt_free(pool->heap_pos);
@@ -574,3 +575,5 @@ void *kvt_host_pool_region(kvt_host_pool_t *pool, size_t *len_p)
     *len_p = pool->region_len;
     return pool->region;
 }
+
+int kvt_host_pool_region_fd(const kvt_host_pool_t *pool) { return pool->region_fd; }

@@ -94,5 +94,8 @@ void kvt_host_pool_stats(kvt_host_pool_t *pool, kvt_tier_stats_t *stats_p);
 const kvt_block_identity_t *kvt_host_pool_identity(const kvt_host_pool_t *pool);
 /* The payload region, for memory registration (UCX, cudaHostRegister). */
 void *kvt_host_pool_region(kvt_host_pool_t *pool, size_t *len_p);
+/* The sealed memfd the region is mapped from (a same-host block client
+ * maps it to read pinned payloads), or -1 where the region is private. */
+int kvt_host_pool_region_fd(const kvt_host_pool_t *pool);
 
 #endif

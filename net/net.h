@@ -234,6 +234,30 @@ typedef struct {
  * KVT_ERR_CLOSED (no such process), KVT_ERR_IO (not mapped there). */
 kvt_status_t kvt_net_local_read(int pid, void *local, uint64_t remote, size_t len);
 
+/* Same-host mapping (net/peer_map.c): a peer's region, a sealed memfd
+ * (kvt_alloc_shared) that it named, mapped read-only here once; reads are
+ * then memcpy at the peer's addresses.  open: KVT_OK, KVT_ERR_DENIED (no
+ * permission, or not sealed), KVT_ERR_CLOSED (no such process or fd),
+ * KVT_ERR_IO (another file than named); read: KVT_ERR_IO outside the
+ * region.  A map keeps the peer's pages alive: close it when the
+ * connection ends. */
+typedef struct {
+    int pid;         /* the peer process */
+    int fd;          /* the memfd's number there */
+    uint64_t inode;  /* the memfd's st_ino, as the peer saw it */
+    uint64_t base;   /* the region's address in the peer */
+    uint64_t length; /* its bytes, the file's size */
+} kvt_net_peer_region_t;
+
+typedef struct kvt_net_peer_map kvt_net_peer_map_t;
+
+kvt_status_t kvt_net_peer_map_open(const kvt_net_peer_region_t *region, kvt_net_peer_map_t **map_p);
+bool kvt_net_peer_region_same(const kvt_net_peer_region_t *a, const kvt_net_peer_region_t *b);
+bool kvt_net_peer_map_is(const kvt_net_peer_map_t *map, const kvt_net_peer_region_t *region);
+kvt_status_t kvt_net_peer_map_read(const kvt_net_peer_map_t *map, void *local, uint64_t remote,
+                                   size_t len);
+void kvt_net_peer_map_close(kvt_net_peer_map_t *map);
+
 #define KVT_NET_GET_GRACE_MS 2000
 
 /* Issue every read, then wait (progressing) until all have completed or

@@ -241,6 +241,8 @@ static kvt_status_t check_fetch_reply(const ctx_t *c, const Kvtier__BlockFetchRe
 {
     CHECK(check_blob(c, "rkey", &m->rkey, RKEY_MAX));
     CHECK(check_count(c, "blocks", m->n_blocks, KVT_PROTO_MAX_KEYS));
+    if (m->local_map)
+        CHECK(check_unknown(c, &m->local_map->base));
     ctx_t ci = *c;
     for (ci.item = 0; ci.item < m->n_blocks; ci.item++)
         CHECK(check_descriptor(&ci, m->blocks[ci.item]));

@@ -146,8 +146,10 @@ static void pull_all_ok(fx_t *fx)
 }
 
 /* Over a lane, 512 KiB blocks are read straight out of the daemon's
- * memory (the default); with KVT_NET_LOCAL_READS=0 they come inline over
- * the lane instead, just as right. */
+ * memory (the default), copied from its pool mapped here; with
+ * KVT_NET_LOCAL_MAP=0 each by process_vm_readv; with
+ * KVT_NET_LOCAL_READS=0 they come inline over the lane instead, just as
+ * right. */
 static void test_lane_pull(void **state)
 {
     fx_t *fx = *state;
@@ -156,6 +158,19 @@ static void test_lane_pull(void **state)
     for (int i = 0; i < 3; i++)
         pull_all_ok(fx);
     assert_int_equal(kvt_block_client_local_reads(fx->client), 3 * N_BLOCKS);
+    assert_int_equal(kvt_block_client_mapped_reads(fx->client), 3 * N_BLOCKS);
+}
+
+static void test_lane_unmapped(void **state)
+{
+    fx_t *fx = *state;
+    setenv("KVT_NET_LOCAL_MAP", "0", 1);
+    client_start(fx);
+    unsetenv("KVT_NET_LOCAL_MAP");
+    for (int i = 0; i < 2; i++)
+        pull_all_ok(fx);
+    assert_int_equal(kvt_block_client_local_reads(fx->client), 2 * N_BLOCKS);
+    assert_int_equal(kvt_block_client_mapped_reads(fx->client), 0);
 }
 
 static void test_lane_inline(void **state)
@@ -332,6 +347,7 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_lane_pull, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_lane_unmapped, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_lane_inline, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_timeouts_leave_no_leases, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_lanes_off, fx_setup, fx_teardown),

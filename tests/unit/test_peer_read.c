@@ -1,6 +1,9 @@
-/* Tests for net/peer_read.c: same-host reads out of another process's
- * memory. */
+/* Tests for net/peer_read.c and net/peer_map.c: same-host reads out of
+ * another process's memory, by process_vm_readv and by mapping its sealed
+ * memfd. */
 #include "net/net.h"
+
+#include "common/alloc.h"
 
 #include <setjmp.h>
 #include <stdarg.h>
@@ -8,6 +11,8 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <signal.h>
 #include <unistd.h>
@@ -70,10 +75,92 @@ static void test_local_read(void **state)
     free(dst);
 }
 
+/* A child that holds a memfd region (sealed as kvt_alloc_shared makes it,
+ * or not) filled with a pattern, until killed; *region_p names it as a
+ * server's reply would. */
+static pid_t region_child(size_t len, bool sealed, kvt_net_peer_region_t *region_p)
+{
+    int fd = -1;
+    uint8_t *p;
+    if (sealed) {
+        p = kvt_alloc_shared("test region", len, &fd);
+    } else {
+        fd = memfd_create("test region", MFD_CLOEXEC);
+        assert_int_equal(ftruncate(fd, (off_t)len), 0);
+        p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    }
+    assert_true(fd >= 0 && p && p != MAP_FAILED);
+    for (size_t i = 0; i < len; i++)
+        p[i] = (uint8_t)(i * 131 + 7);
+    struct stat sb;
+    assert_int_equal(fstat(fd, &sb), 0);
+    pid_t child = fork();
+    if (child == 0) {
+        pause();
+        _exit(0);
+    }
+    *region_p = (kvt_net_peer_region_t){.pid = child, .fd = fd, .inode = (uint64_t)sb.st_ino,
+                                        .base = (uint64_t)(uintptr_t)p, .length = len};
+    kvt_free_shared(p, len, fd); /* the child has them now */
+    return child;
+}
+
+/* kvt_net_peer_map_* (net/peer_map.c): a child's sealed region maps and
+ * reads exactly, at its addresses; a range outside it is KVT_ERR_IO; a
+ * region named wrongly (inode, size) is refused as KVT_ERR_IO, an
+ * unsealed one as KVT_ERR_DENIED (it could shrink under the map: SIGBUS),
+ * a gone process or fd as KVT_ERR_CLOSED.  The map outlives the child. */
+static void test_peer_map(void **state)
+{
+    (void)state;
+    size_t len = (2u << 20) + 4096;
+    kvt_net_peer_region_t r;
+    pid_t child = region_child(len, true, &r);
+    uint8_t *dst = malloc(len);
+    kvt_net_peer_map_t *map = NULL;
+    kvt_net_peer_region_t bad = r;
+    bad.inode++;
+    assert_int_equal(kvt_net_peer_map_open(&bad, &map), KVT_ERR_IO);
+    bad = r;
+    bad.length -= 4096;
+    assert_int_equal(kvt_net_peer_map_open(&bad, &map), KVT_ERR_IO);
+    bad = r;
+    bad.fd = 1000;
+    assert_int_equal(kvt_net_peer_map_open(&bad, &map), KVT_ERR_CLOSED);
+    assert_null(map);
+    assert_int_equal(kvt_net_peer_map_open(&r, &map), KVT_OK);
+    assert_true(kvt_net_peer_map_is(map, &r));
+    assert_false(kvt_net_peer_map_is(map, &bad));
+    memset(dst, 0, len);
+    assert_int_equal(kvt_net_peer_map_read(map, dst, r.base + 100, len - 100), KVT_OK);
+    for (size_t i = 100; i < len; i++)
+        if (dst[i - 100] != (uint8_t)(i * 131 + 7))
+            fail_msg("byte %zu differs", i);
+    assert_int_equal(kvt_net_peer_map_read(map, dst, r.base + len - 1, 2), KVT_ERR_IO);
+    assert_int_equal(kvt_net_peer_map_read(map, dst, r.base - 1, 1), KVT_ERR_IO);
+    assert_int_equal(kvt_net_peer_map_read(map, dst, UINT64_MAX, 1), KVT_ERR_IO);
+    assert_int_equal(kvt_net_peer_map_read(map, dst, r.base + len, 0), KVT_OK);
+    kill(child, SIGKILL);
+    waitpid(child, NULL, 0);
+    assert_int_equal(kvt_net_peer_map_read(map, dst, r.base, 1), KVT_OK); /* still mapped */
+    assert_int_equal(dst[0], 7);
+    kvt_net_peer_map_close(map);
+    map = NULL;
+    assert_int_equal(kvt_net_peer_map_open(&r, &map), KVT_ERR_CLOSED);
+
+    child = region_child(len, false, &r);
+    assert_int_equal(kvt_net_peer_map_open(&r, &map), KVT_ERR_DENIED);
+    assert_null(map);
+    kill(child, SIGKILL);
+    waitpid(child, NULL, 0);
+    free(dst);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_local_read),
+        cmocka_unit_test(test_peer_map),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
