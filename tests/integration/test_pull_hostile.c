@@ -5,8 +5,8 @@
  * attachment, an attachment cut short, a flipped byte, offsets swapped
  * between blocks, an attachment that is not the last field, a reply with
  * fewer blocks than asked, RETRY for everything, Error BUSY (once, or
- * forever), or a same-host "local" reply whose addresses or pid are
- * wrong.  The client must refuse exactly the broken blocks (each honest
+ * forever), or a same-host "local" reply whose addresses, pid or mapped
+ * region are wrong.  The client must refuse exactly the broken blocks (each honest
  * neighbour still passes, so each refusal is the mode's doing), ask a busy
  * server again, and always finish. */
 #include <setjmp.h>
@@ -27,6 +27,8 @@
 #include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -49,6 +51,12 @@ typedef enum {
     B_LOCAL_UNMAPPED,  /* local, block 1's address is not mapped */
     B_LOCAL_SWAP,      /* local, blocks 0 and 1 at each other's address */
     B_LOCAL_GONE,      /* local, naming a process that has exited */
+    B_MAP,             /* local, naming our sealed memfd region (as the block
+                          server names its pool), payloads in it */
+    B_MAP_FLIP,        /* mapped, block 2's address holds a changed byte */
+    B_MAP_OUTSIDE,     /* mapped, block 1's address is past the region */
+    B_MAP_UNSEALED,    /* local, naming a memfd that could shrink */
+    B_MAP_OTHER,       /* local, naming the region with another inode */
     B_RKEY_UNASKED,    /* an RMA reply (a well-framed rkey of garbage) to a
                           client that did not ask for RMA */
 } bmode_t;
@@ -61,6 +69,12 @@ typedef struct {
     size_t payload_len;
     uint8_t *flipped;  /* block 2's payload with one byte changed */
     pid_t gone;        /* a child that has exited and been reaped */
+    struct {
+        uint8_t *p;    /* blocks 0..3, then block 2 flipped */
+        int fd;
+        uint64_t ino;
+    } sealed, unsealed; /* memfd regions for the B_MAP modes */
+    size_t region_len;
 } hostile_t;
 
 static kvt_block_identity_t g_id;
@@ -101,14 +115,24 @@ static uint8_t *hostile_wire(hostile_t *h, const Kvtier__BlockFetchRequest *req,
         memcpy(att + att_len, h->chain->payload[i], plen);
         att_len += plen;
     }
-    bool local = mode >= B_LOCAL && mode <= B_LOCAL_GONE;
+    bool local = mode >= B_LOCAL && mode <= B_MAP_OTHER;
+    bool map = mode >= B_MAP && mode <= B_MAP_OTHER;
+    const uint8_t *region = mode == B_MAP_UNSEALED ? h->unsealed.p : h->sealed.p;
     for (size_t k = 0; local && k < n; k++) {
         int i = chain_find(h->chain, req->keys[k].data);
-        if (i >= 0)
-            d[k].addr = (uint64_t)(uintptr_t)(mode == B_LOCAL_FLIP && i == 2 ? h->flipped
-                                                                              : h->chain->payload[i]);
+        bool flip = (mode == B_LOCAL_FLIP || mode == B_MAP_FLIP) && i == 2;
+        if (i >= 0 && map)
+            d[k].addr = (uint64_t)(uintptr_t)(region + (size_t)(flip ? N_BLOCKS : i) * plen);
+        else if (i >= 0)
+            d[k].addr = (uint64_t)(uintptr_t)(flip ? h->flipped : h->chain->payload[i]);
     }
+    Kvtier__LocalMap lm = KVTIER__LOCAL_MAP__INIT;
+    lm.fd = (uint32_t)(mode == B_MAP_UNSEALED ? h->unsealed.fd : h->sealed.fd);
+    lm.inode = (mode == B_MAP_UNSEALED ? h->unsealed.ino : h->sealed.ino) + (mode == B_MAP_OTHER);
+    lm.addr = (uint64_t)(uintptr_t)region;
+    lm.length = h->region_len;
     switch (mode) {
+    case B_MAP_OUTSIDE: d[1].addr = lm.addr + lm.length; break;
     case B_LOCAL_UNMAPPED: d[1].addr = 4096; break;
     case B_LOCAL_SWAP: { uint64_t a = d[0].addr; d[0].addr = d[1].addr; d[1].addr = a; break; }
     case B_OFFSET_PAST_END: d[1].attach_offset = att_len + 1; break;
@@ -121,6 +145,7 @@ static uint8_t *hostile_wire(hostile_t *h, const Kvtier__BlockFetchRequest *req,
         att_len = 0; /* as the block server: no attachment, the pid says where */
     Kvtier__BlockFetchReply rep = KVTIER__BLOCK_FETCH_REPLY__INIT;
     rep.local_pid = !local ? 0 : mode == B_LOCAL_GONE ? (uint32_t)h->gone : (uint32_t)getpid();
+    rep.local_map = map ? &lm : NULL;
     rep.n_blocks = mode == B_FEWER_BLOCKS ? n - 1 : n;
     uint8_t rkey[16 + 40]; /* our frame ("KVRK", length, xxh3) around bytes UCX would misparse */
     if (mode == B_RKEY_UNASKED) {
@@ -195,6 +220,30 @@ typedef struct {
     uint8_t *dst[N_BLOCKS];
 } fx_t;
 
+/* The B_MAP modes' regions: blocks 0..3 and block 2 flipped, in a sealed
+ * memfd (kvt_alloc_shared, as the block server's pool) and in one that is
+ * not sealed. */
+static void regions_make(hostile_t *h, const tu_chain_t *chain)
+{
+    h->region_len = (N_BLOCKS + 1) * h->payload_len;
+    h->sealed.p = kvt_alloc_shared("hostile region", h->region_len, &h->sealed.fd);
+    h->unsealed.fd = memfd_create("hostile region", MFD_CLOEXEC);
+    assert_true(h->sealed.p && h->sealed.fd >= 0 && h->unsealed.fd >= 0);
+    assert_int_equal(ftruncate(h->unsealed.fd, (off_t)h->region_len), 0);
+    h->unsealed.p = mmap(NULL, h->region_len, PROT_READ | PROT_WRITE, MAP_SHARED, h->unsealed.fd, 0);
+    assert_true(h->unsealed.p != MAP_FAILED);
+    struct stat sb;
+    assert_int_equal(fstat(h->sealed.fd, &sb), 0);
+    h->sealed.ino = (uint64_t)sb.st_ino;
+    assert_int_equal(fstat(h->unsealed.fd, &sb), 0);
+    h->unsealed.ino = (uint64_t)sb.st_ino;
+    for (int i = 0; i <= N_BLOCKS; i++) {
+        const uint8_t *src = i < N_BLOCKS ? chain->payload[i] : h->flipped;
+        memcpy(h->sealed.p + (size_t)i * h->payload_len, src, h->payload_len);
+        memcpy(h->unsealed.p + (size_t)i * h->payload_len, src, h->payload_len);
+    }
+}
+
 static int fx_setup(void **state)
 {
     fx_t *fx = calloc(1, sizeof(*fx));
@@ -207,6 +256,7 @@ static int fx_setup(void **state)
     if (fx->h.gone == 0)
         _exit(0);
     waitpid(fx->h.gone, NULL, 0);
+    regions_make(&fx->h, &fx->chain);
     tu_net_thread_start(&fx->h.server, hostile_on_msg, &fx->h);
     kvt_net_worker_params_t wp = {0};
     assert_int_equal(kvt_net_worker_create(&wp, &fx->worker), KVT_OK);
@@ -233,6 +283,8 @@ static int fx_teardown(void **state)
     kvt_net_worker_destroy(fx->worker);
     tu_net_thread_stop(&fx->h.server);
     free(fx->h.flipped);
+    kvt_free_shared(fx->h.sealed.p, fx->h.region_len, fx->h.sealed.fd);
+    kvt_free_shared(fx->h.unsealed.p, fx->h.region_len, fx->h.unsealed.fd);
     for (int i = 0; i < N_BLOCKS; i++)
         free(fx->dst[i]);
     tu_chain_free(&fx->chain);
@@ -315,6 +367,45 @@ static void test_local_reads_checked(void **state)
     }
     /* 4 + 3 + 3 + 2 good blocks were read locally */
     assert_int_equal(kvt_block_client_local_reads(fx->client) - local_before, 12);
+}
+
+/* A local reply naming a region to map (as the block server names its
+ * pool's memfd) is read through the mapping and checked like any other: a
+ * changed byte is CORRUPT, an address outside the region fails that block
+ * (IO).  A region the client must not map -- one that is not sealed
+ * against shrinking (its loads could fault), or not the file named -- is
+ * not mapped: its blocks are read by process_vm_readv, just as right. */
+static void test_mapped_reads_checked(void **state)
+{
+    fx_t *fx = *state;
+    static const struct {
+        bmode_t mode;
+        kvt_status_t want[N_BLOCKS];
+        int mapped; /* blocks read through the mapping */
+    } cases[] = {
+        {B_MAP, {KVT_OK, KVT_OK, KVT_OK, KVT_OK}, 4},
+        {B_MAP_FLIP, {KVT_OK, KVT_OK, KVT_ERR_CORRUPT, KVT_OK}, 3},
+        {B_MAP_OUTSIDE, {KVT_OK, KVT_ERR_IO, KVT_OK, KVT_OK}, 3},
+        {B_MAP_UNSEALED, {KVT_OK, KVT_OK, KVT_OK, KVT_OK}, 0},
+        {B_MAP_OTHER, {KVT_OK, KVT_OK, KVT_OK, KVT_OK}, 0},
+        {B_MAP, {KVT_OK, KVT_OK, KVT_OK, KVT_OK}, 4},
+    };
+    for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++) {
+        uint64_t local = kvt_block_client_local_reads(fx->client);
+        uint64_t mapped = kvt_block_client_mapped_reads(fx->client);
+        assert_int_equal(pull_all(fx, cases[c].mode), KVT_OK);
+        int ok = 0;
+        for (int i = 0; i < N_BLOCKS; i++) {
+            if (fx->items[i].status != cases[c].want[i])
+                fail_msg("mode %d block %d: st=%d want=%d", cases[c].mode, i,
+                         fx->items[i].status, cases[c].want[i]);
+            if (cases[c].want[i] == KVT_OK)
+                assert_true(tu_payload_ok(&g_id, &fx->chain.hdr[i].key, fx->dst[i]));
+            ok += cases[c].want[i] == KVT_OK;
+        }
+        assert_int_equal(kvt_block_client_local_reads(fx->client) - local, ok);
+        assert_int_equal(kvt_block_client_mapped_reads(fx->client) - mapped, cases[c].mapped);
+    }
 }
 
 /* A local reply to a client that did not ask for one (blocks too small to
@@ -405,6 +496,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_broken_blocks_refused, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_broken_reply_fails_pull, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_local_reads_checked, fx_setup_big, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_mapped_reads_checked, fx_setup_big, fx_teardown),
         cmocka_unit_test_setup_teardown(test_unasked_local_refused, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_unasked_rkey_refused, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_retry_forever_ends, fx_setup, fx_teardown),
