@@ -1,7 +1,8 @@
 /* T1 host pool: sharded content index over one region of equal-size slots.
  *
  * Memory: `region` holds n_slots payloads of `stride` bytes (page-aligned
- * mapping, so it can be pinned and registered later); `headers` holds each
+ * mapping of a sealed memfd, so it can be pinned and registered later and
+ * mapped by a same-host client); `headers` holds each
  * slot's encoded header; `meta` the per-slot bookkeeping.  A slot is FREE
  * (on the free stack), RESERVED (owned by one writer or being recycled) or
  * RESIDENT (in exactly one shard's index, chosen by its key).

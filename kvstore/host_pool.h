@@ -1,7 +1,10 @@
 /* T1: the host pool.
  *
  * A pool of equal-size slots in one page-aligned region (later pinned and
- * registered with UCX, so peers read payloads straight out of it).  Each
+ * registered with UCX, so peers read payloads straight out of it).  The
+ * region is a sealed memfd where the system has memfd (kvt_alloc_shared),
+ * so that a same-host block client can map it and copy pinned payloads
+ * itself (kvstore/block_client.c, net/peer_map.c).  Each
  * slot holds one block's payload; its encoded header sits in a parallel
  * header arena.  A content index maps key -> slot.
  *
