@@ -173,25 +173,38 @@ static kvt_status_t exchange(kvt_block_client_t *c, kvt_msg_t *req, int timeout_
     return st != KVT_OK ? st : reply_take(c, raw, rep_len, r);
 }
 
-/* Whether a request asks to read the server's memory itself: only over a
- * same-host lane (the server checks that too), and for blocks of 256 KiB
- * and more, or 512 KiB and more once this client could not map a server's
- * pool.  Below those the inline reply was as fast or faster: 64 KiB
- * pulls ran at 3.4-3.7 GB/s either way (a request trip per 16 keys bounds
- * them); at 256 KiB mapped reads reached 8.2-8.4 GB/s against 5.7-6.2
- * inline, while process_vm_readv ran 4.9-5.9 against inline's 4.3-6.8
- * (kvtier bench pull, bench/RESULTS.md 2026-11-23).
- * process_vm_readv leaves the server idle while the client copies every
- * byte and pays a system call per block; the inline reply's copy by the
- * server overlaps the client's reading. */
-#define LOCAL_READ_MIN_BYTES (256u << 10)
-#define LOCAL_READ_UNMAPPED_MIN_BYTES (512u << 10)
+/* Whether a pass asks to read the server's memory itself: only over a
+ * same-host lane (the server checks that too), for blocks of 512 KiB and
+ * more, and while this client can map the server's pool, for blocks of 64
+ * KiB and more when the pass asks for 2 MiB or more in all.  Below
+ * those the inline reply was as fast or faster, as a request trip bounds
+ * both (kvtier bench pull, bench/RESULTS.md 2026-11-23):
+ *   - mapped, 64 KiB blocks, 16 a pull (1 MiB): 4.1-5.3 GB/s, inline
+ *     5.0-5.1; 32 a pull: 5.7-7.1 against 5.2-5.3; 64: 7.7-8.6 against
+ *     5.7; 256 KiB, 16 a pull: 7.9-8.3 against 6.0-6.4;
+ *   - process_vm_readv, 256 KiB: 4.9-5.9 against inline's 4.3-6.8; 512
+ *     KiB: 7.6-8.1 against 6.5.  It pays a system call per block and
+ *     leaves the server idle while the client copies every byte, where
+ *     the inline reply's copy by the server overlaps the client's
+ *     reading. */
+#define LOCAL_MAPPED_MIN_BYTES (64u << 10)
+#define LOCAL_MAPPED_MIN_PASS_BYTES (2u << 20)
+#define LOCAL_READ_BLOCK_BYTES (512u << 10)
 
-static bool pull_local(const kvt_block_client_t *c, const kvt_pull_t *first)
+static bool pull_local(const kvt_block_client_t *c, const kvt_pull_t *items,
+                       const size_t *pending, size_t n)
 {
-    bool maps = c->local_maps && c->map_refused.pid == 0;
-    return c->local_reads && kvt_net_ep_lane(c->ep) &&
-           first->cap >= (maps ? LOCAL_READ_MIN_BYTES : LOCAL_READ_UNMAPPED_MIN_BYTES);
+    if (!n || !c->local_reads || !kvt_net_ep_lane(c->ep))
+        return false;
+    size_t cap = items[pending[0]].cap;
+    if (cap >= LOCAL_READ_BLOCK_BYTES)
+        return true;
+    if (!c->local_maps || c->map_refused.pid != 0)
+        return false;
+    uint64_t pass = 0;
+    for (size_t k = 0; k < n && pass < LOCAL_MAPPED_MIN_PASS_BYTES; k++)
+        pass += items[pending[k]].cap;
+    return cap >= LOCAL_MAPPED_MIN_BYTES && pass >= LOCAL_MAPPED_MIN_PASS_BYTES;
 }
 
 /* How long a local reply's pins may wait for this client: it reads them
@@ -702,7 +715,7 @@ static kvt_status_t pull_pass(kvt_block_client_t *c, kvt_pull_t *items, size_t *
                               int timeout_ms)
 {
     size_t n = *n_p;
-    bool local = n > 0 && pull_local(c, &items[pending[0]]);
+    bool local = pull_local(c, items, pending, n);
     size_t *starts = kvt_malloc("pull chunks", (n + 1) * sizeof(*starts));
     if (!starts)
         return KVT_ERR_NOMEM;

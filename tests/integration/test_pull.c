@@ -8,12 +8,14 @@
  * RMA replies only where the client may take them, and the bound on what
  * a leased reply pins.  Partial tails are in test_pull_tail.c; the
  * fixture is tests/support/pull_fx.h. */
+#include "kvstore/host_pool.h"
 #include "tests/support/pull_fx.h"
 
 #include "tests/support/kv_serve.h"
 
 #include <pthread.h>
 #include <stdatomic.h>
+#include <sys/stat.h>
 
 static void test_pull_chain(void **state)
 {
@@ -191,7 +193,23 @@ static void test_local_read_needs_lane(void **state)
             for (int i = 0; i < 2; i++)
                 assert_true(tu_payload_ok(&g_id, &fx->a.hdr[i].key,
                                           (const void *)(uintptr_t)fr_rep->blocks[i]->addr));
+            /* and names its pool's memfd, which holds those addresses */
+            const Kvtier__LocalMap *lm = fr_rep->local_map;
+            assert_non_null(lm);
+            size_t region_len;
+            void *region = kvt_host_pool_region(kvt_tier_host(fx->tier), &region_len);
+            assert_int_equal(lm->addr, (uint64_t)(uintptr_t)region);
+            assert_int_equal(lm->length, region_len);
+            struct stat sb;
+            assert_int_equal(fstat((int)lm->fd, &sb), 0);
+            assert_int_equal(lm->inode, (uint64_t)sb.st_ino);
+            assert_int_equal((uint64_t)sb.st_size, region_len);
+            for (int i = 0; i < 2; i++)
+                assert_true(fr_rep->blocks[i]->addr >= lm->addr &&
+                            fr_rep->blocks[i]->addr + fr_rep->blocks[i]->length <=
+                                lm->addr + lm->length);
         } else {
+            assert_null(fr_rep->local_map);
             assert_int_equal(fr_rep->local_pid, 0);
             assert_int_equal(fr_rep->lease_id, 0);
             assert_int_equal(att_len, 2 * tu_payload_len(&g_id));
