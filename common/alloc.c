@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 static _Atomic long g_fail_after = -1;
@@ -92,6 +93,13 @@ void *kvt_alloc_shared(const char *what, size_t size, int *fd_p)
         return NULL;
     }
     size = size ? size : 1;
+    /* A file larger than RLIMIT_FSIZE would raise SIGXFSZ at ftruncate,
+     * which kills the process: such a region stays private. */
+    struct rlimit fl;
+    if (getrlimit(RLIMIT_FSIZE, &fl) == 0 && fl.rlim_cur != RLIM_INFINITY && fl.rlim_cur < size) {
+        kvt_log_info("region stays private what=%s bytes=%zu cause=\"file size limit\"", what, size);
+        return map_anon(what, size);
+    }
     int fd = memfd_create(what, MFD_CLOEXEC | MFD_ALLOW_SEALING);
     if (fd < 0 || ftruncate(fd, (off_t)size) != 0 ||
         fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) != 0) {

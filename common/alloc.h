@@ -21,7 +21,8 @@ void kvt_free_large(void *ptr, size_t size);
 
 /* Page-aligned shared mapping of a sealed memfd (its size can neither
  * shrink nor grow), so that a same-host process allowed to ptrace this one
- * can map the region itself through /proc/PID/fd/FD (net/peer_map.c).
+ * can copy the fd (pidfd_getfd) and map the region itself
+ * (net/peer_map.c).
  * *fd_p gets the memfd, or -1 where memfd is not available: the region is
  * then an anonymous mapping as kvt_alloc_large's.  Release with
  * kvt_free_shared(ptr, size, fd). */

@@ -34,7 +34,8 @@ struct kvt_block_client {
     bool accept_rma;           /* take RMA replies: unpack this server's rkeys */
     bool local_maps;           /* map the server's pool for those reads */
     kvt_net_peer_map_t *map;   /* the server's pool, mapped (local_map) */
-    kvt_net_peer_region_t map_refused; /* the last region that could not be */
+    kvt_net_peer_region_t map_refused; /* the last region not mapped (fd -1:
+                                          none offered); pid 0: none */
     uint64_t n_local;          /* blocks read that way and found good */
     uint64_t n_mapped;         /* of those, the ones read through map */
     kvt_pfor_t *readers;       /* threads that read local replies with the caller */
@@ -91,9 +92,10 @@ static kvt_status_t ensure_connected(kvt_block_client_t *c, int timeout_ms)
     kvt_net_ep_close(c->ep);
     c->ep = NULL;
     /* The map would keep a dead server's pool alive; the next server's
-     * replies name its own. */
+     * replies name its own, or none. */
     kvt_net_peer_map_close(c->map);
     c->map = NULL;
+    c->map_refused = (kvt_net_peer_region_t){0};
     kvt_status_t st = kvt_net_connect(c->worker, c->peer, timeout_ms, &c->ep);
     if (st != KVT_OK)
         return st;
@@ -412,14 +414,20 @@ static kvt_pfor_t *local_readers(kvt_block_client_t *c)
 
 /* The server's pool, mapped once per region the server names (a restarted
  * server names another).  A region that cannot be mapped (an older kernel,
- * a pool without memfd, a permission) is not tried again: its blocks are
- * read with process_vm_readv, which the kernel may still allow. */
+ * a permission), or a reply that names none (a pool without memfd), is
+ * remembered until the next reconnect: its blocks are read with
+ * process_vm_readv, which the kernel may still allow, and pull_local asks
+ * for local reads of large blocks only. */
 static const kvt_net_peer_map_t *local_map(kvt_block_client_t *c,
                                            const Kvtier__BlockFetchReply *rep)
 {
     const Kvtier__LocalMap *lm = rep->local_map;
-    if (!c->local_maps || !lm || lm->fd > INT_MAX || rep->local_pid > INT_MAX)
+    if (!c->local_maps || rep->local_pid > INT_MAX)
         return NULL;
+    if (!lm || lm->fd > INT_MAX) { /* a server that offers none: as refused */
+        c->map_refused = (kvt_net_peer_region_t){.pid = (int)rep->local_pid, .fd = -1};
+        return NULL;
+    }
     kvt_net_peer_region_t r = {.pid = (int)rep->local_pid, .fd = (int)lm->fd,
                                .inode = lm->inode, .base = lm->addr, .length = lm->length};
     if (kvt_net_peer_map_is(c->map, &r))

@@ -7,23 +7,33 @@
  * run at memcpy speed, about twice process_vm_readv's on the benchmark
  * machine (bench/RESULTS.md 2026-11-23), with no system call per block.
  *
- * Why it is safe: opening /proc/PID/fd/FD needs the same ptrace permission
- * as process_vm_readv, so it reads nothing a process of that user could
- * not read already.  The file must be the one the peer named (inode and
- * size) and sealed against shrinking: a file that shrank under the mapping
- * would make loads from it fault (SIGBUS), and a hostile peer must not be
- * able to do that.  A slot rewritten after its lease is caught by the
- * caller's checksums (invariant 3), as with process_vm_readv.
+ * How: the peer's fd is copied with pidfd_getfd(2), never opened by path:
+ * opening /proc/PID/fd/N would open whatever the peer names (a FIFO
+ * blocks the open forever, a device opens with side effects) and needs
+ * only ptrace READ permission.  pidfd_getfd needs ptrace ATTACH
+ * permission, as process_vm_readv does, so this reads nothing a process
+ * of that user could not read already.
+ *
+ * What makes the mapping safe to load from: the file is checked, seals
+ * first, to be sealed against shrinking (so its size can never drop below
+ * what fstat then sees: a file that shrank under the mapping would make
+ * loads fault, SIGBUS), on tmpfs (a hugetlbfs memfd can be sealed too,
+ * but a hole punched in it faults when the huge page pool is empty), a
+ * regular file, and the one the peer named (inode and size).  A hole
+ * punched in a tmpfs file reads as zeros.  A slot rewritten after its
+ * lease, or zeros, are caught by the caller's checksums (invariant 3), as
+ * with process_vm_readv.
  *
  * Ownership: a map holds the peer's region alive (the pages stay while
  * mapped, even after the peer exits), so its owner closes it when the
  * connection ends or the peer names another region.
  *
- * Failure: kvt_net_peer_map_open gives KVT_ERR_DENIED (no permission, or
- * the file is not sealed), KVT_ERR_CLOSED (no such process or fd),
- * KVT_ERR_IO (another file, or it cannot be mapped); the caller falls back
- * to kvt_net_local_read.  kvt_net_peer_map_read gives KVT_ERR_IO for a
- * range outside the region. */
+ * Failure: kvt_net_peer_map_open gives KVT_ERR_DENIED (no permission, a
+ * kernel without pidfd_getfd, or a file not sealed), KVT_ERR_CLOSED (no
+ * such process or fd), KVT_ERR_IO (not the file named, or not a sealed
+ * tmpfs file, or it cannot be mapped); the caller falls back to
+ * kvt_net_local_read.  kvt_net_peer_map_read gives KVT_ERR_IO for a range
+ * outside the region. */
 #include "net/net.h"
 
 #include "common/alloc.h"
@@ -31,10 +41,12 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <stdio.h>
+#include <linux/magic.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/pidfd.h>
 #include <sys/stat.h>
+#include <sys/vfs.h>
 #include <unistd.h>
 
 struct kvt_net_peer_map {
@@ -42,25 +54,43 @@ struct kvt_net_peer_map {
     const uint8_t *data; /* region.length bytes, read-only */
 };
 
-static kvt_status_t open_status(int e)
+static kvt_status_t errno_status(int e)
 {
-    return e == EACCES || e == EPERM ? KVT_ERR_DENIED
-           : e == ENOENT || e == ESRCH ? KVT_ERR_CLOSED
-                                       : KVT_ERR_IO;
+    return e == EPERM || e == EACCES || e == ENOSYS ? KVT_ERR_DENIED
+           : e == ESRCH || e == EBADF               ? KVT_ERR_CLOSED
+                                                    : KVT_ERR_IO;
 }
 
-/* The file must be the peer's named region and unable to shrink. */
+/* The peer's fd, copied into this process (close-on-exec), or -1. */
+static int peer_fd(const kvt_net_peer_region_t *r, kvt_status_t *st_p)
+{
+    int pidfd = pidfd_open(r->pid, 0);
+    int fd = pidfd < 0 ? -1 : pidfd_getfd(pidfd, r->fd, 0);
+    int e = errno;
+    if (pidfd >= 0)
+        close(pidfd);
+    if (fd < 0) {
+        kvt_log_debug("net peer map: no fd pid=%d fd=%d cause=\"%s\"", r->pid, r->fd, strerror(e));
+        *st_p = errno_status(e);
+    }
+    return fd;
+}
+
+/* Seals before the size: once it cannot shrink, the size fstat reports
+ * is a floor for as long as the file lives. */
 static kvt_status_t check_file(int fd, const kvt_net_peer_region_t *r, const char **why)
 {
-    struct stat sb;
-    if (fstat(fd, &sb) != 0)
-        return *why = "fstat failed", KVT_ERR_IO;
-    if (!S_ISREG(sb.st_mode) || (uint64_t)sb.st_ino != r->inode ||
-        sb.st_size < 0 || (uint64_t)sb.st_size != r->length)
-        return *why = "not the region named", KVT_ERR_IO;
     int seals = fcntl(fd, F_GET_SEALS);
     if (seals < 0 || !(seals & F_SEAL_SHRINK))
         return *why = "not sealed against shrinking", KVT_ERR_DENIED;
+    struct statfs fs;
+    if (fstatfs(fd, &fs) != 0 || fs.f_type != TMPFS_MAGIC)
+        return *why = "not a tmpfs file", KVT_ERR_IO;
+    struct stat sb;
+    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode))
+        return *why = "not a regular file", KVT_ERR_IO;
+    if ((uint64_t)sb.st_ino != r->inode || sb.st_size < 0 || (uint64_t)sb.st_size != r->length)
+        return *why = "not the region named", KVT_ERR_IO;
     return KVT_OK;
 }
 
@@ -69,16 +99,12 @@ kvt_status_t kvt_net_peer_map_open(const kvt_net_peer_region_t *region, kvt_net_
     if (!region || !map_p || region->pid <= 0 || region->fd < 0 || !region->length ||
         region->length > SIZE_MAX || region->base > UINT64_MAX - region->length)
         return KVT_ERR_INVALID;
-    char path[64];
-    snprintf(path, sizeof(path), "/proc/%d/fd/%d", region->pid, region->fd);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
-        int e = errno;
-        kvt_log_debug("net peer map not opened path=%s cause=\"%s\"", path, strerror(e));
-        return open_status(e);
-    }
+    kvt_status_t st = KVT_OK;
+    int fd = peer_fd(region, &st);
+    if (fd < 0)
+        return st;
     const char *why = NULL;
-    kvt_status_t st = check_file(fd, region, &why);
+    st = check_file(fd, region, &why);
     void *p = MAP_FAILED;
     if (st == KVT_OK) {
         p = mmap(NULL, (size_t)region->length, PROT_READ, MAP_SHARED, fd, 0);
@@ -94,7 +120,8 @@ kvt_status_t kvt_net_peer_map_open(const kvt_net_peer_region_t *region, kvt_net_
     if (st != KVT_OK) {
         if (p != MAP_FAILED)
             munmap(p, (size_t)region->length);
-        kvt_log_debug("net peer map refused path=%s cause=\"%s\"", path, why ? why : "no memory");
+        kvt_log_debug("net peer map refused pid=%d fd=%d cause=\"%s\"", region->pid, region->fd,
+                      why ? why : "no memory");
         return st;
     }
     m->region = *region;

@@ -15,6 +15,7 @@
 
 #include <pthread.h>
 #include <stdatomic.h>
+#include <fcntl.h>
 #include <sys/stat.h>
 
 static void test_pull_chain(void **state)
@@ -204,6 +205,7 @@ static void test_local_read_needs_lane(void **state)
             assert_int_equal(fstat((int)lm->fd, &sb), 0);
             assert_int_equal(lm->inode, (uint64_t)sb.st_ino);
             assert_int_equal((uint64_t)sb.st_size, region_len);
+            assert_true(fcntl((int)lm->fd, F_GET_SEALS) & F_SEAL_SHRINK);
             for (int i = 0; i < 2; i++)
                 assert_true(fr_rep->blocks[i]->addr >= lm->addr &&
                             fr_rep->blocks[i]->addr + fr_rep->blocks[i]->length <=

@@ -11,6 +11,8 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <stdio.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -156,11 +158,60 @@ static void test_peer_map(void **state)
     free(dst);
 }
 
+/* A region named by one of our own fds, as a server would name it. */
+static kvt_net_peer_region_t region_of(int fd, size_t len)
+{
+    struct stat sb;
+    assert_int_equal(fstat(fd, &sb), 0);
+    return (kvt_net_peer_region_t){.pid = getpid(), .fd = fd, .inode = (uint64_t)sb.st_ino,
+                                   .base = 1u << 20, .length = len};
+}
+
+/* Files that are not a sealed tmpfs region are refused, at once: a FIFO
+ * (an open by path would block on it), a file on disk, and a sealed
+ * hugetlbfs memfd (a hole punched in it faults when the huge page pool is
+ * empty), where the system has one. */
+static void test_peer_map_refuses_other_files(void **state)
+{
+    (void)state;
+    kvt_net_peer_map_t *map = NULL;
+    char dir[] = "/tmp/kvt-peer-map-XXXXXX", path[64];
+    assert_non_null(mkdtemp(dir));
+    snprintf(path, sizeof(path), "%s/fifo", dir);
+    assert_int_equal(mkfifo(path, 0600), 0);
+    int fifo = open(path, O_RDWR | O_CLOEXEC); /* opens at once for O_RDWR */
+    assert_true(fifo >= 0);
+    kvt_net_peer_region_t r = region_of(fifo, 4096);
+    assert_int_equal(kvt_net_peer_map_open(&r, &map), KVT_ERR_DENIED);
+    close(fifo);
+    unlink(path);
+    snprintf(path, sizeof(path), "%s/file", dir);
+    int file = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    assert_int_equal(ftruncate(file, 4096), 0);
+    r = region_of(file, 4096);
+    assert_int_equal(kvt_net_peer_map_open(&r, &map), KVT_ERR_DENIED);
+    close(file);
+    unlink(path);
+    rmdir(dir);
+    size_t huge = 2u << 20;
+    int h = memfd_create("huge", MFD_CLOEXEC | MFD_ALLOW_SEALING | MFD_HUGETLB);
+    if (h >= 0 && ftruncate(h, (off_t)huge) == 0 && fcntl(h, F_ADD_SEALS, F_SEAL_SHRINK) == 0) {
+        r = region_of(h, huge);
+        assert_int_equal(kvt_net_peer_map_open(&r, &map), KVT_ERR_IO);
+    } else {
+        print_message("no sealed hugetlbfs memfd here: that case is not run\n");
+    }
+    if (h >= 0)
+        close(h);
+    assert_null(map);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_local_read),
         cmocka_unit_test(test_peer_map),
+        cmocka_unit_test(test_peer_map_refuses_other_files),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
