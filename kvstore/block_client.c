@@ -1019,11 +1019,16 @@ kvt_block_client_t *kvt_block_peers_get(kvt_block_peers_t *p, const char *addr, 
 {
     if (!addr || strlen(addr) >= PEER_ADDR_MAX)
         return NULL;
-    peer_t *e = peer_slot(p, addr);
-    if (e->client && !kvt_block_client_alive(e->client)) {
-        kvt_block_client_close(e->client);
-        e->client = NULL;
+    /* Dead peers' clients go, each time: a client's map of a dead
+     * server's pool (local reads) keeps that memory alive until then. */
+    for (size_t i = 0; i < PEERS_MAX; i++) {
+        peer_t *d = &p->peers[i];
+        if (d->client && !kvt_block_client_alive(d->client)) {
+            kvt_block_client_close(d->client);
+            memset(d, 0, sizeof(*d));
+        }
     }
+    peer_t *e = peer_slot(p, addr);
     if (!e->client) {
         if (kvt_block_client_connect(p->worker, addr, timeout_ms, &e->client) != KVT_OK) {
             e->client = NULL;
