@@ -24,12 +24,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define PEER_ADDR_MAX 256 /* "HOST:PORT", with its NUL */
-
 struct kvt_block_client {
     kvt_net_worker_t *worker;
     kvt_net_ep_t *ep;          /* NULL after a failed reconnect */
-    char peer[PEER_ADDR_MAX];  /* what to connect to again */
+    char peer[KVT_BLOCK_PEER_ADDR_MAX];  /* what to connect to again */
     bool local_reads;          /* ask to read a same-host server's memory */
     bool accept_rma;           /* take RMA replies: unpack this server's rkeys */
     bool local_maps;           /* map the server's pool for those reads */
@@ -45,7 +43,7 @@ struct kvt_block_client {
 kvt_status_t kvt_block_client_connect(kvt_net_worker_t *worker, const char *peer, int timeout_ms,
                                       kvt_block_client_t **client_p)
 {
-    if (!worker || !peer || !client_p || strlen(peer) >= PEER_ADDR_MAX)
+    if (!worker || !peer || !client_p || strlen(peer) >= KVT_BLOCK_PEER_ADDR_MAX)
         return KVT_ERR_INVALID;
     kvt_block_client_t *c = kvt_calloc("block client", 1, sizeof(*c));
     if (!c)
@@ -957,85 +955,4 @@ uint64_t kvt_block_client_mapped_reads(const kvt_block_client_t *client)
 bool kvt_block_client_lane(const kvt_block_client_t *client)
 {
     return kvt_block_client_alive(client) && kvt_net_ep_lane(client->ep);
-}
-
-/* --- clients of several peers --- */
-
-#define PEERS_MAX 64
-
-typedef struct {
-    char addr[PEER_ADDR_MAX];
-    kvt_block_client_t *client;
-    uint64_t used;
-} peer_t;
-
-struct kvt_block_peers {
-    kvt_net_worker_t *worker;
-    peer_t peers[PEERS_MAX];
-    uint64_t clock;
-};
-
-kvt_status_t kvt_block_peers_create(kvt_net_worker_t *worker, kvt_block_peers_t **peers_p)
-{
-    kvt_block_peers_t *p = kvt_calloc("block peers", 1, sizeof(*p));
-    if (!p)
-        return KVT_ERR_NOMEM;
-    p->worker = worker;
-    *peers_p = p;
-    return KVT_OK;
-}
-
-void kvt_block_peers_destroy(kvt_block_peers_t *p)
-{
-    if (!p)
-        return;
-    for (size_t i = 0; i < PEERS_MAX; i++)
-        kvt_block_client_close(p->peers[i].client);
-    kvt_free(p);
-}
-
-/* The entry of addr, else a free one, else the least recently used one
- * (closed). */
-static peer_t *peer_slot(kvt_block_peers_t *p, const char *addr)
-{
-    peer_t *free_e = NULL, *lru = &p->peers[0];
-    for (size_t i = 0; i < PEERS_MAX; i++) {
-        peer_t *e = &p->peers[i];
-        if (e->client && strcmp(e->addr, addr) == 0)
-            return e;
-        if (!e->client && !free_e)
-            free_e = e;
-        if (e->used < lru->used)
-            lru = e;
-    }
-    if (free_e)
-        return free_e;
-    kvt_block_client_close(lru->client);
-    memset(lru, 0, sizeof(*lru));
-    return lru;
-}
-
-kvt_block_client_t *kvt_block_peers_get(kvt_block_peers_t *p, const char *addr, int timeout_ms)
-{
-    if (!addr || strlen(addr) >= PEER_ADDR_MAX)
-        return NULL;
-    /* Dead peers' clients go, each time: a client's map of a dead
-     * server's pool (local reads) keeps that memory alive until then. */
-    for (size_t i = 0; i < PEERS_MAX; i++) {
-        peer_t *d = &p->peers[i];
-        if (d->client && !kvt_block_client_alive(d->client)) {
-            kvt_block_client_close(d->client);
-            memset(d, 0, sizeof(*d));
-        }
-    }
-    peer_t *e = peer_slot(p, addr);
-    if (!e->client) {
-        if (kvt_block_client_connect(p->worker, addr, timeout_ms, &e->client) != KVT_OK) {
-            e->client = NULL;
-            return NULL;
-        }
-        snprintf(e->addr, sizeof(e->addr), "%s", addr);
-    }
-    e->used = ++p->clock;
-    return e->client;
 }

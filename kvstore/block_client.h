@@ -27,6 +27,8 @@
 
 typedef struct kvt_block_client kvt_block_client_t;
 
+#define KVT_BLOCK_PEER_ADDR_MAX 256 /* a peer's "HOST:PORT", with its NUL */
+
 typedef struct {
     kvt_block_key_t key;        /* in */
     void *dst;                  /* in: payload destination */

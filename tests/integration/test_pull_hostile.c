@@ -333,6 +333,22 @@ static void test_broken_blocks_refused(void **state)
     }
 }
 
+/* Pulls the chain under mode and checks each block's status against
+ * want, and every OK block's bytes; returns how many were OK. */
+static int pull_expect(fx_t *fx, bmode_t mode, const kvt_status_t want[N_BLOCKS])
+{
+    assert_int_equal(pull_all(fx, mode), KVT_OK);
+    int ok = 0;
+    for (int i = 0; i < N_BLOCKS; i++) {
+        if (fx->items[i].status != want[i])
+            fail_msg("mode %d block %d: st=%d want=%d", mode, i, fx->items[i].status, want[i]);
+        if (want[i] == KVT_OK)
+            assert_true(tu_payload_ok(&g_id, &fx->chain.hdr[i].key, fx->dst[i]));
+        ok += want[i] == KVT_OK;
+    }
+    return ok;
+}
+
 /* A local reply (a same-host server names its pid and where each payload
  * lies in its memory), to a client that asked for one over a lane (512
  * KiB blocks), is read with kvt_net_local_read and checked like any
@@ -355,16 +371,8 @@ static void test_local_reads_checked(void **state)
         {B_HONEST, {KVT_OK, KVT_OK, KVT_OK, KVT_OK}},
     };
     uint64_t local_before = kvt_block_client_local_reads(fx->client);
-    for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++) {
-        assert_int_equal(pull_all(fx, cases[c].mode), KVT_OK);
-        for (int i = 0; i < N_BLOCKS; i++) {
-            if (fx->items[i].status != cases[c].want[i])
-                fail_msg("mode %d block %d: st=%d want=%d", cases[c].mode, i,
-                         fx->items[i].status, cases[c].want[i]);
-            if (cases[c].want[i] == KVT_OK)
-                assert_true(tu_payload_ok(&g_id, &fx->chain.hdr[i].key, fx->dst[i]));
-        }
-    }
+    for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++)
+        pull_expect(fx, cases[c].mode, cases[c].want);
     /* 4 + 3 + 3 + 2 good blocks were read locally */
     assert_int_equal(kvt_block_client_local_reads(fx->client) - local_before, 12);
 }
@@ -393,16 +401,7 @@ static void test_mapped_reads_checked(void **state)
     for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++) {
         uint64_t local = kvt_block_client_local_reads(fx->client);
         uint64_t mapped = kvt_block_client_mapped_reads(fx->client);
-        assert_int_equal(pull_all(fx, cases[c].mode), KVT_OK);
-        int ok = 0;
-        for (int i = 0; i < N_BLOCKS; i++) {
-            if (fx->items[i].status != cases[c].want[i])
-                fail_msg("mode %d block %d: st=%d want=%d", cases[c].mode, i,
-                         fx->items[i].status, cases[c].want[i]);
-            if (cases[c].want[i] == KVT_OK)
-                assert_true(tu_payload_ok(&g_id, &fx->chain.hdr[i].key, fx->dst[i]));
-            ok += cases[c].want[i] == KVT_OK;
-        }
+        int ok = pull_expect(fx, cases[c].mode, cases[c].want);
         assert_int_equal(kvt_block_client_local_reads(fx->client) - local, ok);
         assert_int_equal(kvt_block_client_mapped_reads(fx->client) - mapped, cases[c].mapped);
     }
