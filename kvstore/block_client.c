@@ -27,7 +27,7 @@
 struct kvt_block_client {
     kvt_net_worker_t *worker;
     kvt_net_ep_t *ep;          /* NULL after a failed reconnect */
-    char peer[KVT_BLOCK_PEER_ADDR_MAX];  /* what to connect to again */
+    char peer[KVT_BLOCK_PEER_ADDR_MAX]; /* what to connect to again */
     bool local_reads;          /* ask to read a same-host server's memory */
     bool accept_rma;           /* take RMA replies: unpack this server's rkeys */
     bool local_maps;           /* map the server's pool for those reads */
@@ -54,10 +54,12 @@ kvt_status_t kvt_block_client_connect(kvt_net_worker_t *worker, const char *peer
      * is not wanted); the kernel may refuse it too (read_local). */
     const char *env = getenv("KVT_NET_LOCAL_READS");
     c->local_reads = !(env && strcmp(env, "0") == 0);
-    /* Off unless asked for: an rkey is unpacked by UCX, which trusts its
-     * bytes, so only a server this client trusts may send one. */
+    /* On unless turned off: reads from the server's pool mapped here, else
+     * process_vm_readv per block (local_map). */
     env = getenv("KVT_NET_LOCAL_MAP");
     c->local_maps = !(env && strcmp(env, "0") == 0);
+    /* Off unless asked for: an rkey is unpacked by UCX, which trusts its
+     * bytes, so only a server this client trusts may send one. */
     env = getenv("KVT_PULL_RMA");
     c->accept_rma = env && strcmp(env, "1") == 0;
     kvt_status_t st = kvt_net_connect(worker, peer, timeout_ms, &c->ep);
