@@ -796,6 +796,39 @@ static bool busy_pause(kvt_block_client_t *c, uint64_t deadline, int *pause_ms)
     return true;
 }
 
+/* A block the server FAILED behind one still pending in the same pull is
+ * asked for once more, in chain order after it.  T1 takes no block
+ * without its parent, so when one request of a pull is refused BUSY (the
+ * promotion queue is full) while a later one is promoted, that one's first
+ * block fails for want of its parent: a hit lost to load, not a bad block
+ * (kvstore/block_promote.c).  Asked again after its parent, it is served.
+ * Once per block, so a block that keeps failing ends the pull as it did.
+ * pending (sorted by item) gets the union; mark is scratch, one per item,
+ * kept across passes. */
+#define MARK_PENDING 1u
+#define MARK_ASKED_AGAIN 2u
+
+static size_t ask_failed_again(const kvt_pull_t *items, size_t n, size_t *pending,
+                               size_t n_pending, uint8_t *mark)
+{
+    if (n_pending == 0)
+        return 0;
+    size_t first = pending[0];
+    for (size_t k = 0; k < n_pending; k++)
+        mark[pending[k]] |= MARK_PENDING;
+    size_t m = 0;
+    for (size_t i = first; i < n; i++) {
+        if (mark[i] & MARK_PENDING) {
+            mark[i] &= (uint8_t)~MARK_PENDING;
+            pending[m++] = i;
+        } else if (items[i].status == KVT_ERR_IO && !(mark[i] & MARK_ASKED_AGAIN)) {
+            mark[i] |= MARK_ASKED_AGAIN;
+            pending[m++] = i;
+        }
+    }
+    return m;
+}
+
 kvt_status_t kvt_block_client_pull(kvt_block_client_t *client, kvt_pull_t *items, size_t n,
                                    const kvt_block_identity_t *expect, int timeout_ms)
 {
@@ -811,7 +844,8 @@ kvt_status_t kvt_block_client_pull(kvt_block_client_t *client, kvt_pull_t *items
     }
     size_t *pending = kvt_malloc("pull pending", n * sizeof(*pending));
     bool *retry = kvt_malloc("pull retry", n * sizeof(*retry));
-    st = pending && retry ? KVT_OK : KVT_ERR_NOMEM;
+    uint8_t *mark = kvt_calloc("pull marks", n, sizeof(*mark));
+    st = pending && retry && mark ? KVT_OK : KVT_ERR_NOMEM;
     size_t n_pending = n;
     for (size_t i = 0; st == KVT_OK && i < n; i++)
         pending[i] = i;
@@ -827,7 +861,9 @@ kvt_status_t kvt_block_client_pull(kvt_block_client_t *client, kvt_pull_t *items
         st = pull_pass(client, items, pending, &n_pending, retry, expect, timeout_ms);
         if (st != KVT_OK)
             break;
-        if (n_pending < before) {
+        bool settled = n_pending < before;
+        n_pending = ask_failed_again(items, n, pending, n_pending, mark);
+        if (settled) {
             deadline = kvt_time_ns() + timeout_ns;
             pause_ms = BUSY_PAUSE_MIN_MS;
         } else if (!busy_pause(client, deadline, &pause_ms)) {
@@ -842,6 +878,7 @@ kvt_status_t kvt_block_client_pull(kvt_block_client_t *client, kvt_pull_t *items
             items[pending[k]].status = KVT_ERR_BUSY;
     kvt_free(pending);
     kvt_free(retry);
+    kvt_free(mark);
     return st;
 }
 

@@ -46,6 +46,9 @@ typedef enum {
     B_ALL_RETRY,       /* every block RETRY, forever */
     B_BUSY_ONCE,       /* Error BUSY (a full promotion queue), then honest */
     B_BUSY_FOREVER,    /* Error BUSY to every fetch */
+    B_FAILED_BEHIND,   /* first fetch: block 0 RETRY, the rest FAILED (as when
+                          block 0's promotion was refused); then honest */
+    B_FAILED_STAYS,    /* as B_FAILED_BEHIND, but the rest FAILED every time */
     B_LOCAL,           /* a local reply: read the payloads in our memory */
     B_LOCAL_FLIP,      /* local, block 2's address holds a changed byte */
     B_LOCAL_UNMAPPED,  /* local, block 1's address is not mapped */
@@ -65,6 +68,8 @@ typedef struct {
     tu_net_thread_t server;
     _Atomic int mode;
     _Atomic uint64_t fetches;
+    _Atomic int mode_calls;      /* fetches answered since the mode was set */
+    _Atomic size_t last_keys;    /* keys the last fetch asked for */
     const tu_chain_t *chain;
     size_t payload_len;
     uint8_t *flipped;  /* block 2's payload with one byte changed */
@@ -115,6 +120,12 @@ static uint8_t *hostile_wire(hostile_t *h, const Kvtier__BlockFetchRequest *req,
         memcpy(att + att_len, h->chain->payload[i], plen);
         att_len += plen;
     }
+    int call = atomic_load(&h->mode_calls);
+    if ((mode == B_FAILED_BEHIND && call == 1) || mode == B_FAILED_STAYS)
+        for (size_t k = 0; k < n; k++)
+            if (k > 0 || call == 1)
+                d[k].status = k ? KVTIER__BLOCK_DESCRIPTOR__STATUS__FAILED
+                                : KVTIER__BLOCK_DESCRIPTOR__STATUS__RETRY;
     bool local = mode >= B_LOCAL && mode <= B_MAP_OTHER;
     bool map = mode >= B_MAP && mode <= B_MAP_OTHER;
     const uint8_t *region = mode == B_MAP_UNSEALED ? h->unsealed.p : h->sealed.p;
@@ -203,6 +214,8 @@ static void hostile_on_msg(kvt_net_ep_t *ep, uint64_t req_id, uint32_t flags, co
         kvt_free(buf);
     } else if (req->body_case == KVTIER__ENVELOPE__BODY_FETCH_REQUEST) {
         atomic_fetch_add(&h->fetches, 1);
+        atomic_fetch_add(&h->mode_calls, 1);
+        atomic_store(&h->last_keys, req->fetch_request->n_keys);
         size_t n;
         uint8_t *wire = hostile_wire(h, req->fetch_request, &n);
         kvt_net_send(ep, req_id, KVT_NET_FLAG_REPLY, wire, n);
@@ -297,6 +310,7 @@ static int fx_teardown(void **state)
 static kvt_status_t pull_all_within(fx_t *fx, bmode_t mode, int timeout_ms)
 {
     atomic_store(&fx->h.mode, mode);
+    atomic_store(&fx->h.mode_calls, 0);
     for (int i = 0; i < N_BLOCKS; i++) {
         memset(fx->dst[i], 0, fx->h.payload_len);
         fx->items[i] = (kvt_pull_t){.key = fx->chain.hdr[i].key, .dst = fx->dst[i],
@@ -471,6 +485,25 @@ static void test_busy_asked_again(void **state)
     assert_int_equal(atomic_load(&fx->h.fetches) - before, 2);
 }
 
+/* A block FAILED behind one the server asked to be fetched again (its
+ * promotion was refused, so the later ones had no parent in T1) is asked
+ * for once more with it, and served; one that fails again stays failed,
+ * after exactly one more fetch. */
+static void test_failed_behind_retry_asked_again(void **state)
+{
+    fx_t *fx = *state;
+    static const kvt_status_t all_ok[N_BLOCKS] = {KVT_OK, KVT_OK, KVT_OK, KVT_OK};
+    uint64_t before = atomic_load(&fx->h.fetches);
+    pull_expect(fx, B_FAILED_BEHIND, all_ok);
+    assert_int_equal(atomic_load(&fx->h.fetches) - before, 2);
+    assert_int_equal(atomic_load(&fx->h.last_keys), N_BLOCKS);
+    static const kvt_status_t stays[N_BLOCKS] = {KVT_OK, KVT_ERR_IO, KVT_ERR_IO, KVT_ERR_IO};
+    before = atomic_load(&fx->h.fetches);
+    pull_expect(fx, B_FAILED_STAYS, stays);
+    assert_int_equal(atomic_load(&fx->h.fetches) - before, 2);
+    assert_int_equal(atomic_load(&fx->h.last_keys), N_BLOCKS);
+}
+
 /* A server that is busy forever cannot keep the client looping either:
  * it asks again (pausing) until nothing was served for its timeout, and
  * every block is then BUSY, none read. */
@@ -501,6 +534,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_retry_forever_ends, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_busy_asked_again, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_busy_forever_ends, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_failed_behind_retry_asked_again, fx_setup, fx_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
