@@ -6,10 +6,11 @@
  *            in a separate process on 127.0.0.1 (or, with --peer, by a peer
  *            already serving the same chain).  This process registers one
  *            M*N destination buffer with UCX and pulls all M blocks, --batch
- *            keys per kvt_block_client_pull (fetch; blocks of 512 KiB and
- *            more over a same-host lane read straight out of the server's
- *            memory, smaller ones inline, or RMA with --rma; checksum of
- *            every block), --iters timed rounds after one
+ *            keys per kvt_block_client_pull (fetch; over a same-host lane
+ *            blocks of 512 KiB and more, and of 64 KiB and more in pulls
+ *            of 2 MiB, are read straight out of the server's memory (its
+ *            pool mapped here), smaller ones inline, or RMA with --rma;
+ *            checksum of every block), --iters timed rounds after one
  *            untimed warm-up round (it promotes the blocks from T2 into the
  *            server's T1).  Throughput is the median round; latencies are
  *            per request, over all rounds.  A last round pulls one key per
@@ -623,12 +624,17 @@ static cJSON *pull_machine(const pull_t *p)
         cJSON_AddStringToObject(m, "ucx_perftest_tls",
                                 p->perftest_env ? p->perftest_env + 8 : "inherit");
         cJSON_AddStringToObject(m, "peer", p->peer ? p->peer : "kv serve on 127.0.0.1");
-        const char *lr = getenv("KVT_NET_LOCAL_READS");
+        const char *lr = getenv("KVT_NET_LOCAL_READS"), *lm = getenv("KVT_NET_LOCAL_MAP");
         bool local = p->lane && !(lr && strcmp(lr, "0") == 0);
-        cJSON_AddStringToObject(m, "pull_mode",
-                                local ? (p->rma ? "local reads from 512 KiB, else rma"
-                                                : "local reads from 512 KiB, else inline")
-                                      : (p->rma ? "rma" : "inline"));
+        bool mapped = !(lm && strcmp(lm, "0") == 0);
+        char mode[160];
+        snprintf(mode, sizeof(mode), "%s%s",
+                 !local ? ""
+                 : mapped ? "local reads (pool mapped) from 512 KiB, or 64 KiB in pulls of "
+                            "2 MiB, else "
+                          : "local reads (process_vm_readv) from 512 KiB, else ",
+                 p->rma ? "rma" : "inline");
+        cJSON_AddStringToObject(m, "pull_mode", mode);
         cJSON_AddBoolToObject(m, "same_host_lane", p->lane);
     }
     return m;
