@@ -414,8 +414,9 @@ static kvt_pfor_t *local_readers(kvt_block_client_t *c)
 
 /* The server's pool, mapped once per region the server names (a restarted
  * server names another).  A region that cannot be mapped (an older kernel,
- * a permission), or a reply that names none (a pool without memfd), is
- * remembered until the next reconnect: its blocks are read with
+ * a permission; not a lack of fds or memory, which may pass), or a reply
+ * that names none (a pool without memfd), is remembered until the next
+ * reconnect: its blocks are read with
  * process_vm_readv, which the kernel may still allow, and pull_local asks
  * for local reads of large blocks only. */
 static const kvt_net_peer_map_t *local_map(kvt_block_client_t *c,
@@ -440,7 +441,8 @@ static const kvt_net_peer_map_t *local_map(kvt_block_client_t *c,
     if (st != KVT_OK) {
         kvt_log_info("block client cannot map the server's pool, reads it block by block "
                      "peer=%s pid=%d err=\"%s\"", c->peer, r.pid, kvt_status_str(st));
-        c->map_refused = r;
+        if (st != KVT_ERR_NOMEM) /* out of fds or memory may pass: try at the next reply */
+            c->map_refused = r;
     }
     return c->map;
 }
@@ -796,33 +798,38 @@ static bool busy_pause(kvt_block_client_t *c, uint64_t deadline, int *pause_ms)
     return true;
 }
 
-/* A block the server FAILED behind one still pending in the same pull is
- * asked for once more, in chain order after it.  T1 takes no block
- * without its parent, so when one request of a pull is refused BUSY (the
- * promotion queue is full) while a later one is promoted, that one's first
- * block fails for want of its parent: a hit lost to load, not a bad block
- * (kvstore/block_promote.c).  Asked again after its parent, it is served.
- * Once per block, so a block that keeps failing ends the pull as it did.
- * pending (sorted by item) gets the union; mark is scratch, one per item,
- * kept across passes. */
+/* A block the server FAILED while one before it in the same pull was
+ * still pending is asked for once more, once everything before it has
+ * settled.  T1 takes no block without its parent, so when one request of
+ * a pull is refused BUSY (the promotion queue is full) while a later one
+ * is promoted, that one's first block fails for want of its parent: a hit
+ * lost to load, not a bad block (kvstore/block_promote.c).  Asked again
+ * after its parent was served, it is served too; asked while the parent
+ * is still refused, it would fail again.  Once per block, so a block that
+ * keeps failing ends the pull as it did; one whose predecessors are never
+ * served stays FAILED.  pending (sorted by item) gets the union; mark is
+ * scratch, one per item, kept across passes. */
 #define MARK_PENDING 1u
-#define MARK_ASKED_AGAIN 2u
+#define MARK_BEHIND 2u /* failed behind a pending item: to ask again after it */
+#define MARK_ASKED 4u  /* asked again already */
 
 static size_t ask_failed_again(const kvt_pull_t *items, size_t n, size_t *pending,
                                size_t n_pending, uint8_t *mark)
 {
-    if (n_pending == 0)
-        return 0;
-    size_t first = pending[0];
+    size_t first = n_pending ? pending[0] : n; /* the earliest still pending */
     for (size_t k = 0; k < n_pending; k++)
         mark[pending[k]] |= MARK_PENDING;
     size_t m = 0;
-    for (size_t i = first; i < n; i++) {
+    for (size_t i = 0; i < n; i++) {
         if (mark[i] & MARK_PENDING) {
             mark[i] &= (uint8_t)~MARK_PENDING;
             pending[m++] = i;
-        } else if (items[i].status == KVT_ERR_IO && !(mark[i] & MARK_ASKED_AGAIN)) {
-            mark[i] |= MARK_ASKED_AGAIN;
+            continue;
+        }
+        if (items[i].status == KVT_ERR_IO && first < i && !(mark[i] & (MARK_BEHIND | MARK_ASKED)))
+            mark[i] |= MARK_BEHIND;
+        if ((mark[i] & MARK_BEHIND) && first > i) {
+            mark[i] = (uint8_t)((mark[i] & ~MARK_BEHIND) | MARK_ASKED);
             pending[m++] = i;
         }
     }

@@ -111,7 +111,8 @@ typedef struct kvt_block_peers kvt_block_peers_t;
 kvt_status_t kvt_block_peers_create(kvt_net_worker_t *worker, kvt_block_peers_t **peers_p);
 void kvt_block_peers_destroy(kvt_block_peers_t *peers);
 /* The client of `addr` (HOST:PORT); NULL (logged) when it cannot connect
- * within timeout_ms. */
+ * within timeout_ms.  Valid until the next get or destroy: a get closes
+ * every dead peer's client (and the least recently used one beyond 64). */
 kvt_block_client_t *kvt_block_peers_get(kvt_block_peers_t *peers, const char *addr,
                                         int timeout_ms);
 

@@ -238,8 +238,9 @@ kvt_status_t kvt_net_local_read(int pid, void *local, uint64_t remote, size_t le
  * (kvt_alloc_shared) that it named, mapped read-only here once; reads are
  * then memcpy at the peer's addresses.  open: KVT_OK, KVT_ERR_DENIED (no
  * permission, no pidfd_getfd, or not sealed against shrinking),
- * KVT_ERR_CLOSED (no such process or fd), KVT_ERR_IO (not a tmpfs file,
- * or not the one named); read: KVT_ERR_IO outside the region.  A map keeps the peer's pages alive: close it when the
+ * KVT_ERR_CLOSED (no such process or fd), KVT_ERR_NOMEM (out of fds or
+ * memory: may pass), KVT_ERR_IO (not a tmpfs file, or not the one named);
+ * read: KVT_ERR_IO outside the region.  A map keeps the peer's pages alive: close it when the
  * connection ends. */
 typedef struct {
     int pid;         /* the peer process */

@@ -30,8 +30,9 @@
  *
  * Failure: kvt_net_peer_map_open gives KVT_ERR_DENIED (no permission, a
  * kernel without pidfd_getfd, or a file not sealed), KVT_ERR_CLOSED (no
- * such process or fd), KVT_ERR_IO (not the file named, or not a sealed
- * tmpfs file, or it cannot be mapped); the caller falls back to
+ * such process or fd), KVT_ERR_NOMEM (out of fds, memory or address
+ * space: may pass), KVT_ERR_IO (not the file named, or not a sealed tmpfs
+ * file, or it cannot be mapped); the caller falls back to
  * kvt_net_local_read.  kvt_net_peer_map_read gives KVT_ERR_IO for a range
  * outside the region. */
 #include "net/net.h"
@@ -56,9 +57,10 @@ struct kvt_net_peer_map {
 
 static kvt_status_t errno_status(int e)
 {
-    return e == EPERM || e == EACCES || e == ENOSYS ? KVT_ERR_DENIED
-           : e == ESRCH || e == EBADF               ? KVT_ERR_CLOSED
-                                                    : KVT_ERR_IO;
+    return e == EPERM || e == EACCES || e == ENOSYS        ? KVT_ERR_DENIED
+           : e == ESRCH || e == EBADF                      ? KVT_ERR_CLOSED
+           : e == EMFILE || e == ENFILE || e == ENOMEM     ? KVT_ERR_NOMEM
+                                                           : KVT_ERR_IO;
 }
 
 /* The peer's fd, copied into this process (close-on-exec), or -1. */
@@ -110,7 +112,7 @@ kvt_status_t kvt_net_peer_map_open(const kvt_net_peer_region_t *region, kvt_net_
         p = mmap(NULL, (size_t)region->length, PROT_READ, MAP_SHARED, fd, 0);
         if (p == MAP_FAILED) {
             why = strerror(errno);
-            st = KVT_ERR_IO;
+            st = errno == ENOMEM ? KVT_ERR_NOMEM : KVT_ERR_IO;
         }
     }
     close(fd); /* the mapping keeps the file */
