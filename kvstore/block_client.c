@@ -416,9 +416,9 @@ static kvt_pfor_t *local_readers(kvt_block_client_t *c)
  * server names another).  A region that cannot be mapped (an older kernel,
  * a permission; not a lack of fds or memory, which may pass), or a reply
  * that names none (a pool without memfd), is remembered until the next
- * reconnect: its blocks are read with
- * process_vm_readv, which the kernel may still allow, and pull_local asks
- * for local reads of large blocks only. */
+ * reconnect: its blocks are read with process_vm_readv, which the kernel
+ * may still allow, and pull_local asks for local reads of large blocks
+ * only. */
 static const kvt_net_peer_map_t *local_map(kvt_block_client_t *c,
                                            const Kvtier__BlockFetchReply *rep)
 {
