@@ -94,10 +94,10 @@ bool kvt_block_client_lane(const kvt_block_client_t *client);
  * without the rkey being unpacked. */
 void kvt_block_client_accept_rma(kvt_block_client_t *client, bool accept);
 /* Blocks this client has read straight out of a same-host server's memory
- * and found good (read_local in block_client.c; pulls over a lane of
- * blocks of 512 KiB and more, or of 64 KiB and more in a pull of 2 MiB
- * while the server's pool maps; unless KVT_NET_LOCAL_READS=0), and of those, the
- * ones copied from the server's pool mapped here (net/peer_map.c; unless
+ * and found good (block_local.c; pulls over a lane of blocks of 512 KiB
+ * and more, or of 64 KiB and more in a pull of 2 MiB while the server's
+ * pool maps; unless KVT_NET_LOCAL_READS=0), and of those, the ones copied
+ * from the server's pool mapped here (net/peer_map.c; unless
  * KVT_NET_LOCAL_MAP=0) rather than by process_vm_readv.  0 for NULL. */
 uint64_t kvt_block_client_local_reads(const kvt_block_client_t *client);
 uint64_t kvt_block_client_mapped_reads(const kvt_block_client_t *client);
